@@ -1,0 +1,129 @@
+/* coord.h - the coordinator: a pool of connection slots in a POSIX
+ * shared-memory segment, shared by every process that attaches to it.
+ *
+ * Every function returns 0 or a negative errno value unless it says
+ * otherwise. Functions that can fail for a reason a person must read take
+ * (err, errlen) and write one sentence there. No function prints, exits or
+ * aborts: the shim links this code into its host programs. */
+#ifndef DYNSHIM_COORD_H
+#define DYNSHIM_COORD_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "dynshim/config.h"
+
+#define DS_DEFAULT_SEGMENT "/dynshim"
+
+typedef struct ds_handle ds_handle;
+
+/* A slot held (or, inside the coordinator, a wait). Copyable; compare ids. */
+struct ds_lease_ref {
+	uint32_t idx; /* index in the lease table */
+	uint64_t id;  /* unique id of the grant; 0 means none */
+};
+
+/* The segment name to use: name if not NULL/empty, else $DYNSHIM_SEGMENT,
+ * else DS_DEFAULT_SEGMENT. Never NULL. */
+const char *ds_segment_name(const char *name);
+
+struct ds_create_opts {
+	mode_t mode; /* permission bits; 0 means 0600 */
+	gid_t group; /* (gid_t)-1: the creator's group */
+	int force;   /* 1: replace an existing segment (marked destroyed) */
+};
+
+/* Creates and publishes a segment: O_EXCL, initialise, magic last.
+ * -EEXIST if one exists and !force; -EINVAL for a bad cfg or cap. */
+int ds_segment_create(const char *name, const struct ds_config *cfg, const struct ds_capacity *cap,
+                      const struct ds_create_opts *opts, char *err, size_t errlen);
+
+/* Marks the segment destroyed for processes still attached, then unlinks
+ * it. -ENOENT if there is none. A segment that cannot be validated is
+ * unlinked all the same. */
+int ds_segment_destroy(const char *name, char *err, size_t errlen);
+
+#define DS_ATTACH_CREATE 1u /* no segment yet: create one with the defaults */
+
+/* Attaches to the segment, validating its header (magic, layout, sizes,
+ * lock type, word size, capacities, owner, PID namespace) and its bounds.
+ * Errors: -ENOENT (none, and !DS_ATTACH_CREATE), -EPROTO (not a valid
+ * segment: the reason says which field), -EACCES (owner or mode), -EXDEV
+ * (another PID namespace), or a system error. */
+int ds_attach(const char *name, unsigned flags, ds_handle **out, char *err, size_t errlen);
+
+/* Releases every lease this process holds through h, withdraws the
+ * process from the segment and unmaps it. NULL is allowed. Not for use by
+ * a forked child on a parent's handle (it only unmaps there). */
+void ds_detach(ds_handle *h);
+
+/* The scraper name this process acquires slots under. Before the first
+ * acquire; later calls return -EBUSY. NULL or "" is refused. Longer names
+ * than DS_NAME_MAX-1 bytes are truncated. */
+int ds_set_scraper(ds_handle *h, const char *scraper);
+
+/* Takes a slot for this process's scraper, waiting up to timeout_ms
+ * (UINT32_MAX: the pool's wait_timeout). Waiting sleeps on a futex; the
+ * releaser hands the slot over directly. -ETIMEDOUT when none came,
+ * -ENOSPC when the tables are full, -ESTALE when the segment was destroyed,
+ * -EIO when the lock could not be taken. On -ETIMEDOUT, *why (if not NULL)
+ * describes the pool's state. */
+int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char *why,
+               size_t whylen);
+
+/* Gives a slot back. -EPERM if the lease belongs to another process (a
+ * forked child releasing its parent's lease gives nothing back), -ENOENT
+ * if it is no longer held (reclaimed, or released twice). */
+int ds_release(ds_handle *h, const struct ds_lease_ref *lease);
+
+/* Records libpq activity of this process now (cheap: no lock, no system
+ * call when now_ns is given; 0 reads the coarse clock). */
+void ds_touch(ds_handle *h, uint64_t now_ns);
+
+/* Reads / replaces the live configuration. ds_set_config validates it
+ * against the segment's capacity, applies it and hands freed capacity to
+ * waiters. A smaller pool_size stops new grants until usage is below it. */
+int ds_get_config(ds_handle *h, struct ds_config *cfg);
+int ds_set_config(ds_handle *h, const struct ds_config *cfg, char *err, size_t errlen);
+
+/* Reclaims the leases of dead processes and recomputes limits. Returns the
+ * number of processes reclaimed, or a negative errno. */
+int ds_reclaim(ds_handle *h);
+
+/* A consistent copy of the pool, taken under the lock. */
+struct ds_scraper_stats {
+	char name[DS_NAME_MAX];
+	int active;
+	uint32_t held, limit, waiting, procs;
+	uint64_t connects, releases, idle_releases, surplus_releases, reconnects, reclaimed;
+	uint64_t timeouts, waits, wait_ns_total, wait_ns_max;
+};
+
+struct ds_stats {
+	struct ds_config cfg;
+	struct ds_capacity cap;
+	uint32_t held, waiting, procs, n_active;
+	uint64_t grants, peak_held, repairs, reclaimed_procs, generation;
+	size_t segment_size;
+	size_t n_scrapers;
+	struct ds_scraper_stats *scrapers; /* n_scrapers, by name; malloc'd */
+};
+
+int ds_stats_get(ds_handle *h, struct ds_stats *out);
+void ds_stats_free(struct ds_stats *s);
+
+/* Checks every invariant of the segment (counters match the lease table,
+ * indices in range, held <= pool_size unless the cap was lowered, names
+ * terminated). 0 if all hold, else -EPROTO with the first violation. */
+int ds_check(ds_handle *h, char *why, size_t whylen);
+
+/* For tests, benchmarks and the CLI: the mapped header, and the lock. */
+struct ds_header *ds_handle_header(ds_handle *h);
+int ds_lock(ds_handle *h);
+void ds_unlock(ds_handle *h);
+
+/* The CLOCK_MONOTONIC time in ns. */
+uint64_t ds_now_ns(void);
+
+#endif
