@@ -814,13 +814,13 @@ Test(cli, stats_reports_waiters_timeouts_and_wait_times)
 
 Test(cli, stats_shows_a_scraper_idle_after_idle_timeout)
 {
-        init_or_fail((const char *const[]){"--idle-timeout", "0.2", NULL});
+        init_or_fail((const char *const[]){"--idle-timeout", "1", NULL});
         struct client c = client_start("sleepy", 1, 1000);
         cr_assert_eq(client_result(&c), 'y');
         struct result r;
         DYNCOORD(r, "--stats", "--json");
         assert_json(r.out, "d['scrapers'][0]['state']", "active");
-        sleep_ms(400);
+        sleep_ms(1300);
         DYNCOORD(r, "--stats", "--json");
         assert_exit(&r, 0);
         assert_json(r.out, "(d['scrapers'][0]['state'], d['active_scrapers'])", "('idle', 0)");
