@@ -273,9 +273,9 @@ static int parse_mode(const char *arg, mode_t *out)
 {
         uint32_t mode = 0;
         size_t n = strlen(arg);
-        if (n == 0 || n > 4 || strspn(arg, "01234567") != n)
+        if (n == 0 || strspn(arg, "01234567") != n)
                 return usage_error("--mode: '%s' is not an octal permission mode (e.g. 0660)", arg);
-        for (const char *p = arg; *p; p++)
+        for (const char *p = arg; *p && mode <= 07777; p++)
                 mode = mode * 8 + (uint32_t)(*p - '0');
         if (mode > 0777)
                 return usage_error("--mode: '%s' has bits beyond 0777", arg);

@@ -452,6 +452,7 @@ Test(cli, invalid_init_options_exit_2_naming_the_value_and_create_nothing)
             {{"--init", "--mode", "999"}, "--mode: '999' is not an octal"},
             {{"--init", "--mode", "rw"}, "--mode: 'rw' is not an octal"},
             {{"--init", "--mode", "4755"}, "--mode: '4755' has bits beyond 0777"},
+            {{"--init", "--mode", "77777777777777777777"}, "has bits beyond 0777"},
             {{"--init", "--mode", "0400"}, "--mode: '0400' does not let the owner"},
             {{"--init", "--group", "no-such-group-dynshim"},
              "--group: there is no group named 'no-such-group-dynshim'"},
@@ -917,6 +918,39 @@ Test(cli, health_refuses_a_segment_of_another_pid_namespace)
 Test(cli, health_reports_a_counter_that_disagrees_with_the_lease_table)
 {
         expect_unhealthy(bad_counter, "pool counters say 7 held/0 waiting, the lease table 0/0");
+}
+
+Test(cli, health_refuses_a_segment_owned_by_another_user)
+{
+        init_or_fail(NULL);
+        char path[128];
+        shm_path(path, sizeof(path), segment);
+        cr_assert_eq(chown(path, 65534, (gid_t)-1), 0, "chown: %s", strerror(errno));
+        struct result r;
+        DYNCOORD(r, "--health");
+        assert_exit(&r, 1);
+        assert_contains(r.err, "is owned by uid 65534");
+        DYNCOORD(r, "--stats");
+        assert_exit(&r, 1);
+        assert_contains(r.err, "is owned by uid 65534");
+}
+
+Test(cli, health_names_a_segment_of_the_wrong_size)
+{
+        init_or_fail(NULL);
+        struct ds_stats st;
+        read_stats(&st);
+        char path[128];
+        shm_path(path, sizeof(path), segment);
+        cr_assert_eq(truncate(path, (off_t)st.segment_size + 4096), 0);
+        struct result r;
+        DYNCOORD(r, "--health");
+        assert_exit(&r, 1);
+        char expected[128];
+        snprintf(expected, sizeof(expected), "is %zu bytes and says %zu", st.segment_size + 4096,
+                 st.segment_size);
+        assert_contains(r.err, expected);
+        ds_stats_free(&st);
 }
 
 Test(cli, health_of_a_missing_segment_exits_1)
