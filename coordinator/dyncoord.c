@@ -149,27 +149,32 @@ struct options {
 
 /* ---- messages ---- */
 
+static void vprint_error(const char *fmt, va_list ap)
+{
+        fputs(PROG ": ", stderr);
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+}
+
+/* Prints "dyncoord: " and one sentence on stderr. */
 static void print_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static void print_error(const char *fmt, ...)
 {
         va_list ap;
-        fputs(PROG ": ", stderr);
         va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
+        vprint_error(fmt, ap);
         va_end(ap);
-        fputc('\n', stderr);
 }
 
-/* Prints a usage or configuration error; returns -EINVAL (exit status 2). */
+/* Prints a usage or configuration error; returns -EINVAL, which main turns
+ * into exit status 2 and a hint to --help. */
 static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int usage_error(const char *fmt, ...)
 {
         va_list ap;
-        fputs(PROG ": ", stderr);
         va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
+        vprint_error(fmt, ap);
         va_end(ap);
-        fputc('\n', stderr);
         return -EINVAL;
 }
 
@@ -761,7 +766,7 @@ static int cmd_health(const struct options *o)
                 return rc;
         }
         if ((rc = ds_check(h, why, sizeof(why)))) {
-                if (rc == -EPROTO)
+                if (rc == -EPROTO && why[0])
                         print_error("unhealthy: segment %s: %s", name, why);
                 else
                         print_error("unhealthy: could not check segment %s: %s", name,
