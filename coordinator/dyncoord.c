@@ -608,20 +608,9 @@ static int cmd_set(const struct options *o)
                         return usage_error("--set: %s", why);
         if ((rc = attach(o, &h)))
                 return rc;
-        if ((rc = ds_get_config(h, &cfg))) {
-                print_error("could not lock segment %s: %s", ds_segment_name(o->segment),
-                            strerror(-rc));
-                goto out;
-        }
-        for (size_t i = 0; i < o->n_pairs; i++) {
-                if ((rc = ds_config_set_kv(&cfg, o->pairs[i], why, sizeof(why))) != 0) {
-                        rc = usage_error("--set: %s", why);
-                        goto out;
-                }
-        }
-        /* ds_set_config validates the whole result against the segment's
-         * capacity and writes nothing unless it is valid. */
-        if ((rc = ds_set_config(h, &cfg, why, sizeof(why))) != 0) {
+        /* One change under the lock: validated as a whole, nothing written
+         * unless valid, and no concurrent --set is lost. */
+        if ((rc = ds_update_config(h, o->pairs, o->n_pairs, &cfg, why, sizeof(why))) != 0) {
                 if (rc == -EINVAL)
                         usage_error("--set: %s; nothing was changed", why);
                 else
