@@ -56,6 +56,7 @@ static void rebuild_caches(ds_handle *h)
                 struct ds_scraper *s = &h->scrapers[i];
                 s->name[DS_NAME_MAX - 1] = '\0';
                 s->held = s->waiting = s->procs = s->inflight = 0;
+                s->surplus_pending = 0;
                 if (s->name[0])
                         scraper_hwm = i + 1;
         }
@@ -284,6 +285,8 @@ static void grant_waiters(ds_handle *h, uint64_t now)
         }
 }
 
+static void notify_surplus(ds_handle *h);
+
 /* ---- registration ---- */
 
 static void *life_main(void *arg)
@@ -299,8 +302,20 @@ static void *life_main(void *arg)
         futex(&h->life_state, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
         if (rc)
                 return NULL;
-        while (atomic_load(&h->life_stop) == 0)
-                futex(&h->life_stop, FUTEX_WAIT_PRIVATE, 0, NULL);
+        /* Sleep on the record's notify word: bumped by the pool when it wants
+         * slots back, by ds_set_advice_handler and by stop_life. */
+        _Atomic uint32_t *notify = &h->procs[h->proc_idx].notify;
+        while (atomic_load(&h->life_stop) == 0) {
+                uint32_t seen = atomic_load(notify);
+                void (*fn)(void *) = atomic_load(&h->advice_fn);
+                uint32_t period = atomic_load(&h->advice_period_ms);
+                struct timespec ts = {(time_t)(period / 1000), (long)(period % 1000) * 1000000L};
+                futex(notify, FUTEX_WAIT, seen, fn && period ? &ts : NULL);
+                if (atomic_load(&h->life_stop))
+                        break;
+                if ((fn = atomic_load(&h->advice_fn)))
+                        fn(atomic_load(&h->advice_arg));
+        }
         pthread_mutex_unlock(m);
         return NULL;
 }
@@ -332,10 +347,16 @@ static int start_life(ds_handle *h)
         return 0;
 }
 
+static void poke_proc(struct ds_proc *p)
+{
+        atomic_fetch_add(&p->notify, 1);
+        futex(&p->notify, FUTEX_WAKE, INT_MAX, NULL);
+}
+
 static void stop_life(ds_handle *h)
 {
         atomic_store(&h->life_stop, 1);
-        futex(&h->life_stop, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
+        poke_proc(&h->procs[h->proc_idx]);
         pthread_join(h->life_tid, NULL);
 }
 
@@ -598,6 +619,8 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
         if (H->held >= H->cfg.pool_size)
                 sweep_dead(h);
         grant_waiters(h, now);
+        if (atomic_load(&l->state) == DS_LEASE_WAITING)
+                notify_surplus(h);
         ds_unlock(h);
 
         uint64_t deadline = now + (uint64_t)timeout_ms * 1000000ull;
@@ -622,6 +645,7 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
                                 sweep_dead(h);
                                 recompute_limits(h, t);
                                 grant_waiters(h, t);
+                                notify_surplus(h);
                                 ds_unlock(h);
                         }
                 }
@@ -665,6 +689,11 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
 
 int ds_release(ds_handle *h, const struct ds_lease_ref *ref)
 {
+        return ds_release_for(h, ref, DS_RELEASE_NORMAL);
+}
+
+int ds_release_for(ds_handle *h, const struct ds_lease_ref *ref, int reason)
+{
         if (!ref || ref->idx >= h->cap.max_leases || ref->id == 0)
                 return -EINVAL;
         if (h->pid != getpid())
@@ -688,10 +717,19 @@ int ds_release(ds_handle *h, const struct ds_lease_ref *ref)
         uint64_t now = ds_now_ns();
         free_lease(h, ref->idx);
         H->held--, s->held--, p->held--;
-        s->releases++;
         s->last_used_ns = now;
-        atomic_store_explicit(&s->last_activity_ns, now, memory_order_relaxed);
-        atomic_store_explicit(&p->last_activity_ns, now, memory_order_relaxed);
+        if (reason == DS_RELEASE_IDLE) {
+                s->idle_releases++;
+        } else if (reason == DS_RELEASE_SURPLUS) {
+                s->surplus_releases++;
+                if (s->surplus_pending)
+                        s->surplus_pending--;
+        } else {
+                /* only the program's own finish is activity */
+                s->releases++;
+                atomic_store_explicit(&s->last_activity_ns, now, memory_order_relaxed);
+                atomic_store_explicit(&p->last_activity_ns, now, memory_order_relaxed);
+        }
         if (H->waiting) {
                 recompute_limits(h, now);
                 grant_waiters(h, now);
@@ -963,4 +1001,116 @@ out:
         free(ph);
         return rc;
 #undef FAIL
+}
+
+/* ---- release advice (idle and surplus release) ---- */
+
+/* Connects waiting that could be served but for a full pool (under the lock). */
+static uint32_t count_starved(ds_handle *h)
+{
+        struct ds_header *H = h->hdr;
+        if (H->held < H->cfg.pool_size)
+                return 0;
+        uint32_t n = 0;
+        uint32_t shwm =
+            H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
+        for (uint32_t i = 0; i < shwm; i++)
+                if (h->scrapers[i].waiting && h->scrapers[i].held < h->scrapers[i].limit)
+                        n += h->scrapers[i].waiting;
+        return n;
+}
+
+/* Asks the processes of scrapers above their limit to look at their advice
+ * now, when others starve (under the lock). */
+static void notify_surplus(ds_handle *h)
+{
+        struct ds_header *H = h->hdr;
+        if (!H->cfg.idle_release || count_starved(h) == 0)
+                return;
+        uint32_t phwm = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
+        for (uint32_t i = 0; i < phwm; i++) {
+                struct ds_proc *p = &h->procs[i];
+                if (p->pid == 0 || p->held == 0 || p->scraper >= h->cap.max_scrapers)
+                        continue;
+                const struct ds_scraper *s = &h->scrapers[p->scraper];
+                if (s->held > s->limit + s->surplus_pending)
+                        poke_proc(p);
+        }
+}
+
+int ds_advise(ds_handle *h, struct ds_advice *out)
+{
+        memset(out, 0, sizeof(*out));
+        if (h->pid != getpid() || h->proc_idx >= h->cap.max_procs)
+                return -EPERM;
+        int rc = ds_lock(h);
+        if (rc)
+                return rc;
+        struct ds_proc *p = &h->procs[h->proc_idx];
+        if (p->pid != h->pid || p->scraper >= h->cap.max_scrapers) {
+                ds_unlock(h);
+                return -ESTALE;
+        }
+        struct ds_scraper *s = &h->scrapers[p->scraper];
+        recompute_limits(h, ds_now_ns());
+        enum ds_release_reason why;
+        uint32_t n = ds_policy_give_back(&h->hdr->cfg, (int)s->active, s->held, s->limit,
+                                         s->surplus_pending, count_starved(h), &why);
+        if (n > p->held)
+                n = p->held;
+        if (why == DS_RELEASE_SURPLUS)
+                s->surplus_pending += n;
+        out->give_back = n;
+        out->reason = n ? (int)why : DS_RELEASE_NORMAL;
+        out->active = (int)s->active;
+        out->held = p->held;
+        out->limit = s->limit;
+        ds_unlock(h);
+        return 0;
+}
+
+void ds_advice_unused(ds_handle *h, uint32_t n)
+{
+        if (n == 0 || h->pid != getpid() || ds_lock(h) != 0)
+                return;
+        struct ds_proc *p = &h->procs[h->proc_idx];
+        if (p->scraper < h->cap.max_scrapers) {
+                struct ds_scraper *s = &h->scrapers[p->scraper];
+                s->surplus_pending -= n < s->surplus_pending ? n : s->surplus_pending;
+        }
+        ds_unlock(h);
+}
+
+void ds_set_advice_handler(ds_handle *h, void (*fn)(void *), void *arg, uint32_t period_ms)
+{
+        atomic_store(&h->advice_arg, arg);
+        atomic_store(&h->advice_period_ms, period_ms);
+        atomic_store(&h->advice_fn, fn);
+        if (h->pid == getpid() && h->proc_idx < h->cap.max_procs)
+                poke_proc(&h->procs[h->proc_idx]);
+}
+
+void ds_note_reconnect(ds_handle *h)
+{
+        if (h->pid != getpid() || ds_lock(h) != 0)
+                return;
+        struct ds_proc *p = &h->procs[h->proc_idx];
+        if (p->scraper < h->cap.max_scrapers)
+                h->scrapers[p->scraper].reconnects++;
+        ds_unlock(h);
+}
+
+void ds_inflight_add(ds_handle *h, int delta)
+{
+        if (h->pid != getpid() || h->proc_idx >= h->cap.max_procs)
+                return;
+        _Atomic uint32_t *c = &h->procs[h->proc_idx].inflight;
+        if (delta > 0) {
+                atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
+                return;
+        }
+        uint32_t v = atomic_load_explicit(c, memory_order_relaxed);
+        while (v > 0 && !atomic_compare_exchange_weak_explicit(c, &v, v - 1, memory_order_relaxed,
+                                                               memory_order_relaxed))
+                ;
 }

@@ -32,13 +32,14 @@ struct ds_proc {
          * dies or execs, which is how others learn of it, safe against PID
          * reuse. */
         pthread_mutex_t life;
-        int32_t pid;               /* 0: record free. Written last on register. */
-        uint32_t scraper;          /* index into the scraper table, < max_scrapers */
-        uint64_t since_ns;         /* CLOCK_MONOTONIC time of registration */
-        uint32_t held;             /* cache: HELD leases of this process */
-        uint32_t waiting;          /* cache: WAITING leases of this process */
-        _Atomic uint32_t inflight; /* libpq calls in flight (shim) */
-        uint32_t pad;
+        int32_t pid;                       /* 0: record free. Written last on register. */
+        uint32_t scraper;                  /* index into the scraper table, < max_scrapers */
+        uint64_t since_ns;                 /* CLOCK_MONOTONIC time of registration */
+        uint32_t held;                     /* cache: HELD leases of this process */
+        uint32_t waiting;                  /* cache: WAITING leases of this process */
+        _Atomic uint32_t inflight;         /* libpq calls in flight (shim) */
+        _Atomic uint32_t notify;           /* futex word: bumped to make the process
+                                              ask for release advice now */
         _Atomic uint64_t last_activity_ns; /* last libpq activity (shim) */
 } __attribute__((aligned(DS_ALIGN)));
 
@@ -79,6 +80,8 @@ struct ds_scraper {
         /* Scratch of the grant pass, valid only inside it (under the lock). */
         uint64_t oldest_ticket;
         uint32_t oldest_idx;
+        uint32_t surplus_pending; /* cache: surplus slots its processes promised
+                                     to give back; rebuilt as 0 */
 } __attribute__((aligned(DS_ALIGN)));
 
 struct ds_header {
