@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/ipc.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/sem.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -108,6 +109,23 @@ static void on_signal(int sig)
                 semctl(sysv_id, 0, IPC_RMID);
         signal(sig, SIG_DFL);
         raise(sig);
+}
+
+/* fork() for a measuring process: it dies with this one (whatever kills
+ * it), and leaves the cleanup to it. Returns as fork() does. */
+static pid_t spawn(void)
+{
+        pid_t parent = getpid();
+        fflush(NULL);
+        pid_t p = fork();
+        if (p != 0)
+                return p;
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        signal(SIGHUP, SIG_DFL);
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+                _exit(1);
+        return 0;
 }
 
 /* ---- one mechanism, as seen from one process ---- */
@@ -286,9 +304,8 @@ static int bench_pairs(const struct opts *o, double med[P_COUNT], double lo[P_CO
                         goto out;
                 }
         }
-        fflush(NULL);
         for (; (mask & 1u << P_DYNSHIM_CROWD) && n_idle < IDLE_PROCS; n_idle++) {
-                idle[n_idle] = fork();
+                idle[n_idle] = spawn();
                 if (idle[n_idle] < 0) {
                         rc = -errno;
                         goto out;
@@ -574,19 +591,15 @@ static int ring_batch(enum mech m, uint32_t waiters, uint32_t target, uint64_t *
                 rc = -ENOMEM;
                 goto out;
         }
-        fflush(NULL);
         for (; started < nw; started++) {
-                pid_t p = fork();
+                pid_t p = spawn();
                 if (p < 0) {
                         rc = -errno;
                         ring_stop(r, rc);
                         break;
                 }
-                if (p == 0) {
-                        signal(SIGINT, SIG_DFL);
-                        signal(SIGTERM, SIG_DFL);
+                if (p == 0)
                         _exit(ring_worker(r, started, m) ? 1 : 0);
-                }
                 pids[started] = p;
         }
         while (atomic_load(&r->ready) < started)
@@ -732,7 +745,7 @@ static void usage(FILE *f)
                 "  --pairs       uncontended acquire+release pairs per run (200000)\n"
                 "  --runs        uncontended runs per mechanism; the median is reported (15)\n"
                 "  --handoffs    hand-offs measured per mechanism and waiter count (2000)\n"
-                "  --rounds      interleaved rounds the hand-offs are split into (10)\n"
+                "  --rounds      interleaved rounds the hand-offs are split into (20)\n"
                 "  --waiters     waiting processes per ring (1,10,100)\n"
                 "  --only        run one section: uncontended pairs or hand-off latency\n"
                 "  --mechanisms  what to measure (all); crowd is dynshim with %d other\n"
@@ -820,7 +833,7 @@ static int parse_opts(int argc, char **argv, struct opts *o)
         *o = (struct opts){.pairs = 200000,
                            .runs = 15,
                            .handoffs = 2000,
-                           .rounds = 10,
+                           .rounds = 20,
                            .waiters = {1, 10, 100},
                            .n_waiters = 3,
                            .do_pairs = 1,
