@@ -781,6 +781,34 @@ int ds_set_config(ds_handle *h, const struct ds_config *cfg, char *err, size_t e
         return 0;
 }
 
+int ds_update_config(ds_handle *h, const char *const *pairs, size_t n, struct ds_config *out,
+                     char *err, size_t errlen)
+{
+        char why[300];
+        int rc = ds_lock(h);
+        if (rc) {
+                ERR("could not lock segment %s: %s", h->name, strerror(-rc));
+                return rc;
+        }
+        struct ds_config cfg = h->hdr->cfg;
+        for (size_t i = 0; i < n && rc == 0; i++)
+                rc = ds_config_set_kv(&cfg, pairs[i], why, sizeof(why));
+        if (rc == 0)
+                rc = ds_config_validate(&cfg, &h->cap, why, sizeof(why));
+        if (rc == 0) {
+                uint64_t now = ds_now_ns();
+                h->hdr->cfg = cfg;
+                recompute_limits(h, now);
+                grant_waiters(h, now);
+                if (out)
+                        *out = cfg;
+        } else {
+                ERR("%s", why);
+        }
+        ds_unlock(h);
+        return rc;
+}
+
 /* ---- statistics and checks ---- */
 
 static int by_name(const void *a, const void *b)

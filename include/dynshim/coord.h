@@ -87,6 +87,13 @@ void ds_touch(ds_handle *h, uint64_t now_ns);
 int ds_get_config(ds_handle *h, struct ds_config *cfg);
 int ds_set_config(ds_handle *h, const struct ds_config *cfg, char *err, size_t errlen);
 
+/* Applies n "key=value" pairs to the live configuration as one change under
+ * the lock (no concurrent change is lost), validating the result as a
+ * whole. On success *out (if not NULL) is the new configuration. -EINVAL
+ * with the reason if a pair or the result is invalid: nothing changes. */
+int ds_update_config(ds_handle *h, const char *const *pairs, size_t n, struct ds_config *out,
+                     char *err, size_t errlen);
+
 /* Reclaims the leases of dead processes and recomputes limits. Returns the
  * number of processes reclaimed, or a negative errno. */
 int ds_reclaim(ds_handle *h);
@@ -114,8 +121,9 @@ int ds_stats_get(ds_handle *h, struct ds_stats *out);
 void ds_stats_free(struct ds_stats *s);
 
 /* Checks every invariant of the segment (counters match the lease table,
- * indices in range, held <= pool_size unless the cap was lowered, names
- * terminated). 0 if all hold, else -EPROTO with the first violation. */
+ * indices in range, names terminated; held may exceed pool_size only after
+ * the cap was lowered, so that is not checked here). 0 if all hold, else -EPROTO with the first
+ * violation. */
 int ds_check(ds_handle *h, char *why, size_t whylen);
 
 /* For tests, benchmarks and the CLI: the mapped header, and the lock. */

@@ -471,3 +471,42 @@ Test(pool, destroyed_segment_is_noticed_by_attached_processes)
         cr_assert_eq(ds_acquire(h, 0, &l, NULL, 0), -ESTALE);
         ds_detach(h);
 }
+
+Test(pool, concurrent_updates_of_different_keys_are_not_lost)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, NULL);
+        pid_t c = fork();
+        if (c == 0) {
+                ds_handle *k = NULL;
+                if (ds_attach(seg, 0, &k, NULL, 0))
+                        _exit(1);
+                for (int i = 0; i < 300; i++) {
+                        const char *kv[] = {i % 2 ? "warn_usage=70" : "warn_usage=71"};
+                        if (ds_update_config(k, kv, 1, NULL, NULL, 0))
+                                _exit(2);
+                }
+                const char *last[] = {"warn_usage=55"};
+                _exit(ds_update_config(k, last, 1, NULL, NULL, 0) ? 3 : 0);
+        }
+        for (int i = 0; i < 300; i++) {
+                const char *kv[] = {i % 2 ? "idle_timeout=7" : "idle_timeout=8"};
+                cr_assert_eq(ds_update_config(h, kv, 1, NULL, NULL, 0), 0);
+        }
+        const char *last[] = {"idle_timeout=9"};
+        cr_assert_eq(ds_update_config(h, last, 1, NULL, NULL, 0), 0);
+        int st;
+        cr_assert_eq(waitpid(c, &st, 0), c);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        struct ds_config cfg;
+        cr_assert_eq(ds_get_config(h, &cfg), 0);
+        cr_assert_eq(cfg.warn_usage_pct, 55);
+        cr_assert_eq(cfg.idle_timeout_ms, 9000);
+        const char *bad[] = {"pool_size=30", "soft_limit=40"};
+        char err[200] = "";
+        cr_assert_eq(ds_update_config(h, bad, 2, NULL, err, sizeof(err)), -EINVAL);
+        cr_assert(strstr(err, "soft_limit 40 is above max_limit 15"), "%s", err);
+        cr_assert_eq(ds_get_config(h, &cfg), 0);
+        cr_assert_eq(cfg.pool_size, 20, "a refused update changes nothing");
+        ds_detach(h);
+}
