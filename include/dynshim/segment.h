@@ -46,12 +46,14 @@ struct ds_proc {
 /* One slot held, or one connect waiting for a slot. */
 struct ds_lease {
         _Atomic uint32_t state; /* enum ds_lease_state; written last */
-        _Atomic uint32_t wake;  /* futex word: 0 while waiting, 1 once granted */
-        uint32_t proc;          /* index into the process table */
-        uint32_t scraper;       /* index into the scraper table */
-        uint64_t id;            /* unique for the segment's life; 0 when free */
-        uint64_t ticket;        /* arrival order (first come first served) */
-        uint64_t since_ns;      /* start of the wait, then time of the grant */
+        /* futex word of a wait: 0 waiting, 1 granted (set after state HELD),
+         * 2 abandoned by a waiter that could not take the lock */
+        _Atomic uint32_t wake;
+        uint32_t proc;     /* index into the process table */
+        uint32_t scraper;  /* index into the scraper table */
+        uint64_t id;       /* unique for the segment's life; 0 when free */
+        uint64_t ticket;   /* arrival order (first come first served) */
+        uint64_t since_ns; /* start of the wait, then time of the grant */
         uint64_t pad;
 };
 
@@ -63,7 +65,7 @@ struct ds_scraper {
         uint32_t procs;                    /* cache: live processes registered under it */
         uint32_t limit;                    /* limit from the last recomputation */
         uint32_t active;                   /* state from the last recomputation (0/1) */
-        uint32_t inflight;                 /* cache: sum of its processes' inflight */
+        _Atomic uint32_t inflight;         /* sum of its live processes' inflight */
         _Atomic uint64_t last_activity_ns; /* newest activity of any process */
         /* Statistics: monotonic, never decremented. */
         uint64_t connects;         /* slots granted */
