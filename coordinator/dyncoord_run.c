@@ -544,17 +544,22 @@ static int reap_zombies(pid_t child, int *status)
         }
 }
 
+/* Signals that ask the scraper to stop: no restart after them, and KILL
+ * after the grace period. SIGHUP is not one (programs reload on it). */
 static int is_stop_signal(int sig)
 {
-        return sig == SIGINT || sig == SIGTERM || sig == SIGHUP || sig == SIGQUIT;
+        return sig == SIGINT || sig == SIGTERM || sig == SIGQUIT;
 }
 
 /* Waits for signals and children until the child has exited; forwards
- * every forwarded signal to it; checks once that the shim is mapped. */
+ * every forwarded signal to it; checks once that the shim is mapped. A
+ * child told to stop (INT, TERM, HUP, QUIT) that is still there after the
+ * grace period is killed. */
 static int wait_and_forward_signal(struct supervisor *s, pid_t child)
 {
         uint64_t check_until = ds_now_ns() + SHIM_CHECK_MS * 1000000ull;
-        int checking = 1, status = 0;
+        uint64_t kill_at = 0;
+        int checking = 1, status = 0, killed = 0;
         for (;;) {
                 int r = reap_zombies(child, &status);
                 if (r == 1)
@@ -572,12 +577,27 @@ static int wait_and_forward_signal(struct supervisor *s, pid_t child)
                                               s->lib, s->o->command[0], (int)child);
                         }
                 }
+                /* Told to stop and the grace period is over: KILL. */
+                if (s->stopping && !killed && ds_now_ns() >= kill_at) {
+                        fprintf(stderr,
+                                PROG ": '%s' (pid %d) did not exit within %.1f s of SIG%s; "
+                                     "killing it\n",
+                                s->o->command[0], (int)child, s->o->grace_ms / 1000.0,
+                                sigabbrev_np(s->last_stop_sig));
+                        kill(child, SIGKILL);
+                        killed = 1;
+                }
+                uint64_t wait = checking ? SHIM_POLL_MS * 1000000ull : 1000000000ull;
+                uint64_t now = ds_now_ns();
+                if (s->stopping && !killed && kill_at - now < wait)
+                        wait = kill_at - now;
                 int sig;
-                sleep_ns(checking ? SHIM_POLL_MS * 1000000ull : 1000000000ull, &s->forwarded, &sig);
+                sleep_ns(wait, &s->forwarded, &sig);
                 if (sig > 0 && sig != SIGCHLD) {
-                        if (is_stop_signal(sig)) {
+                        if (is_stop_signal(sig) && !s->stopping) {
                                 s->stopping = 1;
                                 s->last_stop_sig = sig;
+                                kill_at = ds_now_ns() + (uint64_t)s->o->grace_ms * 1000000ull;
                         }
                         kill(child, sig);
                 }

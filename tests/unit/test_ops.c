@@ -413,6 +413,29 @@ Test(ops, signals_sent_to_dyncoord_reach_the_child_and_term_ends_it_without_rest
         cr_assert_null(strstr(r.err, "restarting"), "%s", r.err);
 }
 
+Test(ops, a_child_that_ignores_term_is_killed_after_the_grace)
+{
+        const char *dir = tpath("deaf", 1);
+        char script[2048], ready[600];
+        snprintf(ready, sizeof(ready), "%s/ready", dir);
+        snprintf(script, sizeof(script),
+                 "trap '' TERM; echo $$ > %s.tmp; mv %s.tmp %s; while :; do sleep 0.05; done",
+                 ready, ready, ready);
+        struct bg b = BG_DYNCOORD("--run", "deaf", "--grace", "0.3", "--restart", "on-failure",
+                                  "--", "/bin/sh", "-c", script);
+        wait_for_text(ready, NULL, 3000);
+        pid_t sh = read_pid(dir, "ready");
+        uint64_t t0 = now_ms();
+        kill(b.pid, SIGTERM);
+        struct result r;
+        bg_finish(&b, &r, 3000);
+        uint64_t took = now_ms() - t0;
+        cr_assert_eq(r.code, 137, "exit %d:\n%s", r.code, r.err);
+        assert_contains(r.err, "did not exit within 0.3 s of SIGTERM; killing it");
+        cr_assert_geq(took, 250, "killed after %llu ms", (unsigned long long)took);
+        assert_gone(sh, "the program that ignored SIGTERM");
+}
+
 /* ---- --watchdog ---- */
 
 static struct bg start_watchdog(const char *log, const char *const *extra)
