@@ -13,6 +13,7 @@
 #include <libpq-fe.h>
 #include <limits.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dynshim/segment.h"
 #include "dyncoord.h"
 
 #define CONNECT_TIMEOUT_S  "10"
@@ -119,7 +121,6 @@ struct watchdog {
         char server[256];
         ds_handle *h;
         char attach_error[512]; /* last attach error logged, to log changes only */
-        uint64_t generation;
         int usage_warned;
         int server_state; /* -1 unknown, else a PGPing value */
         uint64_t server_down_since_ns;
@@ -172,6 +173,13 @@ static int open_log(struct watchdog *w)
 static void check_segment(struct watchdog *w)
 {
         char err[512] = "";
+        if (w->h && atomic_load(&ds_handle_header(w->h)->destroyed)) {
+                wlog(w, "warning", "segment %s was destroyed or recreated; attaching again",
+                     w->segment);
+                ds_detach(w->h);
+                w->h = NULL;
+                snprintf(w->attach_error, sizeof(w->attach_error), "(reattaching)");
+        }
         if (!w->h) {
                 int rc = ds_attach(w->o->segment, 0, &w->h, err, sizeof(err));
                 if (rc) {
@@ -184,18 +192,10 @@ static void check_segment(struct watchdog *w)
                         w->h = NULL;
                         return;
                 }
-                if (w->attach_error[0])
-                        wlog(w, "info", "attached to segment %s", w->segment);
+                wlog(w, "info", "attached to segment %s", w->segment);
                 w->attach_error[0] = '\0';
         }
         int n = ds_reclaim(w->h);
-        if (n == -ESTALE) {
-                wlog(w, "warning", "segment %s was destroyed; attaching to its successor",
-                     w->segment);
-                ds_detach(w->h);
-                w->h = NULL;
-                return;
-        }
         if (n < 0) {
                 wlog(w, "error", "could not reclaim dead processes on segment %s: %s", w->segment,
                      strerror(-n));
@@ -209,9 +209,6 @@ static void check_segment(struct watchdog *w)
                 wlog(w, "error", "could not read segment %s: %s", w->segment, strerror(-rc));
                 return;
         }
-        if (w->generation && st.generation != w->generation)
-                wlog(w, "warning", "segment %s was recreated", w->segment);
-        w->generation = st.generation;
         unsigned pct =
             st.cfg.pool_size ? (unsigned)((uint64_t)st.held * 100 / st.cfg.pool_size) : 0;
         int above = (uint64_t)st.held * 100 > (uint64_t)st.cfg.warn_usage_pct * st.cfg.pool_size;

@@ -520,6 +520,25 @@ Test(ops, watchdog_logs_usage_above_warn_usage_and_its_end)
         }
 }
 
+Test(ops, watchdog_waits_for_a_missing_segment_and_follows_a_recreated_one)
+{
+        const char *log = tpath("watchdog.log", 0);
+        struct bg w = start_watchdog(log, NULL);
+        wait_for_text(log, "does not exist", 1000);
+        init_or_fail(NULL);
+        wait_for_text(log, "attached to segment", 1000);
+        init_or_fail((const char *const[]){"--force", "--pool-size", "4", "--soft-limit", "2",
+                                           "--max-limit", "2", "--warn-usage", "40", NULL});
+        wait_for_text(log, "was destroyed or recreated; attaching again", 1000);
+        /* it watches the new segment: its usage warning comes from there */
+        struct client c = client_start("new", 2, 1000);
+        cr_assert_eq(client_result(&c), 'y');
+        cr_assert_eq(client_result(&c), 'y');
+        wait_for_text(log, "usage 50% (2/4 slots held, 0 waiting) is above warn_usage 40%", 2000);
+        client_stop(&c);
+        stop_watchdog(&w, log);
+}
+
 Test(ops, a_second_watchdog_on_the_same_segment_is_refused)
 {
         init_or_fail(NULL);
