@@ -817,7 +817,6 @@ Test(ops, watch_into_a_pipe_prints_plain_frames_and_json_lines_until_sigterm)
         bg_finish(&b, &r, 3000);
         assert_exit(&r, 0);
         char got[64];
-        json_eval("0", "0", got, sizeof(got));
         int lines = 0;
         for (char *line = r.out; *line; lines++) {
                 char *nl = strchr(line, '\n');
@@ -828,4 +827,40 @@ Test(ops, watch_into_a_pipe_prints_plain_frames_and_json_lines_until_sigterm)
                 line = nl + 1;
         }
         cr_assert_geq(lines, 2);
+}
+
+/* ---- documentation ---- */
+
+Test(ops, help_and_the_man_page_document_every_option)
+{
+        static const char *const ops_options[] = {
+            "--run",      "--replace",  "--restart",  "--max-restarts",
+            "--grace",    "--watchdog", "--interval", "--ping-interval",
+            "--conninfo", "--log",      "--watch",    "--prometheus"};
+        struct result r;
+        DYNCOORD(r, "--help");
+        assert_exit(&r, 0);
+        for (size_t i = 0; i < sizeof(ops_options) / sizeof(ops_options[0]); i++)
+                assert_contains(r.out, ops_options[i]);
+        /* the man page, with roff's \- read as - */
+        static char man[1 << 16], plain[1 << 16];
+        cr_assert(read_text(MAN_PAGE, man, sizeof(man)), "cannot read %s", MAN_PAGE);
+        size_t o = 0;
+        for (const char *p = man; *p && o + 1 < sizeof(plain); p++) {
+                if (p[0] == '\\' && p[1] == '-')
+                        p++;
+                plain[o++] = *p;
+        }
+        plain[o] = '\0';
+        int checked = 0;
+        for (const char *p = r.out; (p = strstr(p, "--")); checked++) {
+                char opt[64];
+                size_t n = 2 + strspn(p + 2, "abcdefghijklmnopqrstuvwxyz-");
+                snprintf(opt, sizeof(opt), "%.*s", (int)n, p);
+                p += n;
+                if (n == 2)
+                        continue; /* the "--" before CMD */
+                cr_assert(strstr(plain, opt), "%s is in --help but not in dyncoord.1", opt);
+        }
+        cr_assert_geq(checked, 30);
 }
