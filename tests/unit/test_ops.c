@@ -630,8 +630,7 @@ Test(ops, watchdog_and_health_report_a_stopped_server_and_its_return, .timeout =
             0, "initdb failed");
         const char *const start[] = {PGBIN "/pg_ctl", "-D", data,    "-o", opts, "-l",
                                      pglog,           "-w", "start", NULL};
-        const char *const stop[] = {PGBIN "/pg_ctl", "-D", data,   "-m",
-                                    "immediate",     "-w", "stop", NULL};
+        const char *const stop[] = {PGBIN "/pg_ctl", "-D", data, "-m", "fast", "-w", "stop", NULL};
         cr_assert_eq(run_as_nobody(start), 0, "the server did not start");
 
         struct result r;
