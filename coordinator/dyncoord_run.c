@@ -551,6 +551,19 @@ static int is_stop_signal(int sig)
         return sig == SIGINT || sig == SIGTERM || sig == SIGQUIT;
 }
 
+/* Job control on a terminal: the child, in the foreground, was stopped
+ * (Ctrl-Z). Takes the terminal back and stops too, so that the shell sees
+ * the job stopped; once continued, gives the terminal back to the child if
+ * we are in the foreground again (fg, not bg) and continues it. */
+static void suspend_with_child(const struct supervisor *s, pid_t child)
+{
+        tcsetpgrp(s->tty, getpgrp());
+        kill(getpid(), SIGSTOP);
+        if (tcgetpgrp(s->tty) == getpgrp())
+                tcsetpgrp(s->tty, child);
+        killpg(child, SIGCONT);
+}
+
 /* Waits for signals and children until the child has exited; forwards
  * every forwarded signal to it; checks once that the shim is mapped. A
  * child told to stop (INT, TERM, HUP, QUIT) that is still there after the
@@ -561,6 +574,13 @@ static int wait_and_forward_signal(struct supervisor *s, pid_t child)
         uint64_t kill_at = 0;
         int checking = 1, status = 0, killed = 0;
         for (;;) {
+                if (s->tty >= 0) {
+                        pid_t p = waitpid(child, &status, WNOHANG | WUNTRACED);
+                        if (p == child && WIFSTOPPED(status))
+                                suspend_with_child(s, child);
+                        else if (p == child)
+                                return status;
+                }
                 int r = reap_zombies(child, &status);
                 if (r == 1)
                         return status;

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -437,6 +438,52 @@ Test(ops, a_child_that_ignores_term_is_killed_after_the_grace)
         assert_contains(r.err, "did not exit within 0.3 s of SIGTERM; killing it");
         cr_assert_geq(took, 250, "killed after %llu ms", (unsigned long long)took);
         assert_gone(sh, "the program that ignored SIGTERM");
+}
+
+Test(ops, ctrl_z_on_a_terminal_stops_dyncoord_with_its_child_and_fg_resumes_both)
+{
+        const char *dir = tpath("job", 1);
+        char script[4096], ready[600], done[600];
+        snprintf(ready, sizeof(ready), "%s/ready", dir);
+        snprintf(done, sizeof(done), "%s/done", dir);
+        snprintf(script, sizeof(script), "echo $$ > %s.tmp; mv %s.tmp %s; sleep 0.5; echo ok > %s",
+                 ready, ready, ready, done);
+        int master, slave;
+        cr_assert_eq(openpty(&master, &slave, NULL, NULL, NULL), 0);
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid == 0) {
+                /* a session of its own with the pty as controlling terminal,
+                 * dyncoord in its foreground, as a shell would start it */
+                setsid();
+                ioctl(slave, TIOCSCTTY, 0);
+                dup2(slave, 0);
+                dup2(slave, 1);
+                dup2(slave, 2);
+                close(master);
+                execl(DYNCOORD_PATH, DYNCOORD_PATH, "--run", "job", "--", "/bin/sh", "-c", script,
+                      (char *)NULL);
+                _exit(127);
+        }
+        close(slave);
+        wait_for_text(ready, NULL, 3000);
+        pid_t sh = read_pid(dir, "ready");
+        cr_assert_eq(tcgetpgrp(master), sh, "the child is not in the terminal's foreground");
+        cr_assert_eq(write(master, "\x1a", 1), 1); /* Ctrl-Z */
+        int st;
+        cr_assert_eq(waitpid(pid, &st, WUNTRACED), pid);
+        cr_assert(WIFSTOPPED(st), "dyncoord did not stop with its child");
+        cr_assert_eq(tcgetpgrp(master), pid, "dyncoord did not take the terminal back");
+        sleep_ms(700);
+        char path[600], buf[16];
+        snprintf(path, sizeof(path), "%s/done", dir);
+        cr_assert(!read_text(path, buf, sizeof(buf)), "the child ran on while stopped");
+        /* fg: the shell gives the terminal back and continues the job */
+        kill(pid, SIGCONT);
+        wait_for_text(done, "ok", 3000);
+        cr_assert_eq(waitpid(pid, &st, 0), pid);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
+        close(master);
 }
 
 /* ---- --watchdog ---- */
