@@ -514,6 +514,8 @@ static pid_t spawn(struct supervisor *s, int *exit_status)
                 print_error("could not run '%s': %s", s->o->command[0], strerror(e));
                 int st;
                 waitpid(pid, &st, 0);
+                if (s->tty >= 0)
+                        tcsetpgrp(s->tty, getpgrp());
                 *exit_status = e == ENOENT ? DS_EXIT_NOT_FOUND : DS_EXIT_NOT_EXEC;
                 return -1;
         }
