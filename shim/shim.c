@@ -427,6 +427,13 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         c->leased = 0;
         c->pending = NULL;
         c->out.conn = NULL;
+        /* A call made from inside a libpq copy is libpq using its own
+         * exports: nested, also when the application's outer call reached
+         * libpq without passing through the shim (then it is not counted
+         * at all, rather than counted without a matching finish). */
+        struct ds_lib *caller = slot < 0 ? ds_lib_for_caller(ra) : NULL;
+        if (caller && (uintptr_t)ra >= caller->start && (uintptr_t)ra < caller->end)
+                c->nested = 1;
         if (!c->nested) {
                 pthread_once(&env_once, read_env);
                 if (conn)
@@ -438,7 +445,7 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         else if (slot >= 0)
                 c->lib = ds_lib_slot(slot);
         else
-                c->lib = ds_lib_for_caller(ra);
+                c->lib = caller;
         c->real = c->lib ? c->lib->fn[id] : NULL;
         if (!c->real) {
                 c->real = (void *)missing_function;
