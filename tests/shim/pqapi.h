@@ -22,6 +22,12 @@ struct pq_api {
         void (*clear)(PGresult *res);
         int (*socket)(const PGconn *conn);
         int (*backend_pid)(const PGconn *conn);
+        PGconn *(*setdb_login)(const char *host, const char *port, const char *options,
+                               const char *tty, const char *db, const char *user, const char *pwd);
+        PGconn *(*connect_start_params)(const char *const *keywords, const char *const *values,
+                                        int expand_dbname);
+        int (*reset_start)(PGconn *conn);
+        PostgresPollingStatusType (*reset_poll)(PGconn *conn);
 };
 
 /* Fills api with functions whose calls to libpq are made from the code of
@@ -87,14 +93,44 @@ struct pq_api {
         {                                                                                          \
                 return PQbackendPID(c);                                                            \
         }                                                                                          \
+        static PGconn *m_setdb_login(const char *h, const char *p, const char *o, const char *t,   \
+                                     const char *d, const char *u, const char *w)                  \
+        {                                                                                          \
+                return PQsetdbLogin(h, p, o, t, d, u, w);                                          \
+        }                                                                                          \
+        static PGconn *m_connect_start_params(const char *const *k, const char *const *v, int e)   \
+        {                                                                                          \
+                return PQconnectStartParams(k, v, e);                                              \
+        }                                                                                          \
+        static int m_reset_start(PGconn *c)                                                        \
+        {                                                                                          \
+                return PQresetStart(c);                                                            \
+        }                                                                                          \
+        static PostgresPollingStatusType m_reset_poll(PGconn *c)                                   \
+        {                                                                                          \
+                return PQresetPoll(c);                                                             \
+        }                                                                                          \
         const struct pq_api *fn_name(void)                                                         \
         {                                                                                          \
-                static const struct pq_api api = {                                                 \
-                    m_connectdb,    m_connectdb_params, m_connect_start,                           \
-                    m_connect_poll, m_finish,           m_reset,                                   \
-                    m_ping,         m_status,           m_error_message,                           \
-                    m_exec,         m_result_status,    m_getvalue,                                \
-                    m_clear,        m_socket,           m_backend_pid};                            \
+                static const struct pq_api api = {m_connectdb,                                     \
+                                                  m_connectdb_params,                              \
+                                                  m_connect_start,                                 \
+                                                  m_connect_poll,                                  \
+                                                  m_finish,                                        \
+                                                  m_reset,                                         \
+                                                  m_ping,                                          \
+                                                  m_status,                                        \
+                                                  m_error_message,                                 \
+                                                  m_exec,                                          \
+                                                  m_result_status,                                 \
+                                                  m_getvalue,                                      \
+                                                  m_clear,                                         \
+                                                  m_socket,                                        \
+                                                  m_backend_pid,                                   \
+                                                  m_setdb_login,                                   \
+                                                  m_connect_start_params,                          \
+                                                  m_reset_start,                                   \
+                                                  m_reset_poll};                                   \
                 return &api;                                                                       \
         }
 

@@ -100,6 +100,10 @@ static const struct pq_api *ctypes_api(void)
         SYM(clear, "PQclear");
         SYM(socket, "PQsocket");
         SYM(backend_pid, "PQbackendPID");
+        SYM(setdb_login, "PQsetdbLogin");
+        SYM(connect_start_params, "PQconnectStartParams");
+        SYM(reset_start, "PQresetStart");
+        SYM(reset_poll, "PQresetPoll");
 #undef SYM
         return &api;
 }
@@ -398,6 +402,85 @@ static void fork_child_finish_keeps_parent_session(void)
         CHECK(server_count_settled(0) == 0, "session left after the parent's finish");
 }
 
+/* Drives an asynchronous connect or reset to its end. */
+static PostgresPollingStatusType poll_until_done(PGconn *c,
+                                                 PostgresPollingStatusType (*poll)(PGconn *))
+{
+        PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+        for (double end = now_s() + 10; st != PGRES_POLLING_FAILED && st != PGRES_POLLING_OK;) {
+                CHECK(now_s() < end, "asynchronous connect did not finish");
+                usleep(500);
+                st = poll(c);
+        }
+        return st;
+}
+
+/* PQconnectdb, PQconnectdbParams, PQsetdbLogin, PQconnectStart and
+ * PQconnectStartParams each hold one slot until PQfinish. */
+static void every_connect_entry_point_holds_one_slot(void)
+{
+        const char *k[] = {"application_name", NULL}, *v[] = {"dstest", NULL};
+        PGconn *c[5];
+        c[0] = pq->connectdb(APP);
+        c[1] = pq->connectdb_params(k, v, 0);
+        c[2] = pq->setdb_login(NULL, NULL, NULL, NULL, APP, NULL, NULL);
+        c[3] = pq->connect_start(APP);
+        c[4] = pq->connect_start_params(k, v, 0);
+        CHECK(poll_until_done(c[3], pq->connect_poll) == PGRES_POLLING_OK, "PQconnectStart: %s",
+              pq->error_message(c[3]));
+        CHECK(poll_until_done(c[4], pq->connect_poll) == PGRES_POLLING_OK,
+              "PQconnectStartParams: %s", pq->error_message(c[4]));
+        for (int i = 0; i < 5; i++)
+                CHECK(c[i] && pq->status(c[i]) == CONNECTION_OK, "entry point %d: %s", i,
+                      c[i] ? pq->error_message(c[i]) : "NULL");
+        struct pool_view pv = view();
+        CHECK(pv.held == 5 && pv.connects == 5, "held %u connects %llu after 5 connects", pv.held,
+              (unsigned long long)pv.connects);
+        CHECK(server_count() == 5, "server sessions %d", server_count());
+        for (int i = 0; i < 5; i++) {
+                pq->finish(c[i]);
+                CHECK(view().held == (uint32_t)(4 - i), "held %u after %d finishes", view().held,
+                      i + 1);
+        }
+        CHECK(server_count_settled(0) == 0, "sessions left after finishing");
+}
+
+/* An asynchronous reset keeps the slot; one that fails gives it back. */
+static void async_reset_keeps_slot_and_failure_returns_it(void)
+{
+        PGconn *c = connect_ok();
+        int before = pq->backend_pid(c);
+        CHECK(pq->reset_start(c) == 1, "PQresetStart: %s", pq->error_message(c));
+        CHECK(poll_until_done(c, pq->reset_poll) == PGRES_POLLING_OK, "PQresetPoll: %s",
+              pq->error_message(c));
+        CHECK(pq->backend_pid(c) != before, "reset kept backend %d", before);
+        struct pool_view v = view();
+        CHECK(v.held == 1 && v.connects == 1, "after reset: held %u connects %llu", v.held,
+              (unsigned long long)v.connects);
+        /* The database goes away: the next reset fails in PQresetPoll. */
+        PGconn *admin = pq->connectdb(APP);
+        CHECK(pq->status(admin) == CONNECTION_OK, "admin connect");
+        PGresult *r = pq->exec(admin, "CREATE DATABASE dstest_gone");
+        CHECK(pq->result_status(r) == PGRES_COMMAND_OK, "create: %s", pq->error_message(admin));
+        pq->clear(r);
+        const char *k[] = {"application_name", "dbname", NULL},
+                   *vals[] = {"dstest", "dstest_gone", NULL};
+        PGconn *g = pq->connectdb_params(k, vals, 0);
+        CHECK(pq->status(g) == CONNECTION_OK, "connect to dstest_gone: %s", pq->error_message(g));
+        CHECK(view().held == 3, "held %u", view().held);
+        r = pq->exec(admin, "DROP DATABASE dstest_gone WITH (FORCE)");
+        CHECK(pq->result_status(r) == PGRES_COMMAND_OK, "drop: %s", pq->error_message(admin));
+        pq->clear(r);
+        if (pq->reset_start(g) == 1)
+                CHECK(poll_until_done(g, pq->reset_poll) == PGRES_POLLING_FAILED,
+                      "reset to a dropped database succeeded");
+        CHECK(view().held == 2, "held %u after a failed reset (want 2)", view().held);
+        pq->finish(g);
+        pq->finish(admin);
+        pq->finish(c);
+        CHECK(view().held == 0, "held %u after finish", view().held);
+}
+
 static void reset_keeps_slot(void)
 {
         PGconn *c = connect_ok();
@@ -575,6 +658,9 @@ static const struct {
     {"timeout_error_names_scraper_and_pool", timeout_error_names_scraper_and_pool},
     {"fork_child_finish_keeps_parent_session", fork_child_finish_keeps_parent_session},
     {"reset_keeps_slot", reset_keeps_slot},
+    {"every_connect_entry_point_holds_one_slot", every_connect_entry_point_holds_one_slot},
+    {"async_reset_keeps_slot_and_failure_returns_it",
+     async_reset_keeps_slot_and_failure_returns_it},
     {"threads_never_exceed_pool", threads_never_exceed_pool},
     {"corrupt_segment_passes_through_and_warns_once",
      corrupt_segment_passes_through_and_warns_once},
