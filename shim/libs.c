@@ -8,6 +8,7 @@
 #include <elf.h>
 #include <link.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -460,19 +461,71 @@ static struct ds_decision dlsym_intercepted(void *handle, const char *name)
         return d;
 }
 
+/* A RTLD_DEEPBIND dlopen this thread left to the real dlopen (its file name
+ * is resolved relative to the caller): the name, to patch the module at
+ * this thread's next dlsym or dlopen, once the dlopen has returned. */
+static __thread char *pending_deepbind __attribute__((tls_model("initial-exec")));
+
+static void note_pending_deepbind(const char *file)
+{
+        free(pending_deepbind);
+        pending_deepbind = strdup(file);
+}
+
+struct root_query {
+        const struct link_map *lm;
+        struct obj o;
+};
+
+static int root_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+        (void)size;
+        struct root_query *q = arg;
+        if (info->dlpi_addr != q->lm->l_addr || strcmp(info->dlpi_name, q->lm->l_name) != 0)
+                return 0;
+        q->o.base = info->dlpi_addr;
+        obj_range(info, &q->o.start, &q->o.end);
+        q->o.name = info->dlpi_name;
+        q->o.phdr = info->dlpi_phdr;
+        q->o.phnum = info->dlpi_phnum;
+        q->o.found = 1;
+        return 1;
+}
+
+/* Patches the module of the pending RTLD_DEEPBIND dlopen (found by the
+ * name it was opened under; its dependencies are not patched). */
+static void patch_pending_deepbind(void)
+{
+        char *file = pending_deepbind;
+        pending_deepbind = NULL;
+        void *h = ds_real_dlopen(file, RTLD_NOLOAD | RTLD_LAZY);
+        struct root_query q = {.lm = NULL};
+        if (h && dlinfo(h, RTLD_DI_LINKMAP, &q.lm) == 0 && q.lm) {
+                dl_iterate_phdr(root_cb, &q);
+                if (q.o.found)
+                        patch_object(&q.o, h);
+        }
+        if (h)
+                dlclose(h);
+        free(file);
+}
+
 __attribute__((used)) DS_EARLY struct ds_decision ds_dlsym_decide(void *handle, const char *name)
 {
         ensure_real();
+        if (pending_deepbind)
+                patch_pending_deepbind();
         if (handle == RTLD_DEFAULT || handle == RTLD_NEXT || !name || name[0] != 'P' ||
             name[1] != 'Q')
                 return (struct ds_decision){NULL, 0};
         return dlsym_intercepted(handle, name);
 }
 
-/* dlopen(file, RTLD_DEEPBIND): done here, then the new objects' GOTs are
- * patched. A file name without '/' (searched along the caller's RPATH) or
- * with a '$' (expanded relative to the caller) is left to the real dlopen,
- * and so is every other dlopen. */
+/* dlopen(file, RTLD_DEEPBIND) with a path: done here, then the new
+ * objects' GOTs are patched. A file name without '/' (searched along the
+ * caller's RPATH) or with a '$' (expanded relative to the caller) is left
+ * to the real dlopen, and the module is patched at this thread's next dlsym
+ * or dlopen. Every other dlopen goes to the real one untouched. */
 static struct ds_decision dlopen_deepbind(const char *file, int mode)
 {
         struct ds_decision d = {NULL, 0};
@@ -498,8 +551,14 @@ static struct ds_decision dlopen_deepbind(const char *file, int mode)
 __attribute__((used)) DS_EARLY struct ds_decision ds_dlopen_decide(const char *file, int mode)
 {
         ensure_real();
-        if (!(mode & RTLD_DEEPBIND) || !file || !strchr(file, '/') || strchr(file, '$'))
+        if (pending_deepbind)
+                patch_pending_deepbind();
+        if (!(mode & RTLD_DEEPBIND) || !file)
                 return (struct ds_decision){NULL, 0};
+        if (!strchr(file, '/') || strchr(file, '$')) {
+                note_pending_deepbind(file);
+                return (struct ds_decision){NULL, 0};
+        }
         return dlopen_deepbind(file, mode);
 }
 

@@ -431,11 +431,11 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
          * exports: nested, also when the application's outer call reached
          * libpq without passing through the shim (then it is not counted
          * at all, rather than counted without a matching finish). */
+        pthread_once(&env_once, read_env);
         struct ds_lib *caller = slot < 0 ? ds_lib_for_caller(ra) : NULL;
         if (caller && (uintptr_t)ra >= caller->start && (uintptr_t)ra < caller->end)
                 c->nested = 1;
         if (!c->nested) {
-                pthread_once(&env_once, read_env);
                 if (conn)
                         c->entry =
                             c->kind == DS_KIND_FINISH ? ds_conn_remove(conn) : ds_conn_find(conn);

@@ -6,10 +6,11 @@
  * WAY is how this process loads libpq: direct (linked into the program;
  * only in the shim_test_direct build), local (a dependency of a module
  * opened RTLD_LOCAL), ctypes (dlopen("libpq.so.5") + dlsym(handle, ...)),
- * deepbind (a module opened RTLD_DEEPBIND), copy (a module linked against a
- * renamed copy of libpq, beside a module linked against the system one).
- * Assertions read the coordinator (ds_stats_get) and the server
- * (pg_stat_activity, through psql run without the shim). Exit 0: passed. */
+ * deepbind (a module opened RTLD_DEEPBIND by path), deepbind_bare (the same
+ * module opened RTLD_DEEPBIND by bare name along the program's RUNPATH), copy (a module linked
+ * against a renamed copy of libpq, beside a module linked against the system one). Assertions read
+ * the coordinator (ds_stats_get) and the server (pg_stat_activity, through psql run without the
+ * shim). Exit 0: passed. */
 #include "pqapi.h"
 #include "dynshim/coord.h"
 
@@ -123,6 +124,11 @@ static void load(const char *way)
                 return;
         } else if (!strcmp(way, "deepbind")) {
                 pq = module_api(PQMOD_SYS, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+                return;
+        } else if (!strcmp(way, "deepbind_bare")) {
+                /* found along this program's own RUNPATH, as only the caller's
+                 * dlopen can find it */
+                pq = module_api("libpqmod_sys.so", RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
                 return;
         } else if (!strcmp(way, "copy")) {
                 pq_sys = module_api(PQMOD_SYS, RTLD_NOW | RTLD_LOCAL);
