@@ -425,7 +425,6 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         c->conn = conn;
         c->entry = NULL;
         c->leased = 0;
-        c->pending = NULL;
         c->out.conn = NULL;
         /* A call made from inside a libpq copy is libpq using its own
          * exports: nested, also when the application's outer call reached
@@ -484,6 +483,44 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         return 1;
 }
 
+/* Copies the connect's parameters into e as keyword/value pairs: what a
+ * later transparent reconnect passes to PQconnectdbParams. A conninfo
+ * string becomes dbname=<conninfo> with expand_dbname, as libpq reads it. */
+static int keep_params(struct ds_conn *e, const struct ds_call *c)
+{
+        static const char *const setdb_keys[7] = {"host",   "port", "options", NULL,
+                                                  "dbname", "user", "password"};
+        const char *k[8], *v[8];
+        const char *const *keys = k, *const *vals = v;
+        size_t n = 0;
+        e->expand_dbname = 1;
+        if (c->id == DS_ID_PQconnectdb || c->id == DS_ID_PQconnectStart) {
+                k[0] = "dbname", v[0] = c->args.conninfo ? c->args.conninfo : "";
+                n = 1;
+        } else if (c->id == DS_ID_PQsetdbLogin) {
+                for (int i = 0; i < 7; i++)
+                        if (setdb_keys[i] && c->args.setdb[i])
+                                k[n] = setdb_keys[i], v[n++] = c->args.setdb[i];
+        } else if (c->args.keywords) {
+                keys = c->args.keywords;
+                vals = c->args.values;
+                e->expand_dbname = c->args.expand_dbname;
+                while (keys[n])
+                        n++;
+        }
+        e->keywords = calloc(n + 1, sizeof(char *));
+        e->values = calloc(n + 1, sizeof(char *));
+        if (!e->keywords || !e->values)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                e->keywords[i] = strdup(keys[i]);
+                e->values[i] = vals && vals[i] ? strdup(vals[i]) : NULL;
+                if (!e->keywords[i] || (vals && vals[i] && !e->values[i]))
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
 static void end_connect(struct ds_call *c)
 {
         PGconn *conn = c->out.conn;
@@ -491,6 +528,8 @@ static void end_connect(struct ds_call *c)
         if (conn) {
                 struct ds_conn *e = new_entry(c, conn);
                 if (e) {
+                        if (keep_params(e, c))
+                                ds_debug("out of memory keeping a connection's parameters");
                         e->leased = c->leased && !bad;
                         e->lease = c->lease;
                         ds_conn_add(e);
