@@ -269,11 +269,8 @@ static void drop_lease(struct ds_conn *e)
 }
 
 /* Activity: a coarse timestamp, at most every 100 ms per process. */
-static void touch(void)
+static void touch(ds_handle *h)
 {
-        ds_handle *h = atomic_load_explicit(&coord, memory_order_relaxed);
-        if (!h)
-                return;
         static _Atomic uint64_t last;
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
@@ -466,7 +463,12 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                         neutralize_socket(c->entry);
                 return 1;
         case DS_KIND_ACTIVITY:
-                touch();
+                /* in flight: the scraper is active until the call returns */
+                c->coord = atomic_load_explicit(&coord, memory_order_relaxed);
+                if (c->coord) {
+                        ds_inflight_add(c->coord, 1);
+                        touch(c->coord);
+                }
                 if (c->entry)
                         atomic_fetch_add_explicit(&c->entry->busy, 1, memory_order_relaxed);
                 return 1;
@@ -579,6 +581,10 @@ void ds_end(struct ds_call *c)
         case DS_KIND_ACTIVITY:
                 if (e)
                         atomic_fetch_sub_explicit(&e->busy, 1, memory_order_relaxed);
+                if (c->coord) {
+                        touch(c->coord);
+                        ds_inflight_add(c->coord, -1);
+                }
                 break;
         case DS_KIND_ERRMSG:
                 break;

@@ -124,6 +124,7 @@ struct ds_call {
         struct ds_conn *entry;
         int leased;
         struct ds_lease_ref lease;
+        ds_handle *coord; /* activity: the handle its in-flight mark went to */
         /* A connect's arguments as the caller passed them (not copied; set
          * by the wrapper before ds_begin, copied into the record by ds_end). */
         struct {

@@ -154,6 +154,7 @@ struct pool_view {
         uint32_t held, waiting, pool_size;
         uint64_t connects, timeouts, peak;
         char first_scraper[DS_NAME_MAX];
+        int first_active;
 };
 
 static struct pool_view view(void)
@@ -168,6 +169,8 @@ static struct pool_view view(void)
         for (size_t i = 0; i < st.n_scrapers; i++) {
                 v.connects += st.scrapers[i].connects;
                 v.timeouts += st.scrapers[i].timeouts;
+                if (i == 0)
+                        v.first_active = st.scrapers[i].active;
                 if (i == 0)
                         snprintf(v.first_scraper, sizeof(v.first_scraper), "%s",
                                  st.scrapers[i].name);
@@ -203,7 +206,7 @@ static int server_count_settled(int want)
 }
 
 /* Creates the segment with a small pool before the shim's first connect. */
-static void make_pool(uint32_t size, uint32_t wait_ms)
+static void make_pool_idle(uint32_t size, uint32_t wait_ms, uint32_t idle_ms)
 {
         struct ds_config cfg;
         struct ds_capacity cap;
@@ -212,10 +215,17 @@ static void make_pool(uint32_t size, uint32_t wait_ms)
         cfg.pool_size = cfg.soft_limit = cfg.max_limit = size;
         if (wait_ms)
                 cfg.wait_timeout_ms = wait_ms;
+        if (idle_ms)
+                cfg.idle_timeout_ms = idle_ms;
         struct ds_create_opts o = {.mode = 0600, .group = (gid_t)-1, .force = 1};
         char err[256];
         int rc = ds_segment_create(segment, &cfg, &cap, &o, err, sizeof(err));
         CHECK(rc == 0, "create %s: %s", segment, err);
+}
+
+static void make_pool(uint32_t size, uint32_t wait_ms)
+{
+        make_pool_idle(size, wait_ms, 0);
 }
 
 /* ---- helpers on connections ---- */
@@ -502,6 +512,33 @@ static void reset_keeps_slot(void)
         CHECK(view().held == 0, "held after finish");
 }
 
+static void *long_query(void *arg)
+{
+        PGresult *r = pq->exec(arg, "SELECT pg_sleep(1.2)");
+        int ok = r && pq->result_status(r) == PGRES_TUPLES_OK;
+        pq->clear(r);
+        return ok ? arg : NULL;
+}
+
+/* SPEC 3: a scraper with a libpq call in flight is active, however long
+ * the call lasts; idle_timeout after its last call it is idle. */
+static void call_in_flight_keeps_scraper_active(void)
+{
+        make_pool_idle(20, 0, 300);
+        PGconn *c = connect_ok();
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, long_query, c) == 0, "pthread_create");
+        usleep(800000); /* well past idle_timeout since the query began */
+        CHECK(view().first_active, "idle while a 1.2 s query is in flight");
+        void *ok;
+        pthread_join(t, &ok);
+        CHECK(ok, "the long query failed: %s", pq->error_message(c));
+        CHECK(view().first_active, "idle right after a call returned");
+        usleep(800000);
+        CHECK(!view().first_active, "still active 0.8 s after the last call (idle_timeout 0.3 s)");
+        pq->finish(c);
+}
+
 #define N_THREADS 16
 #define N_ROUNDS  3
 static _Atomic int threads_failed, threads_done;
@@ -664,6 +701,7 @@ static const struct {
     {"timeout_error_names_scraper_and_pool", timeout_error_names_scraper_and_pool},
     {"fork_child_finish_keeps_parent_session", fork_child_finish_keeps_parent_session},
     {"reset_keeps_slot", reset_keeps_slot},
+    {"call_in_flight_keeps_scraper_active", call_in_flight_keeps_scraper_active},
     {"every_connect_entry_point_holds_one_slot", every_connect_entry_point_holds_one_slot},
     {"async_reset_keeps_slot_and_failure_returns_it",
      async_reset_keeps_slot_and_failure_returns_it},
