@@ -447,6 +447,10 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                 c->real = (void *)missing_function;
                 ds_log(DS_LOG_WARN, "no libpq definition of %s reachable from the caller",
                        ds_fn_names[id]);
+                if (c->kind != DS_KIND_ACTIVITY) {
+                        c->skip = 1; /* no pool, no record: nothing to connect with */
+                        return 0;
+                }
         }
         if (c->nested)
                 return 1;
