@@ -469,10 +469,8 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         case DS_KIND_ACTIVITY:
                 /* in flight: the scraper is active until the call returns */
                 c->coord = atomic_load_explicit(&coord, memory_order_relaxed);
-                if (c->coord) {
-                        ds_inflight_add(c->coord, 1);
-                        touch(c->coord);
-                }
+                if (c->coord)
+                        ds_inflight_add(c->coord, 1); /* the return touches the clock */
                 if (c->entry)
                         atomic_fetch_add_explicit(&c->entry->busy, 1, memory_order_relaxed);
                 return 1;
