@@ -139,8 +139,11 @@ static void derive_scraper(char *out, size_t len)
         }
 }
 
+static pthread_mutex_t attach_mutex;
+
 static void fork_prepare(void)
 {
+        pthread_mutex_lock(&attach_mutex);
         ds_libs_lock();
         ds_conns_lock();
 }
@@ -149,6 +152,7 @@ static void fork_release(void)
 {
         ds_conns_unlock();
         ds_libs_unlock();
+        pthread_mutex_unlock(&attach_mutex);
 }
 
 static pthread_once_t env_once = PTHREAD_ONCE_INIT;
@@ -184,11 +188,16 @@ static void read_env(void)
 
 /* ---- the coordinator ---- */
 
-static pthread_once_t attach_once = PTHREAD_ONCE_INIT;
-static ds_handle *_Atomic coord;
-static char unusable[400]; /* why the segment cannot be used, or "" */
+static pthread_mutex_t attach_mutex = PTHREAD_MUTEX_INITIALIZER;
+static ds_handle *_Atomic coord; /* the segment connects go to; NULL: unusable */
+static char unusable[400];       /* why there is none (under attach_mutex) */
+static uint64_t next_attach_ns;  /* no new attempt before (under attach_mutex) */
 
-static void attach(void)
+/* How often a process without a usable segment looks again (a segment
+ * repaired with dyncoord --init --force is picked up within this). */
+#define REATTACH_NS (1000ull * 1000 * 1000)
+
+static ds_handle *attach(void)
 {
         char err[300] = "";
         ds_handle *h = NULL;
@@ -200,10 +209,39 @@ static void attach(void)
                          err[0] ? err : strerror(-rc));
                 if (h)
                         ds_detach(h);
-                return;
+                return NULL;
         }
         ds_debug("attached to segment \"%s\" as scraper \"%s\"", cfg.segment, cfg.scraper);
-        atomic_store(&coord, h);
+        return h;
+}
+
+/* The handle connects go to: attached on first use, looked for again at
+ * most every REATTACH_NS while there is none, and at once when stale is the
+ * current handle (its segment was destroyed or recreated). A replaced
+ * handle stays mapped: leases granted by it are given back to it. NULL with
+ * the reason in why. */
+static ds_handle *current_coord(ds_handle *stale, char *why, size_t whylen)
+{
+        ds_handle *h = atomic_load(&coord);
+        if (h && h != stale)
+                return h;
+        pthread_mutex_lock(&attach_mutex);
+        h = atomic_load(&coord);
+        uint64_t now = ds_now_ns();
+        if ((h && h == stale) || (!h && now >= next_attach_ns)) {
+                next_attach_ns = now + REATTACH_NS;
+                ds_handle *fresh = attach();
+                if (fresh || h == stale)
+                        atomic_store(&coord, fresh);
+                if (fresh && stale)
+                        ds_log(DS_LOG_INFO, "segment \"%s\" was recreated; using the new one",
+                               cfg.segment);
+                h = fresh;
+        }
+        if (!h)
+                snprintf(why, whylen, "%s", unusable);
+        pthread_mutex_unlock(&attach_mutex);
+        return h;
 }
 
 /* Warns once per process that connections pass through uncounted. */
@@ -221,24 +259,25 @@ enum { GRANTED = 0, PASS = 1, REFUSED = -1 };
  * DYNSHIM_ON_ERROR=open) or REFUSED with the message in msg. */
 static int acquire(struct ds_call *c, char *msg, size_t len)
 {
-        pthread_once(&attach_once, attach);
-        ds_handle *h = atomic_load(&coord);
         char why[512] = "";
-        if (!h) {
-                snprintf(why, sizeof(why), "%s", unusable);
-        } else {
-                int rc = ds_acquire(h, cfg.timeout_ms, &c->lease, why, sizeof(why));
-                if (rc == 0) {
-                        c->leased = 1;
-                        return GRANTED;
-                }
-                if (rc == -ETIMEDOUT) {
-                        snprintf(msg, len, "dynshim: %s", why);
-                        return REFUSED;
-                }
+        ds_handle *h = current_coord(NULL, why, sizeof(why));
+        int rc = h ? ds_acquire(h, cfg.timeout_ms, &c->lease.ref, why, sizeof(why)) : -ENOENT;
+        if (rc == -ESTALE) {
+                h = current_coord(h, why, sizeof(why));
+                rc = h ? ds_acquire(h, cfg.timeout_ms, &c->lease.ref, why, sizeof(why)) : -ENOENT;
+        }
+        if (rc == 0) {
+                c->lease.h = h;
+                c->leased = 1;
+                return GRANTED;
+        }
+        if (rc == -ETIMEDOUT) {
+                snprintf(msg, len, "dynshim: %s", why);
+                return REFUSED;
+        }
+        if (h)
                 snprintf(why, sizeof(why), "cannot take a connection slot from segment \"%s\": %s",
                          cfg.segment, strerror(-rc));
-        }
         if (cfg.closed) {
                 snprintf(msg, len, "dynshim: %s (DYNSHIM_ON_ERROR=closed)", why);
                 return REFUSED;
@@ -247,13 +286,12 @@ static int acquire(struct ds_call *c, char *msg, size_t len)
         return PASS;
 }
 
-static void release(const struct ds_lease_ref *lease)
+static void release(const struct ds_slot *lease)
 {
-        ds_handle *h = atomic_load(&coord);
-        int rc = h ? ds_release(h, lease) : -ENOENT;
+        int rc = ds_release(lease->h, &lease->ref);
         if (rc)
-                ds_debug("lease %u/%llu was not released: %s", lease->idx,
-                         (unsigned long long)lease->id, strerror(-rc));
+                ds_debug("lease %u/%llu was not released: %s", lease->ref.idx,
+                         (unsigned long long)lease->ref.id, strerror(-rc));
 }
 
 /* Hands a lease held for a connection back, once. */
@@ -261,7 +299,7 @@ static void drop_lease(struct ds_conn *e)
 {
         ds_conns_lock();
         int had = e->leased && e->owner == getpid();
-        struct ds_lease_ref l = e->lease;
+        struct ds_slot l = e->lease;
         e->leased = 0;
         ds_conns_unlock();
         if (had)

@@ -79,6 +79,14 @@ void ds_libs_unlock(void);
 
 /* ---- connections (conns.c) ---- */
 
+/* A slot held: the lease and the segment handle it was granted by (a
+ * segment recreated meanwhile has a new handle; the old one stays mapped so
+ * the lease can still be given back to it). */
+struct ds_slot {
+        ds_handle *h;
+        struct ds_lease_ref ref;
+};
+
 /* What the shim knows about one PGconn it has seen created. Owned by the
  * connection table; the fields below `conn` are changed only by the thread
  * that uses the connection (libpq connections are not shared between
@@ -89,7 +97,7 @@ struct ds_conn {
         struct ds_lib *lib; /* the library that created it: every call goes there */
         pid_t owner;        /* the process that opened it; a forked child is not it */
         int leased;         /* 1: lease is a slot held for this connection */
-        struct ds_lease_ref lease;
+        struct ds_slot lease;
         char *error; /* dynshim's refusal, returned by PQerrorMessage; or NULL */
         /* The parameters it was opened with, for a later transparent reconnect:
          * keyword/value pairs (conninfo strings become dbname=<conninfo>
@@ -123,7 +131,7 @@ struct ds_call {
         void *real; /* the function the wrapper calls */
         struct ds_conn *entry;
         int leased;
-        struct ds_lease_ref lease;
+        struct ds_slot lease;
         ds_handle *coord; /* activity: the handle its in-flight mark went to */
         /* A connect's arguments as the caller passed them (not copied; set
          * by the wrapper before ds_begin, copied into the record by ds_end). */

@@ -636,6 +636,49 @@ static void corrupt_segment_closed_refuses_connects(void)
         shm_unlink(segment);
 }
 
+/* dyncoord --init --force while clients run: the next connect goes to the
+ * new segment; a connection opened before gives its slot to the old one. */
+static void recreated_segment_is_used_by_next_connect(void)
+{
+        PGconn *a = connect_ok();
+        CHECK(view().held == 1, "held %u", view().held);
+        ds_detach(coord);
+        coord = NULL;
+        make_pool(5, 0); /* force: the old segment is marked destroyed */
+        PGconn *b = connect_ok();
+        struct pool_view v = view();
+        CHECK(v.pool_size == 5 && v.held == 1 && v.connects == 1,
+              "new segment: pool %u held %u connects %llu", v.pool_size, v.held,
+              (unsigned long long)v.connects);
+        pq->finish(a);
+        CHECK(view().held == 1, "the old connection's finish released a slot of the new pool");
+        pq->finish(b);
+        CHECK(view().held == 0, "held %u after finish", view().held);
+}
+
+/* A segment that was unusable and is then repaired is picked up within a
+ * second, without restarting the client. */
+static void repaired_segment_is_picked_up(void)
+{
+        make_corrupt_segment();
+        capture_stderr();
+        PGconn *a = connect_ok(); /* passes through, uncounted */
+        shm_unlink(segment);
+        make_pool(3, 0);
+        CHECK(view().held == 0, "held %u in the repaired segment", view().held);
+        usleep(1100000);
+        PGconn *b = connect_ok();
+        struct pool_view v = view();
+        CHECK(v.held == 1 && v.connects == 1 && v.pool_size == 3,
+              "repaired segment: held %u connects %llu pool %u", v.held,
+              (unsigned long long)v.connects, v.pool_size);
+        pq->finish(a);
+        pq->finish(b);
+        CHECK(view().held == 0, "held %u after finish", view().held);
+        const char *err = read_file(stderr_path);
+        CHECK(count_substr(err, "dynshim[") == 1, "want one warning, stderr was: %s", err);
+}
+
 /* SPEC 3: python layer1_5_production_scraper.py --all ->
  * layer1_5_production_scraper. Run through a symlink named python-dstest. */
 static void scraper_name_from_command_line(void)
@@ -701,6 +744,8 @@ static const struct {
     {"timeout_error_names_scraper_and_pool", timeout_error_names_scraper_and_pool},
     {"fork_child_finish_keeps_parent_session", fork_child_finish_keeps_parent_session},
     {"reset_keeps_slot", reset_keeps_slot},
+    {"recreated_segment_is_used_by_next_connect", recreated_segment_is_used_by_next_connect},
+    {"repaired_segment_is_picked_up", repaired_segment_is_picked_up},
     {"call_in_flight_keeps_scraper_active", call_in_flight_keeps_scraper_active},
     {"every_connect_entry_point_holds_one_slot", every_connect_entry_point_holds_one_slot},
     {"async_reset_keeps_slot_and_failure_returns_it",
