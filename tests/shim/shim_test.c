@@ -679,6 +679,29 @@ static void repaired_segment_is_picked_up(void)
         CHECK(count_substr(err, "dynshim[") == 1, "want one warning, stderr was: %s", err);
 }
 
+/* The dlsym hook hands RTLD_NEXT on with this program as the caller:
+ * after the program in the global scope comes the preloaded shim, whose
+ * PQconnectdb is what this program's own calls reach. Were the shim seen as
+ * the caller, RTLD_NEXT would skip it and find libpq's. */
+static void dlsym_hook_keeps_caller_for_rtld_next(void)
+{
+        void *p = dlsym(RTLD_NEXT, "PQconnectdb");
+        Dl_info info;
+        CHECK(p && dladdr(p, &info) && info.dli_fname, "dlsym(RTLD_NEXT) found nothing");
+        CHECK(strstr(info.dli_fname, "libdynshim"), "RTLD_NEXT from the program found %s",
+              info.dli_fname);
+        CHECK(dlsym(RTLD_DEFAULT, "pqmod_api") == NULL, "RTLD_DEFAULT sees a local module");
+}
+
+/* The dlopen hook hands a bare name on with this program as the caller:
+ * the module is found only along this program's RUNPATH. */
+static void dlopen_hook_keeps_caller_for_runpath(void)
+{
+        void *h = dlopen("libpqmod_sys.so", RTLD_NOW | RTLD_LOCAL);
+        CHECK(h, "dlopen along the program's RUNPATH: %s", dlerror());
+        dlclose(h);
+}
+
 /* SPEC 3: python layer1_5_production_scraper.py --all ->
  * layer1_5_production_scraper. Run through a symlink named python-dstest. */
 static void scraper_name_from_command_line(void)
@@ -744,6 +767,8 @@ static const struct {
     {"timeout_error_names_scraper_and_pool", timeout_error_names_scraper_and_pool},
     {"fork_child_finish_keeps_parent_session", fork_child_finish_keeps_parent_session},
     {"reset_keeps_slot", reset_keeps_slot},
+    {"dlsym_hook_keeps_caller_for_rtld_next", dlsym_hook_keeps_caller_for_rtld_next},
+    {"dlopen_hook_keeps_caller_for_runpath", dlopen_hook_keeps_caller_for_runpath},
     {"recreated_segment_is_used_by_next_connect", recreated_segment_is_used_by_next_connect},
     {"repaired_segment_is_picked_up", repaired_segment_is_picked_up},
     {"call_in_flight_keeps_scraper_active", call_in_flight_keeps_scraper_active},
