@@ -460,6 +460,7 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         c->conn = conn;
         c->entry = NULL;
         c->leased = 0;
+        c->coord = NULL;
         c->out.conn = NULL;
         /* A call made from inside a libpq copy is libpq using its own
          * exports: nested, also when the application's outer call reached
