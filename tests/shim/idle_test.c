@@ -173,9 +173,8 @@ static double wait_for(uint32_t want, double limit_s)
 /* The server log's lines that a release must never cause. */
 static void server_log_is_clean(void)
 {
-        const char *dir = getenv("PGHOST");
-        char path[512];
-        snprintf(path, sizeof(path), "%s/server.log", dir);
+        const char *path = getenv("DS_PG_LOG");
+        CHECK(path, "DS_PG_LOG (set by with-pg.sh) names the server's log");
         FILE *f = fopen(path, "r");
         CHECK(f, "open %s: %s", path, strerror(errno));
         char line[1024];
@@ -194,12 +193,23 @@ static void server_log_is_clean(void)
 
 /* ---- cases ---- */
 
+/* With TLS: the backends really use it. */
+static void connections_use_tls(void)
+{
+        PGconn *c = PQconnectdb(APP);
+        CHECK(PQstatus(c) == CONNECTION_OK, "connect: %s", PQerrorMessage(c));
+        int tls = PQsslInUse(c);
+        PQfinish(c);
+        CHECK(!getenv("DS_PG_SSL") || tls, "DS_PG_SSL is set and the connection is not TLS");
+}
+
 /* SPEC 4.5: an idle process's connections are closed on the server side
  * and their slots returned; the next use reconnects the same PGconn with
  * the same fd number and client state, with no error. */
 static void idle_release_and_transparent_reconnect(void)
 {
         make_pool(20, 10, 15, 1000, 1);
+        connections_use_tls();
         PGconn *c[3];
         int fd[3], pid[3];
         for (int i = 0; i < 3; i++) {
