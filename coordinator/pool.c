@@ -267,12 +267,65 @@ static int sweep_dead(ds_handle *h)
 
 /* ---- limits and grants (under the lock) ---- */
 
-static void recompute_limits(ds_handle *h, uint64_t now)
+/* Limits when some scraper has overrides (docs/configuration.md). Returns
+ * the claimed reserves still unfilled. */
+static uint32_t recompute_custom(ds_handle *h, uint32_t shwm, uint32_t n_active)
+{
+        struct ds_header *H = h->hdr;
+        struct ds_limit_ctx ctx = {n_active, 0, 0};
+        for (uint32_t i = 0; i < shwm; i++) {
+                struct ds_scraper *s = &h->scrapers[i];
+                s->claimed = 0;
+                if (!s->name[0])
+                        continue;
+                if (ds_policy_claims_reserve(&H->cfg, &s->ov, (int)s->active)) {
+                        uint32_t r = ds_override_reserve(&s->ov), cap = ds_override_cap(&s->ov);
+                        s->claimed = r < cap ? r : cap;
+                }
+                ctx.claimed += s->claimed;
+                if (s->active)
+                        ctx.weight_sum += ds_override_weight(&s->ov);
+        }
+        uint64_t unfilled = 0;
+        int pressure = 0;
+        for (uint32_t i = 0; i < shwm; i++) {
+                struct ds_scraper *s = &h->scrapers[i];
+                if (!s->name[0])
+                        continue;
+                s->limit =
+                    ds_policy_limit_for(&H->cfg, &ctx, &s->ov, (int)s->active, s->claimed != 0);
+                if (s->held < s->claimed) {
+                        unfilled += s->claimed - s->held;
+                        pressure |= ds_policy_reserve_starved(s->held, s->waiting, s->claimed);
+                }
+        }
+        if (pressure) {
+                /* A reserve is starved: active limits become a strict division
+                 * of the pool, so that those above it are asked for surplus. */
+                for (uint32_t i = 0; i < shwm; i++) {
+                        struct ds_scraper *s = &h->scrapers[i];
+                        int part = s->name[0] && (s->active || s->claimed);
+                        s->share.weight = part ? ds_override_weight(&s->ov) : 0;
+                        s->share.floor = s->active ? (s->claimed > 1 ? s->claimed : 1) : s->claimed;
+                        s->share.cap = s->active ? s->limit : s->claimed;
+                }
+                ds_policy_fill(&h->scrapers[0].share, shwm, sizeof(struct ds_scraper),
+                               H->cfg.pool_size);
+                for (uint32_t i = 0; i < shwm; i++)
+                        if (h->scrapers[i].name[0] && h->scrapers[i].active)
+                                h->scrapers[i].limit = h->scrapers[i].share.alloc;
+        }
+        return unfilled > UINT32_MAX ? UINT32_MAX : (uint32_t)unfilled;
+}
+
+/* Recomputes every scraper's state and limit. Returns the reserves claimed
+ * but not yet filled: slots no other scraper may be granted. */
+static uint32_t recompute_limits(ds_handle *h, uint64_t now)
 {
         struct ds_header *H = h->hdr;
         uint32_t shwm =
             H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
-        uint32_t n_active = 0;
+        uint32_t n_active = 0, custom = 0;
         for (uint32_t i = 0; i < shwm; i++) {
                 struct ds_scraper *s = &h->scrapers[i];
                 s->active =
@@ -282,14 +335,26 @@ static void recompute_limits(ds_handle *h, uint64_t now)
                         atomic_load_explicit(&s->inflight, memory_order_relaxed),
                         atomic_load_explicit(&s->last_activity_ns, memory_order_relaxed), now);
                 n_active += s->active;
+                custom |= s->ov.flags;
         }
+        H->n_active = n_active;
+        H->last_realloc_ns = now;
+        if (custom)
+                return recompute_custom(h, shwm, n_active);
         for (uint32_t i = 0; i < shwm; i++) {
                 struct ds_scraper *s = &h->scrapers[i];
                 /* an idle scraper is shown the limit it would get on waking */
                 s->limit = ds_policy_limit(&H->cfg, s->active ? n_active : n_active + 1);
+                s->claimed = 0;
         }
-        H->n_active = n_active;
-        H->last_realloc_ns = now;
+        return 0;
+}
+
+/* Slots set aside for the unfilled reserves of others than s. */
+static uint32_t unfilled_others(const struct ds_scraper *s, uint32_t unfilled)
+{
+        uint32_t own = s->held < s->claimed ? s->claimed - s->held : 0;
+        return unfilled > own ? unfilled - own : 0;
 }
 
 static void free_lease(ds_handle *h, uint32_t i);
@@ -300,6 +365,10 @@ static void grant_waiters(ds_handle *h, uint64_t now)
         struct ds_header *H = h->hdr;
         uint32_t shwm =
             H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
+        uint32_t unfilled = 0;
+        for (uint32_t i = 0; i < shwm; i++)
+                if (h->scrapers[i].held < h->scrapers[i].claimed)
+                        unfilled += h->scrapers[i].claimed - h->scrapers[i].held;
         while (H->waiting > 0 && H->held < H->cfg.pool_size) {
                 for (uint32_t i = 0; i < shwm; i++)
                         h->scrapers[i].oldest_ticket = UINT64_MAX;
@@ -319,16 +388,20 @@ static void grant_waiters(ds_handle *h, uint64_t now)
                 }
                 long best = -1;
                 struct ds_pick_entry be = {0};
+                uint32_t bres = 0;
                 for (uint32_t i = 0; i < shwm; i++) {
                         struct ds_scraper *s = &h->scrapers[i];
                         if (s->oldest_ticket == UINT64_MAX)
                                 continue;
                         struct ds_pick_entry e = {s->held, s->limit, 1, s->oldest_ticket};
-                        if (!ds_policy_may_grant(H->cfg.pool_size, H->held, e.held, e.limit))
+                        if (!ds_policy_may_grant_reserved(H->cfg.pool_size, H->held,
+                                                          unfilled_others(s, unfilled), e.held,
+                                                          e.limit))
                                 continue;
-                        if (best < 0 || ds_policy_prefer(&e, &be)) {
+                        if (best < 0 || ds_policy_prefer_reserved(&e, s->claimed, &be, bres)) {
                                 best = (long)i;
                                 be = e;
+                                bres = s->claimed;
                         }
                 }
                 if (best < 0)
@@ -345,6 +418,8 @@ static void grant_waiters(ds_handle *h, uint64_t now)
                         free_lease(h, s->oldest_idx); /* its waiter gave up */
                         continue;
                 }
+                if (s->held < s->claimed)
+                        unfilled--;
                 H->held++, s->held++, p->held++;
                 s->connects++, H->grants++;
                 s->waits++;
@@ -448,7 +523,7 @@ static long find_scraper(ds_handle *h, const char *name, uint64_t now)
                 }
                 if (strncmp(s->name, name, DS_NAME_MAX) == 0)
                         return i;
-                if (s->procs == 0 && s->held == 0 && s->waiting == 0 &&
+                if (s->procs == 0 && s->held == 0 && s->waiting == 0 && s->ov.flags == 0 &&
                     (recycle < 0 || s->last_used_ns < h->scrapers[recycle].last_used_ns))
                         recycle = i;
         }
@@ -671,8 +746,10 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
         l->scraper = p->scraper;
         l->id = id;
         l->since_ns = now;
-        recompute_limits(h, now);
-        if (H->waiting == 0 && ds_policy_may_grant(H->cfg.pool_size, H->held, s->held, s->limit)) {
+        uint32_t unfilled = recompute_limits(h, now);
+        if (H->waiting == 0 &&
+            ds_policy_may_grant_reserved(H->cfg.pool_size, H->held, unfilled_others(s, unfilled),
+                                         s->held, s->limit)) {
                 /* fast path: nobody waits, a slot is free */
                 atomic_store(&l->wake, 1);
                 atomic_store(&l->state, DS_LEASE_HELD);
@@ -899,32 +976,180 @@ int ds_set_config(ds_handle *h, const struct ds_config *cfg, char *err, size_t e
         return 0;
 }
 
-int ds_update_config(ds_handle *h, const char *const *pairs, size_t n, struct ds_config *out,
-                     char *err, size_t errlen)
+/* The record named name, or -1 (under the lock). */
+static long lookup_scraper(ds_handle *h, const char *name)
 {
-        char why[300];
+        uint32_t shwm =
+            h->hdr->scraper_hwm <= h->cap.max_scrapers ? h->hdr->scraper_hwm : h->cap.max_scrapers;
+        for (uint32_t i = 0; i < shwm; i++)
+                if (h->scrapers[i].name[0] && strncmp(h->scrapers[i].name, name, DS_NAME_MAX) == 0)
+                        return i;
+        return -1;
+}
+
+/* One scraper's overrides as an update would leave them. */
+struct staged {
+        char name[DS_NAME_MAX];
+        struct ds_override ov;
+        long idx; /* its record, -1 if none yet */
+};
+
+static struct staged *stage(ds_handle *h, struct staged *st, size_t *n, const char *name)
+{
+        for (size_t i = 0; i < *n; i++)
+                if (strcmp(st[i].name, name) == 0)
+                        return &st[i];
+        struct staged *e = &st[(*n)++];
+        snprintf(e->name, sizeof(e->name), "%s", name);
+        e->idx = lookup_scraper(h, name);
+        if (e->idx >= 0)
+                e->ov = h->scrapers[e->idx].ov;
+        else
+                memset(&e->ov, 0, sizeof(e->ov));
+        return e;
+}
+
+/* Parses and applies every pair to cfg and the staged overrides (under the
+ * lock); validates the result as a whole. */
+static int stage_update(ds_handle *h, const char *const *set, size_t nset, const char *const *unset,
+                        size_t nunset, struct ds_config *cfg, struct staged *st, size_t *nst,
+                        char *why, size_t whylen)
+{
+        char name[DS_NAME_MAX];
+        uint32_t field;
+        int rc;
+        for (size_t i = 0; i < nset; i++) {
+                const char *kv = set[i], *eq = kv ? strchr(kv, '=') : NULL;
+                rc = eq ? ds_override_parse_key(kv, (size_t)(eq - kv), 0, name, &field, why, whylen)
+                        : -ENOENT;
+                if (rc == -ENOENT)
+                        rc = ds_config_set_kv(cfg, kv, why, whylen);
+                else if (rc == 0)
+                        rc = ds_override_set(&stage(h, st, nst, name)->ov, field, name, eq + 1, why,
+                                             whylen);
+                if (rc)
+                        return rc;
+        }
+        for (size_t i = 0; i < nunset; i++) {
+                const char *k = unset[i] ? unset[i] : "";
+                rc = ds_override_parse_key(k, strlen(k), 1, name, &field, why, whylen);
+                if (rc == -ENOENT) {
+                        snprintf(why, whylen,
+                                 "'%s' cannot be unset: only scraper settings can "
+                                 "(scraper.NAME or scraper.NAME.KEY)",
+                                 k);
+                        return -EINVAL;
+                }
+                if (rc)
+                        return rc;
+                struct ds_override *ov = &stage(h, st, nst, name)->ov;
+                ov->flags &= ~field;
+                if (field & DS_OV_MAX)
+                        ov->max = 0;
+                if (field & DS_OV_RESERVE)
+                        ov->reserve = 0;
+                if (field & DS_OV_WEIGHT)
+                        ov->weight_milli = 0;
+                if (field & DS_OV_IDLE_RELEASE)
+                        ov->idle_release = 0;
+        }
+        if ((rc = ds_config_validate(cfg, &h->cap, why, whylen)))
+                return rc;
+        uint64_t reserves = 0;
+        for (size_t i = 0; i < *nst; i++) {
+                if ((rc = ds_override_validate(&st[i].ov, st[i].name, why, whylen)))
+                        return rc;
+                reserves += ds_override_reserve(&st[i].ov);
+        }
+        uint32_t shwm =
+            h->hdr->scraper_hwm <= h->cap.max_scrapers ? h->hdr->scraper_hwm : h->cap.max_scrapers;
+        for (uint32_t i = 0; i < shwm; i++) {
+                int staged = 0;
+                for (size_t j = 0; j < *nst; j++)
+                        staged |= st[j].idx == (long)i;
+                if (h->scrapers[i].name[0] && !staged)
+                        reserves += ds_override_reserve(&h->scrapers[i].ov);
+        }
+        if (reserves >= cfg->pool_size) {
+                snprintf(why, whylen,
+                         "the reserves of all scrapers would add up to %llu, which must stay "
+                         "below pool_size %u",
+                         (unsigned long long)reserves, cfg->pool_size);
+                return -EINVAL;
+        }
+        return 0;
+}
+
+int ds_update(ds_handle *h, const char *const *set, size_t nset, const char *const *unset,
+              size_t nunset, struct ds_config *out, char *err, size_t errlen)
+{
+        char why[300] = "";
+        struct staged *st = calloc(nset + nunset + 1, sizeof(*st));
+        if (!st) {
+                ERR("out of memory");
+                return -ENOMEM;
+        }
+        size_t nst = 0;
         int rc = ds_lock(h);
         if (rc) {
                 ERR("could not lock segment %s: %s", h->name, strerror(-rc));
+                free(st);
                 return rc;
         }
-        struct ds_config cfg = h->hdr->cfg;
-        for (size_t i = 0; i < n && rc == 0; i++)
-                rc = ds_config_set_kv(&cfg, pairs[i], why, sizeof(why));
-        if (rc == 0)
-                rc = ds_config_validate(&cfg, &h->cap, why, sizeof(why));
-        if (rc == 0) {
-                uint64_t now = ds_now_ns();
-                h->hdr->cfg = cfg;
-                recompute_limits(h, now);
-                grant_waiters(h, now);
-                if (out)
-                        *out = cfg;
-        } else {
-                ERR("%s", why);
+        struct ds_header *H = h->hdr;
+        struct ds_config cfg = H->cfg;
+        uint64_t now = ds_now_ns();
+        rc = stage_update(h, set, nset, unset, nunset, &cfg, st, &nst, why, sizeof(why));
+        /* create the records named for the first time; undone on failure */
+        size_t created = 0;
+        for (size_t i = 0; rc == 0 && i < nst; i++) {
+                if (st[i].idx >= 0 || st[i].ov.flags == 0)
+                        continue;
+                long idx = find_scraper(h, st[i].name, now);
+                if (idx < 0) {
+                        snprintf(why, sizeof(why),
+                                 "no room for scraper \"%s\": the segment remembers at most %u "
+                                 "scrapers and every record is in use",
+                                 st[i].name, h->cap.max_scrapers);
+                        rc = -ENOSPC;
+                        break;
+                }
+                st[i].idx = idx;
+                created++;
         }
+        if (rc) {
+                for (size_t i = 0; i < nst && created; i++)
+                        if (st[i].idx >= 0 && lookup_scraper(h, st[i].name) == st[i].idx &&
+                            h->scrapers[st[i].idx].ov.flags == 0 &&
+                            h->scrapers[st[i].idx].procs == 0 &&
+                            h->scrapers[st[i].idx].last_used_ns == now) {
+                                memset(&h->scrapers[st[i].idx], 0, sizeof(struct ds_scraper));
+                                created--;
+                        }
+                while (H->scraper_hwm > 0 && !h->scrapers[H->scraper_hwm - 1].name[0])
+                        H->scraper_hwm--;
+                ERR("%s", why);
+                goto out;
+        }
+        H->cfg = cfg;
+        for (size_t i = 0; i < nst; i++)
+                if (st[i].idx >= 0)
+                        h->scrapers[st[i].idx].ov = st[i].ov;
+        recompute_limits(h, now);
+        grant_waiters(h, now);
+        notify_surplus(h);
+        if (out)
+                *out = cfg;
+out:
         ds_unlock(h);
+        free(st);
         return rc;
+}
+
+int ds_update_config(ds_handle *h, const char *const *pairs, size_t n, struct ds_config *out,
+                     char *err, size_t errlen)
+{
+        return ds_update(h, pairs, n, NULL, 0, out, err, errlen);
 }
 
 /* ---- statistics and checks ---- */
@@ -983,6 +1208,9 @@ int ds_stats_get(ds_handle *h, struct ds_stats *out)
                 o->reconnects = s->reconnects, o->reclaimed = s->reclaimed;
                 o->timeouts = s->timeouts, o->waits = s->waits;
                 o->wait_ns_total = s->wait_ns_total, o->wait_ns_max = s->wait_ns_max;
+                o->ov = s->ov;
+                o->claimed = s->claimed;
+                o->idle_release = (int)ds_override_idle_release(&s->ov, &H->cfg);
         }
         ds_unlock(h);
         qsort(v, n, sizeof(*v), by_name);
@@ -1085,27 +1313,37 @@ out:
 
 /* ---- release advice (idle and surplus release) ---- */
 
-/* Connects waiting that could be served but for a full pool (under the lock). */
+/* Connects waiting that could be served but for a full pool, at most as
+ * many per scraper as its limit leaves room for; with free slots, those of
+ * scrapers short of their claimed reserve, which only others' slots can
+ * serve (under the lock, after a grant pass). */
 static uint32_t count_starved(ds_handle *h)
 {
         struct ds_header *H = h->hdr;
-        if (H->held < H->cfg.pool_size)
-                return 0;
+        int full = H->held >= H->cfg.pool_size;
         uint32_t n = 0;
         uint32_t shwm =
             H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
-        for (uint32_t i = 0; i < shwm; i++)
-                if (h->scrapers[i].waiting && h->scrapers[i].held < h->scrapers[i].limit)
-                        n += h->scrapers[i].waiting;
+        for (uint32_t i = 0; i < shwm; i++) {
+                const struct ds_scraper *s = &h->scrapers[i];
+                if (!s->waiting)
+                        continue;
+                uint32_t room = 0;
+                if (full && s->held < s->limit)
+                        room = s->limit - s->held;
+                else if (!full && s->held < s->claimed)
+                        room = s->claimed - s->held;
+                n += s->waiting < room ? s->waiting : room;
+        }
         return n;
 }
 
-/* Asks the processes of scrapers above their limit to look at their advice
- * now, when others starve (under the lock). */
+/* Asks the processes of scrapers above their limit (with idle release on)
+ * to look at their advice now, when others starve (under the lock). */
 static void notify_surplus(ds_handle *h)
 {
         struct ds_header *H = h->hdr;
-        if (!H->cfg.idle_release || count_starved(h) == 0)
+        if (count_starved(h) == 0)
                 return;
         uint32_t phwm = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
         for (uint32_t i = 0; i < phwm; i++) {
@@ -1113,7 +1351,8 @@ static void notify_surplus(ds_handle *h)
                 if (p->pid == 0 || p->held == 0 || p->scraper >= h->cap.max_scrapers)
                         continue;
                 const struct ds_scraper *s = &h->scrapers[p->scraper];
-                if (s->held > s->limit + s->surplus_pending)
+                if (s->held > s->limit + s->surplus_pending &&
+                    ds_override_idle_release(&s->ov, &H->cfg))
                         poke_proc(p);
         }
 }
@@ -1134,7 +1373,9 @@ int ds_advise(ds_handle *h, struct ds_advice *out)
         struct ds_scraper *s = &h->scrapers[p->scraper];
         recompute_limits(h, ds_now_ns());
         enum ds_release_reason why;
-        uint32_t n = ds_policy_give_back(&h->hdr->cfg, (int)s->active, s->held, s->limit,
+        struct ds_config cfg = h->hdr->cfg;
+        cfg.idle_release = ds_override_idle_release(&s->ov, &cfg);
+        uint32_t n = ds_policy_give_back(&cfg, (int)s->active, s->held, s->limit,
                                          s->surplus_pending, count_starved(h), &why);
         if (n > p->held)
                 n = p->held;

@@ -14,9 +14,10 @@
 #include <stdint.h>
 
 #include "dynshim/config.h"
+#include "dynshim/policy.h"
 
 #define DS_MAGIC          UINT64_C(0x314d4853594e4444) /* "DDNYSHM1" */
-#define DS_LAYOUT_VERSION 1u
+#define DS_LAYOUT_VERSION 2u
 #define DS_ALIGN          64u
 
 enum ds_lease_state {
@@ -84,6 +85,13 @@ struct ds_scraper {
         uint32_t oldest_idx;
         uint32_t surplus_pending; /* cache: surplus slots its processes promised
                                      to give back; rebuilt as 0 */
+        /* Configuration: set by dyncoord --set scraper.NAME.KEY=VALUE,
+         * validated (alone and with every other record's reserve) before it
+         * is written. A record with flags != 0 is never recycled. */
+        struct ds_override ov;
+        uint32_t claimed; /* reserve claimed at the last recomputation (0: none) */
+        /* Scratch of the recomputation under reserve pressure. */
+        struct ds_share share;
 } __attribute__((aligned(DS_ALIGN)));
 
 struct ds_header {
