@@ -156,6 +156,7 @@ int ds_policy_reserve_starved(uint32_t held, uint32_t waiting, uint32_t claimed)
 }
 
 #define AT(e, i) ((struct ds_share *)((char *)(e) + (i)*stride))
+#define PS(e, i) ((struct ds_policy_scraper *)((char *)(e) + (i)*stride))
 
 static uint64_t share_at(const struct ds_share *s, uint64_t level)
 {
@@ -214,4 +215,53 @@ void ds_policy_fill(struct ds_share *e, size_t n, size_t stride, uint32_t pool)
                         sum++;
                 }
         }
+}
+
+uint32_t ds_policy_limits(const struct ds_config *cfg, struct ds_policy_scraper *e, size_t n,
+                          size_t stride, int *pressure)
+{
+        struct ds_limit_ctx ctx = {0, 0, 0};
+        for (size_t i = 0; i < n; i++) {
+                struct ds_policy_scraper *s = PS(e, i);
+                s->claimed = 0;
+                if (!s->used)
+                        continue;
+                if (ds_policy_claims_reserve(cfg, &s->ov, (int)s->active)) {
+                        uint32_t r = ds_override_reserve(&s->ov), cap = ds_override_cap(&s->ov);
+                        s->claimed = r < cap ? r : cap;
+                }
+                ctx.claimed += s->claimed;
+                if (s->active) {
+                        ctx.n_active++;
+                        ctx.weight_sum += ds_override_weight(&s->ov);
+                }
+        }
+        uint64_t unfilled = 0;
+        int starved = 0;
+        for (size_t i = 0; i < n; i++) {
+                struct ds_policy_scraper *s = PS(e, i);
+                if (!s->used)
+                        continue;
+                s->limit = ds_policy_limit_for(cfg, &ctx, &s->ov, (int)s->active, s->claimed != 0);
+                if (s->held < s->claimed) {
+                        unfilled += s->claimed - s->held;
+                        starved |= ds_policy_reserve_starved(s->held, s->waiting, s->claimed);
+                }
+        }
+        if (starved) {
+                for (size_t i = 0; i < n; i++) {
+                        struct ds_policy_scraper *s = PS(e, i);
+                        int part = s->used && (s->active || s->claimed);
+                        s->share.weight = part ? ds_override_weight(&s->ov) : 0;
+                        s->share.floor = s->active ? (s->claimed > 1 ? s->claimed : 1) : s->claimed;
+                        s->share.cap = s->active ? s->limit : s->claimed;
+                }
+                ds_policy_fill(&e->share, n, stride, cfg->pool_size);
+                for (size_t i = 0; i < n; i++)
+                        if (PS(e, i)->used && PS(e, i)->active)
+                                PS(e, i)->limit = PS(e, i)->share.alloc;
+        }
+        if (pressure)
+                *pressure = starved;
+        return unfilled > UINT32_MAX ? UINT32_MAX : (uint32_t)unfilled;
 }

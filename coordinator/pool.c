@@ -267,55 +267,31 @@ static int sweep_dead(ds_handle *h)
 
 /* ---- limits and grants (under the lock) ---- */
 
-/* Limits when some scraper has overrides (docs/configuration.md). Returns
- * the claimed reserves still unfilled. */
-static uint32_t recompute_custom(ds_handle *h, uint32_t shwm, uint32_t n_active)
+/* Limits when some scraper has overrides (ds_policy_limits). Returns the
+ * claimed reserves still unfilled. */
+static uint32_t recompute_custom(ds_handle *h, uint32_t shwm)
 {
         struct ds_header *H = h->hdr;
-        struct ds_limit_ctx ctx = {n_active, 0, 0};
         for (uint32_t i = 0; i < shwm; i++) {
                 struct ds_scraper *s = &h->scrapers[i];
-                s->claimed = 0;
-                if (!s->name[0])
-                        continue;
-                if (ds_policy_claims_reserve(&H->cfg, &s->ov, (int)s->active)) {
-                        uint32_t r = ds_override_reserve(&s->ov), cap = ds_override_cap(&s->ov);
-                        s->claimed = r < cap ? r : cap;
-                }
-                ctx.claimed += s->claimed;
-                if (s->active)
-                        ctx.weight_sum += ds_override_weight(&s->ov);
+                s->pol.ov = s->ov;
+                s->pol.used = s->name[0] != '\0';
+                s->pol.active = s->active;
+                s->pol.held = s->held;
+                s->pol.waiting = s->waiting;
         }
-        uint64_t unfilled = 0;
-        int pressure = 0;
+        uint32_t unfilled = ds_policy_limits(&H->cfg, shwm ? &h->scrapers[0].pol : NULL, shwm,
+                                             sizeof(struct ds_scraper), NULL);
         for (uint32_t i = 0; i < shwm; i++) {
                 struct ds_scraper *s = &h->scrapers[i];
-                if (!s->name[0])
-                        continue;
-                s->limit =
-                    ds_policy_limit_for(&H->cfg, &ctx, &s->ov, (int)s->active, s->claimed != 0);
-                if (s->held < s->claimed) {
-                        unfilled += s->claimed - s->held;
-                        pressure |= ds_policy_reserve_starved(s->held, s->waiting, s->claimed);
+                if (s->pol.used) {
+                        s->limit = s->pol.limit;
+                        s->claimed = s->pol.claimed;
+                } else {
+                        s->claimed = 0;
                 }
         }
-        if (pressure) {
-                /* A reserve is starved: active limits become a strict division
-                 * of the pool, so that those above it are asked for surplus. */
-                for (uint32_t i = 0; i < shwm; i++) {
-                        struct ds_scraper *s = &h->scrapers[i];
-                        int part = s->name[0] && (s->active || s->claimed);
-                        s->share.weight = part ? ds_override_weight(&s->ov) : 0;
-                        s->share.floor = s->active ? (s->claimed > 1 ? s->claimed : 1) : s->claimed;
-                        s->share.cap = s->active ? s->limit : s->claimed;
-                }
-                ds_policy_fill(&h->scrapers[0].share, shwm, sizeof(struct ds_scraper),
-                               H->cfg.pool_size);
-                for (uint32_t i = 0; i < shwm; i++)
-                        if (h->scrapers[i].name[0] && h->scrapers[i].active)
-                                h->scrapers[i].limit = h->scrapers[i].share.alloc;
-        }
-        return unfilled > UINT32_MAX ? UINT32_MAX : (uint32_t)unfilled;
+        return unfilled;
 }
 
 /* Recomputes every scraper's state and limit. Returns the reserves claimed
@@ -340,7 +316,7 @@ static uint32_t recompute_limits(ds_handle *h, uint64_t now)
         H->n_active = n_active;
         H->last_realloc_ns = now;
         if (custom)
-                return recompute_custom(h, shwm, n_active);
+                return recompute_custom(h, shwm);
         for (uint32_t i = 0; i < shwm; i++) {
                 struct ds_scraper *s = &h->scrapers[i];
                 /* an idle scraper is shown the limit it would get on waking */

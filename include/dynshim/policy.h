@@ -122,4 +122,32 @@ struct ds_share {
  * pool, unless the floors alone exceed it (then alloc = floor). */
 void ds_policy_fill(struct ds_share *e, size_t n, size_t stride, uint32_t pool);
 
+/* One scraper record for ds_policy_limits. */
+struct ds_policy_scraper {
+        struct ds_override ov; /* in: its overrides */
+        uint32_t used;         /* in: 0 for a free record (ignored) */
+        uint32_t active;       /* in: its state */
+        uint32_t held;         /* in: slots it holds */
+        uint32_t waiting;      /* in: connects it has waiting */
+        uint32_t limit;        /* out: its limit */
+        uint32_t claimed;      /* out: the reserve it claims (0: none) */
+        struct ds_share share; /* scratch */
+};
+
+/* Every limit of a pool whose scrapers may have overrides, for the n
+ * records at e, e + stride bytes, ... (docs/configuration.md):
+ *  1. a scraper claims its reserve (at most its max) by
+ *     ds_policy_claims_reserve;
+ *  2. each gets ds_policy_limit_for;
+ *  3. while one is reserve-starved (ds_policy_reserve_starved), the
+ *     limits of the active ones become ds_policy_fill's strict division of
+ *     pool_size (floors: claimed reserve and 1; caps: the limits of step 2;
+ *     a claiming idle scraper takes its reserve out of the division).
+ * Returns the claimed reserves still unfilled (sum of claimed - held where
+ * positive): slots ds_policy_may_grant_reserved keeps for them. *pressure
+ * (if not NULL) is set to 1 in case 3, else 0. Without overrides the limits
+ * are ds_policy_limit's. */
+uint32_t ds_policy_limits(const struct ds_config *cfg, struct ds_policy_scraper *e, size_t n,
+                          size_t stride, int *pressure);
+
 #endif

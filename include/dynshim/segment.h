@@ -90,8 +90,8 @@ struct ds_scraper {
          * is written. A record with flags != 0 is never recycled. */
         struct ds_override ov;
         uint32_t claimed; /* reserve claimed at the last recomputation (0: none) */
-        /* Scratch of the recomputation under reserve pressure. */
-        struct ds_share share;
+        /* Scratch of the recomputation with overrides (ds_policy_limits). */
+        struct ds_policy_scraper pol;
 } __attribute__((aligned(DS_ALIGN)));
 
 struct ds_header {
