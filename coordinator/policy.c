@@ -208,11 +208,18 @@ void ds_policy_fill(struct ds_share *e, size_t n, size_t stride, uint32_t pool)
                         AT(e, i)->alloc = (uint32_t)share_at(AT(e, i), lo);
                         sum += AT(e, i)->alloc;
                 }
-        for (size_t i = 0; i < n && sum < pool && lo != hi; i++) {
-                struct ds_share *s = AT(e, i);
-                if (s->weight && share_at(s, lo + 1) > s->alloc) {
-                        s->alloc++;
-                        sum++;
+        /* the slots left over go one each, in entry order, to the entries
+         * that grow at the next level (sum(lo + 1) > pool: it ends) */
+        int grew = 1;
+        while (sum < pool && lo != hi && grew) {
+                grew = 0;
+                for (size_t i = 0; i < n && sum < pool; i++) {
+                        struct ds_share *s = AT(e, i);
+                        if (s->weight && share_at(s, lo + 1) > s->alloc) {
+                                s->alloc++;
+                                sum++;
+                                grew = 1;
+                        }
                 }
         }
 }
