@@ -967,7 +967,8 @@ static long lookup_scraper(ds_handle *h, const char *name)
 struct staged {
         char name[DS_NAME_MAX];
         struct ds_override ov;
-        long idx; /* its record, -1 if none yet */
+        long idx;    /* its record, -1 if none yet */
+        int created; /* 1: its record was created by this update */
 };
 
 static struct staged *stage(ds_handle *h, struct staged *st, size_t *n, const char *name)
@@ -1077,7 +1078,6 @@ int ds_update(ds_handle *h, const char *const *set, size_t nset, const char *con
         uint64_t now = ds_now_ns();
         rc = stage_update(h, set, nset, unset, nunset, &cfg, st, &nst, why, sizeof(why));
         /* create the records named for the first time; undone on failure */
-        size_t created = 0;
         for (size_t i = 0; rc == 0 && i < nst; i++) {
                 if (st[i].idx >= 0 || st[i].ov.flags == 0)
                         continue;
@@ -1091,17 +1091,14 @@ int ds_update(ds_handle *h, const char *const *set, size_t nset, const char *con
                         break;
                 }
                 st[i].idx = idx;
-                created++;
+                st[i].created = 1;
+                /* not recyclable by the next creation of this update */
+                h->scrapers[idx].ov = st[i].ov;
         }
         if (rc) {
-                for (size_t i = 0; i < nst && created; i++)
-                        if (st[i].idx >= 0 && lookup_scraper(h, st[i].name) == st[i].idx &&
-                            h->scrapers[st[i].idx].ov.flags == 0 &&
-                            h->scrapers[st[i].idx].procs == 0 &&
-                            h->scrapers[st[i].idx].last_used_ns == now) {
+                for (size_t i = 0; i < nst; i++)
+                        if (st[i].created)
                                 memset(&h->scrapers[st[i].idx], 0, sizeof(struct ds_scraper));
-                                created--;
-                        }
                 while (H->scraper_hwm > 0 && !h->scrapers[H->scraper_hwm - 1].name[0])
                         H->scraper_hwm--;
                 ERR("%s", why);
