@@ -321,7 +321,8 @@ static uint32_t recompute_limits(ds_handle *h, uint64_t now)
                 struct ds_scraper *s = &h->scrapers[i];
                 /* an idle scraper is shown the limit it would get on waking */
                 s->limit = ds_policy_limit(&H->cfg, s->active ? n_active : n_active + 1);
-                s->claimed = 0;
+                if (s->claimed)
+                        s->claimed = 0;
         }
         return 0;
 }

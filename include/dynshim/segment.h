@@ -60,12 +60,18 @@ struct ds_lease {
 
 /* One scraper: a named group of processes, and its statistics. */
 struct ds_scraper {
-        char name[DS_NAME_MAX];            /* NUL-terminated; "" means the record is free */
-        uint32_t held;                     /* cache: HELD leases of its processes */
-        uint32_t waiting;                  /* cache: WAITING leases */
-        uint32_t procs;                    /* cache: live processes registered under it */
-        uint32_t limit;                    /* limit from the last recomputation */
-        uint32_t active;                   /* state from the last recomputation (0/1) */
+        char name[DS_NAME_MAX]; /* NUL-terminated; "" means the record is free */
+        uint32_t held;          /* cache: HELD leases of its processes */
+        uint32_t waiting;       /* cache: WAITING leases */
+        uint32_t procs;         /* cache: live processes registered under it */
+        uint32_t limit;         /* limit from the last recomputation */
+        uint32_t active;        /* state from the last recomputation (0/1) */
+        /* Configuration: set by dyncoord --set scraper.NAME.KEY=VALUE,
+         * validated (alone and with every other record's reserve) before it
+         * is written. A record with flags != 0 is never recycled. Kept in
+         * the same cache line as the fields every acquire reads. */
+        struct ds_override ov;
+        uint32_t claimed;                  /* reserve claimed at the last recomputation (0: none) */
         _Atomic uint32_t inflight;         /* sum of its live processes' inflight */
         _Atomic uint64_t last_activity_ns; /* newest activity of any process */
         /* Statistics: monotonic, never decremented. */
@@ -85,11 +91,6 @@ struct ds_scraper {
         uint32_t oldest_idx;
         uint32_t surplus_pending; /* cache: surplus slots its processes promised
                                      to give back; rebuilt as 0 */
-        /* Configuration: set by dyncoord --set scraper.NAME.KEY=VALUE,
-         * validated (alone and with every other record's reserve) before it
-         * is written. A record with flags != 0 is never recycled. */
-        struct ds_override ov;
-        uint32_t claimed; /* reserve claimed at the last recomputation (0: none) */
         /* Scratch of the recomputation with overrides (ds_policy_limits). */
         struct ds_policy_scraper pol;
 } __attribute__((aligned(DS_ALIGN)));
