@@ -231,11 +231,13 @@ fail:
         return rc;
 }
 
-/* Validates a mapped header of `size` bytes. 0, or -EPROTO/-EXDEV with the
- * reason in err. */
-static int validate_header(const struct ds_header *h, size_t size, const char *name, char *err,
-                           size_t errlen)
+int ds_segment_validate(const void *buf, size_t size, const char *name, char *err, size_t errlen)
 {
+        const struct ds_header *h = buf;
+        if (size < sizeof(struct ds_header)) {
+                ERR("segment %s is %zu bytes, too small for a header", name, size);
+                return -EPROTO;
+        }
         uint64_t magic = __atomic_load_n(&h->magic, __ATOMIC_ACQUIRE);
 #define CHECK(cond, ...)                                                                           \
         do {                                                                                       \
@@ -358,7 +360,7 @@ static int attach_existing(ds_handle *h, const char *name, char *err, size_t err
                 goto out;
         }
         h->hdr = h->map;
-        rc = validate_header(h->hdr, h->size, name, err, errlen);
+        rc = ds_segment_validate(h->hdr, h->size, name, err, errlen);
         if (rc) {
                 munmap(h->map, h->size);
                 h->map = NULL;
