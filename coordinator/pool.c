@@ -378,10 +378,16 @@ static void *life_main(void *arg)
         if (rc)
                 return NULL;
         /* Sleep on the record's notify word: bumped by the pool when it wants
-         * slots back, by ds_set_advice_handler and by stop_life. */
+         * slots back, by ds_set_advice_handler and by stop_life. The word is
+         * read before life_stop: a stop_life that stores life_stop after our
+         * check bumps the word after our read, so the wait returns at once
+         * (read the other way round, its wake could fall between the two
+         * reads and be lost, and ds_detach would join this thread forever). */
         _Atomic uint32_t *notify = &h->procs[h->proc_idx].notify;
-        while (atomic_load(&h->life_stop) == 0) {
+        for (;;) {
                 uint32_t seen = atomic_load(notify);
+                if (atomic_load(&h->life_stop))
+                        break;
                 void (*fn)(void *) = atomic_load(&h->advice_fn);
                 uint32_t period = atomic_load(&h->advice_period_ms);
                 struct timespec ts = {(time_t)(period / 1000), (long)(period % 1000) * 1000000L};
