@@ -1,36 +1,34 @@
-/* dyncoord.c - the command-line tool: creates, configures, inspects, checks
- * and removes a pool's shared-memory segment.
+/* dyncoord.c - the command-line tool: parses the options; creates,
+ * configures, inspects (table, JSON, Prometheus, live view), checks and
+ * removes a pool's shared-memory segment. --run is in dyncoord_run.c,
+ * --watchdog and the server check in dyncoord_watchdog.c.
  *
- * Every cmd_* function prints its own error and returns 0 or a negative
- * errno value; main alone turns that into the exit status:
- *   0  success
- *   1  failure at run time (segment missing or unusable, lock failure)
- *   2  usage or configuration error (-EINVAL) */
+ * Every cmd_* function prints its own error and returns 0, a negative errno
+ * value, or (--run, --watchdog) a positive exit status; main alone turns
+ * that into the exit status:
+ *   0   success
+ *   1   failure at run time (segment missing or unusable, lock failure)
+ *   2   usage or configuration error (-EINVAL)
+ *   75  --run/--watchdog: another live instance holds the lock
+ *   N   --run: the supervised program's status (128+signal if killed) */
 #include <errno.h>
 #include <getopt.h>
 #include <grp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/types.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "dynshim/config.h"
 #include "dynshim/coord.h"
-
-#define PROG "dyncoord"
-
-enum command {
-        CMD_NONE = 0,
-        CMD_INIT,
-        CMD_SET,
-        CMD_STATS,
-        CMD_HEALTH,
-        CMD_DESTROY,
-        CMD_VERSION,
-};
+#include "dyncoord.h"
 
 static const char *const command_names[] = {
     [CMD_NONE] = "",
@@ -40,6 +38,8 @@ static const char *const command_names[] = {
     [CMD_HEALTH] = "--health",
     [CMD_DESTROY] = "--destroy",
     [CMD_VERSION] = "--version",
+    [CMD_RUN] = "--run",
+    [CMD_WATCHDOG] = "--watchdog",
 };
 
 enum option_id {
@@ -67,6 +67,18 @@ enum option_id {
         OPT_MAX_PROCESSES,
         OPT_MAX_LEASES,
         OPT_MAX_SCRAPERS,
+        OPT_RUN,
+        OPT_REPLACE,
+        OPT_RESTART,
+        OPT_MAX_RESTARTS,
+        OPT_GRACE,
+        OPT_WATCHDOG,
+        OPT_INTERVAL,
+        OPT_PING_INTERVAL,
+        OPT_CONNINFO,
+        OPT_LOG,
+        OPT_WATCH,
+        OPT_PROMETHEUS,
 };
 
 static const struct option long_options[] = {
@@ -93,6 +105,18 @@ static const struct option long_options[] = {
     {"max-processes", required_argument, NULL, OPT_MAX_PROCESSES},
     {"max-leases", required_argument, NULL, OPT_MAX_LEASES},
     {"max-scrapers", required_argument, NULL, OPT_MAX_SCRAPERS},
+    {"run", required_argument, NULL, OPT_RUN},
+    {"replace", no_argument, NULL, OPT_REPLACE},
+    {"restart", required_argument, NULL, OPT_RESTART},
+    {"max-restarts", required_argument, NULL, OPT_MAX_RESTARTS},
+    {"grace", required_argument, NULL, OPT_GRACE},
+    {"watchdog", no_argument, NULL, OPT_WATCHDOG},
+    {"interval", required_argument, NULL, OPT_INTERVAL},
+    {"ping-interval", required_argument, NULL, OPT_PING_INTERVAL},
+    {"conninfo", required_argument, NULL, OPT_CONNINFO},
+    {"log", required_argument, NULL, OPT_LOG},
+    {"watch", required_argument, NULL, OPT_WATCH},
+    {"prometheus", no_argument, NULL, OPT_PROMETHEUS},
     {NULL, 0, NULL, 0},
 };
 
@@ -131,22 +155,6 @@ static const struct value_option {
 
 #define N_VALUE_OPTIONS (sizeof(value_options) / sizeof(value_options[0]))
 
-struct options {
-        enum command cmd;
-        int help;
-        const char *segment; /* NULL: $DYNSHIM_SEGMENT, else the default */
-        struct ds_config cfg;
-        struct ds_capacity cap;
-        struct ds_create_opts create;
-        int json;
-        const char *init_only; /* first option given that only --init takes */
-        int init_only_is_live; /* ... and it is a key --set can change */
-        const char *stats_only;
-        const char **pairs; /* KEY=VALUE arguments of --set */
-        size_t n_pairs;
-        const char *stray; /* first other non-option argument */
-};
-
 /* ---- messages ---- */
 
 static void vprint_error(const char *fmt, va_list ap)
@@ -157,8 +165,7 @@ static void vprint_error(const char *fmt, va_list ap)
 }
 
 /* Prints "dyncoord: " and one sentence on stderr. */
-static void print_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void print_error(const char *fmt, ...)
+void print_error(const char *fmt, ...)
 {
         va_list ap;
         va_start(ap, fmt);
@@ -166,10 +173,20 @@ static void print_error(const char *fmt, ...)
         va_end(ap);
 }
 
+/* Prints "dyncoord: warning: " and one sentence on stderr. */
+void print_warning(const char *fmt, ...)
+{
+        va_list ap;
+        va_start(ap, fmt);
+        fputs(PROG ": warning: ", stderr);
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+        va_end(ap);
+}
+
 /* Prints a usage or configuration error; returns -EINVAL, which main turns
  * into exit status 2 and a hint to --help. */
-static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int usage_error(const char *fmt, ...)
+int usage_error(const char *fmt, ...)
 {
         va_list ap;
         va_start(ap, fmt);
@@ -189,8 +206,15 @@ static void print_usage(FILE *f)
               "  --set KEY=VALUE...     change the live configuration (keys: pool_size,\n"
               "                         soft_limit, max_limit, idle_timeout, realloc_interval,\n"
               "                         wait_timeout, warn_usage, idle_release)\n"
-              "  --stats [--json]       show the pool and every scraper\n"
-              "  --health               check the segment and its invariants\n"
+              "  --stats [--json|--prometheus] [--watch S]\n"
+              "                         show the pool and every scraper (--watch: live view)\n"
+              "  --health [--conninfo STR]\n"
+              "                         check the segment, its invariants and the server\n"
+              "  --run NAME [--replace] [--restart on-failure [--max-restarts N]] [--grace S]\n"
+              "        -- CMD [ARGS...] run a scraper under the shim and supervise it\n"
+              "  --watchdog [--interval S] [--ping-interval S] [--conninfo STR] [--log FILE]\n"
+              "                         reclaim dead processes' slots, watch usage, zombies\n"
+              "                         and the server, in the foreground\n"
               "  --destroy              remove the segment\n"
               "  --help                 show this help\n"
               "  --version              show the version\n"
@@ -215,9 +239,27 @@ static void print_usage(FILE *f)
               "  --group NAME           group of the segment (name or number)\n"
               "  --force                replace an existing segment\n"
               "\n"
+              "Options of --run:\n"
+              "  --replace              stop a running instance of NAME first (TERM, then KILL\n"
+              "                         after the grace period)\n"
+              "  --restart on-failure   restart CMD when it fails (non-zero status or signal)\n"
+              "  --max-restarts N       at most N restarts (5)\n"
+              "  --grace S              time between TERM and KILL (10)\n"
+              "  The library is $DYNSHIM_LIBRARY, else ../lib/libdynshim.so (or the library\n"
+              "  directory it was installed with) next to the dyncoord binary, else the build\n"
+              "  tree's shim/libdynshim.so.\n"
+              "\n"
+              "Options of --watchdog:\n"
+              "  --interval S           reclaim and check this often (5)\n"
+              "  --ping-interval S      ping the server this often (300)\n"
+              "  --conninfo STR         the server to ping (also --health); no ping without it\n"
+              "  --log FILE             append the log to FILE instead of stderr\n"
+              "\n"
               "Durations S are seconds (\"60\", \"0.5\") or carry a unit (\"500ms\", \"2s\").\n"
               "\n"
-              "Exit status: 0 success, 1 failure at run time, 2 usage or configuration error.\n",
+              "Exit status: 0 success, 1 failure at run time, 2 usage or configuration error,\n"
+              "75 another instance is running (--run, --watchdog); --run exits with CMD's\n"
+              "status (128+N when killed by signal N), 126/127 when CMD cannot be run.\n",
               f);
 }
 
@@ -343,6 +385,168 @@ static int bad_option(int c, char *const argv[])
         return usage_error("unknown option '%s'", arg);
 }
 
+static int parse_duration_option(const char *name, const char *arg, uint32_t min_ms, uint32_t *out)
+{
+        if (ds_parse_duration_ms(arg, out) != 0)
+                return usage_error("%s: '%s' is not a duration in seconds up to one day "
+                                   "(e.g. 60, 0.5, 500ms)",
+                                   name, arg);
+        if (*out < min_ms)
+                return usage_error("%s: '%s' is below the minimum of %u ms", name, arg, min_ms);
+        return 0;
+}
+
+/* Remembers the first option given that only one command takes. */
+static void note_only(const char **slot, const char *name)
+{
+        if (!*slot)
+                *slot = name;
+}
+
+static int parse_option(int c, struct options *o, char *const argv[])
+{
+        switch (c) {
+        case OPT_HELP:
+                o->help = 1;
+                return 0;
+        case OPT_VERSION:
+                return set_command(o, CMD_VERSION);
+        case OPT_SEGMENT:
+                o->segment = optarg;
+                return 0;
+        case OPT_INIT:
+                return set_command(o, CMD_INIT);
+        case OPT_SET: {
+                int rc = set_command(o, CMD_SET);
+                if (!rc && optarg)
+                        o->pairs[o->n_pairs++] = optarg;
+                return rc;
+        }
+        case OPT_STATS:
+                return set_command(o, CMD_STATS);
+        case OPT_HEALTH:
+                return set_command(o, CMD_HEALTH);
+        case OPT_DESTROY:
+                return set_command(o, CMD_DESTROY);
+        case OPT_WATCHDOG:
+                return set_command(o, CMD_WATCHDOG);
+        case OPT_RUN: {
+                int rc = set_command(o, CMD_RUN);
+                if (rc)
+                        return rc;
+                if (!optarg[0])
+                        return usage_error("--run: the scraper name is empty");
+                if (strlen(optarg) >= DS_NAME_MAX)
+                        return usage_error("--run: the scraper name '%s' is longer than %d bytes",
+                                           optarg, DS_NAME_MAX - 1);
+                o->run_name = optarg;
+                return 0;
+        }
+        case OPT_JSON:
+                o->json = 1;
+                note_only(&o->stats_only, "--json");
+                return 0;
+        case OPT_PROMETHEUS:
+                o->prometheus = 1;
+                note_only(&o->stats_only, "--prometheus");
+                return 0;
+        case OPT_WATCH:
+                note_only(&o->stats_only, "--watch");
+                return parse_duration_option("--watch", optarg, 100, &o->watch_ms);
+        case OPT_FORCE:
+                o->create.force = 1;
+                note_only(&o->init_only, "--force");
+                return 0;
+        case OPT_MODE:
+                note_only(&o->init_only, "--mode");
+                return parse_mode(optarg, &o->create.mode);
+        case OPT_GROUP:
+                note_only(&o->init_only, "--group");
+                return parse_group(optarg, &o->create.group);
+        case OPT_REPLACE:
+                o->replace = 1;
+                note_only(&o->run_only, "--replace");
+                return 0;
+        case OPT_RESTART:
+                note_only(&o->run_only, "--restart");
+                if (strcmp(optarg, "on-failure") == 0)
+                        o->restart_on_failure = 1;
+                else if (strcmp(optarg, "no") == 0)
+                        o->restart_on_failure = 0;
+                else
+                        return usage_error("--restart: '%s' is not a restart policy (on-failure "
+                                           "or no)",
+                                           optarg);
+                return 0;
+        case OPT_MAX_RESTARTS:
+                note_only(&o->run_only, "--max-restarts");
+                if (ds_parse_u32(optarg, 0, 1000000, &o->max_restarts) != 0)
+                        return usage_error("--max-restarts: '%s' is not a whole number from 0 to "
+                                           "1000000",
+                                           optarg);
+                return 0;
+        case OPT_GRACE:
+                note_only(&o->run_only, "--grace");
+                return parse_duration_option("--grace", optarg, 0, &o->grace_ms);
+        case OPT_INTERVAL:
+                note_only(&o->watchdog_only, "--interval");
+                return parse_duration_option("--interval", optarg, 50, &o->interval_ms);
+        case OPT_PING_INTERVAL:
+                note_only(&o->watchdog_only, "--ping-interval");
+                return parse_duration_option("--ping-interval", optarg, 50, &o->ping_interval_ms);
+        case OPT_LOG:
+                note_only(&o->watchdog_only, "--log");
+                if (!optarg[0])
+                        return usage_error("--log: the file name is empty");
+                o->log_path = optarg;
+                return 0;
+        case OPT_CONNINFO:
+                o->conninfo_opt = "--conninfo";
+                o->conninfo = optarg;
+                return validate_conninfo(optarg);
+        case ':':
+        case '?':
+                return bad_option(c, argv);
+        default:
+                return apply_value_option(o, c, optarg);
+        }
+}
+
+static int check_command_options(struct options *o)
+{
+        if (o->cmd == CMD_NONE)
+                return usage_error("no command given (one of --init, --set, --stats, --health, "
+                                   "--run, --watchdog, --destroy, --help, --version)");
+        if (o->stray)
+                return usage_error(
+                    o->cmd == CMD_RUN ? "unexpected argument '%s' for %s (put the command after --)"
+                                      : "unexpected argument '%s' for %s",
+                    o->stray, command_names[o->cmd]);
+        if (o->init_only && o->cmd != CMD_INIT)
+                return usage_error(
+                    "%s only applies to --init%s", o->init_only,
+                    o->init_only_is_live ? " (change a live pool with --set KEY=VALUE)" : "");
+        if (o->stats_only && o->cmd != CMD_STATS)
+                return usage_error("%s only applies to --stats", o->stats_only);
+        if (o->run_only && o->cmd != CMD_RUN)
+                return usage_error("%s only applies to --run", o->run_only);
+        if (o->watchdog_only && o->cmd != CMD_WATCHDOG)
+                return usage_error("%s only applies to --watchdog", o->watchdog_only);
+        if (o->conninfo_opt && o->cmd != CMD_HEALTH && o->cmd != CMD_WATCHDOG)
+                return usage_error("--conninfo only applies to --health and --watchdog");
+        if (o->json && o->prometheus)
+                return usage_error("--json and --prometheus are two output formats: choose one");
+        if (o->cmd == CMD_SET && o->n_pairs == 0)
+                return usage_error("--set needs at least one KEY=VALUE pair");
+        if (o->cmd == CMD_RUN && (!o->command || !o->command[0]))
+                return usage_error("--run needs a command after -- (dyncoord --run NAME -- CMD "
+                                   "[ARGS...])");
+        if (o->cmd != CMD_RUN && o->command)
+                return usage_error("unexpected '--' for %s (only --run takes a command)",
+                                   command_names[o->cmd]);
+        return 0;
+}
+
 static int parse_args(int argc, char *argv[], struct options *o)
 {
         int rc = 0;
@@ -351,72 +555,30 @@ static int parse_args(int argc, char *argv[], struct options *o)
         ds_capacity_defaults(&o->cap);
         o->create.mode = 0600;
         o->create.group = (gid_t)-1;
+        o->max_restarts = 5;
+        o->grace_ms = 10000;
+        o->interval_ms = 5000;
+        o->ping_interval_ms = 300000;
         o->pairs = calloc((size_t)argc, sizeof(*o->pairs));
         if (!o->pairs) {
                 print_error("out of memory");
                 return -ENOMEM;
         }
+        /* Everything after the first "--" is the command of --run: it is
+         * never parsed as options of ours. */
+        for (int i = 1; i < argc; i++)
+                if (strcmp(argv[i], "--") == 0) {
+                        o->command = &argv[i + 1];
+                        argv[i] = NULL;
+                        argc = i;
+                        break;
+                }
         opterr = 0;
         for (;;) {
                 int c = getopt_long(argc, argv, ":hV", long_options, NULL);
                 if (c == -1)
                         break;
-                switch (c) {
-                case OPT_HELP:
-                        o->help = 1;
-                        break;
-                case OPT_VERSION:
-                        rc = set_command(o, CMD_VERSION);
-                        break;
-                case OPT_SEGMENT:
-                        o->segment = optarg;
-                        break;
-                case OPT_INIT:
-                        rc = set_command(o, CMD_INIT);
-                        break;
-                case OPT_SET:
-                        rc = set_command(o, CMD_SET);
-                        if (!rc && optarg)
-                                o->pairs[o->n_pairs++] = optarg;
-                        break;
-                case OPT_STATS:
-                        rc = set_command(o, CMD_STATS);
-                        break;
-                case OPT_HEALTH:
-                        rc = set_command(o, CMD_HEALTH);
-                        break;
-                case OPT_DESTROY:
-                        rc = set_command(o, CMD_DESTROY);
-                        break;
-                case OPT_JSON:
-                        o->json = 1;
-                        if (!o->stats_only)
-                                o->stats_only = "--json";
-                        break;
-                case OPT_FORCE:
-                        o->create.force = 1;
-                        if (!o->init_only)
-                                o->init_only = "--force";
-                        break;
-                case OPT_MODE:
-                        rc = parse_mode(optarg, &o->create.mode);
-                        if (!o->init_only)
-                                o->init_only = "--mode";
-                        break;
-                case OPT_GROUP:
-                        rc = parse_group(optarg, &o->create.group);
-                        if (!o->init_only)
-                                o->init_only = "--group";
-                        break;
-                case ':':
-                case '?':
-                        rc = bad_option(c, argv);
-                        break;
-                default:
-                        rc = apply_value_option(o, c, optarg);
-                        break;
-                }
-                if (rc)
+                if ((rc = parse_option(c, o, argv)))
                         return rc;
         }
         for (int i = optind; i < argc; i++) {
@@ -427,21 +589,7 @@ static int parse_args(int argc, char *argv[], struct options *o)
         }
         if (o->help)
                 return 0;
-        if (o->cmd == CMD_NONE)
-                return usage_error("no command given (one of --init, --set, --stats, --health, "
-                                   "--destroy, --help, --version)");
-        if (o->stray)
-                return usage_error("unexpected argument '%s' for %s", o->stray,
-                                   command_names[o->cmd]);
-        if (o->init_only && o->cmd != CMD_INIT)
-                return usage_error(
-                    "%s only applies to --init%s", o->init_only,
-                    o->init_only_is_live ? " (change a live pool with --set KEY=VALUE)" : "");
-        if (o->stats_only && o->cmd != CMD_STATS)
-                return usage_error("%s only applies to --stats", o->stats_only);
-        if (o->cmd == CMD_SET && o->n_pairs == 0)
-                return usage_error("--set needs at least one KEY=VALUE pair");
-        return 0;
+        return check_command_options(o);
 }
 
 /* ---- output helpers ---- */
@@ -474,13 +622,10 @@ static size_t utf8_sequence(const unsigned char *p, size_t n)
         return len;
 }
 
-/* Writes s as a JSON string: quotes, backslashes and control characters
- * escaped, valid UTF-8 kept, invalid bytes replaced by U+FFFD. */
-static void json_string(FILE *f, const char *s)
+void write_escaped(FILE *f, const char *s, int json)
 {
         const unsigned char *p = (const unsigned char *)s;
         size_t n = strlen(s);
-        fputc('"', f);
         while (n > 0) {
                 unsigned c = *p;
                 size_t len = 1;
@@ -488,21 +633,28 @@ static void json_string(FILE *f, const char *s)
                         fprintf(f, "\\%c", c);
                 else if (c == '\n')
                         fputs("\\n", f);
-                else if (c == '\t')
+                else if (json && c == '\t')
                         fputs("\\t", f);
-                else if (c == '\r')
+                else if (json && c == '\r')
                         fputs("\\r", f);
-                else if (c < 0x20 || c == 0x7f)
+                else if (json && (c < 0x20 || c == 0x7f))
                         fprintf(f, "\\u%04x", c);
                 else if (c < 0x80)
                         fputc((int)c, f);
                 else if ((len = utf8_sequence(p, n)) > 0)
                         fwrite(p, 1, len, f);
                 else
-                        fputs("\\ufffd", f), len = 1;
+                        fputs(json ? "\\ufffd" : "\xef\xbf\xbd", f), len = 1;
                 p += len;
                 n -= len;
         }
+}
+
+/* Writes s as a JSON string. */
+static void json_string(FILE *f, const char *s)
+{
+        fputc('"', f);
+        write_escaped(f, s, 1);
         fputc('"', f);
 }
 
@@ -721,29 +873,368 @@ static void print_stats_json(const char *segment, const struct ds_stats *st)
         printf("]}\n");
 }
 
-static int cmd_stats(const struct options *o)
+/* ---- Prometheus text exposition format ---- */
+
+/* One family: its HELP and TYPE lines. */
+static void prom_family(FILE *f, const char *name, const char *type, const char *help)
+{
+        fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void prom_labels(FILE *f, const char *segment, const char *scraper)
+{
+        fputs("{segment=\"", f);
+        write_escaped(f, segment, 0);
+        if (scraper) {
+                fputs("\",scraper=\"", f);
+                write_escaped(f, scraper, 0);
+        }
+        fputs("\"}", f);
+}
+
+static void prom_sample(FILE *f, const char *name, const char *segment, const char *scraper,
+                        double value)
+{
+        fputs(name, f);
+        prom_labels(f, segment, scraper);
+        fprintf(f, " %.15g\n", value);
+}
+
+/* One per-scraper family: which field of ds_scraper_stats it shows. */
+struct prom_scraper_metric {
+        const char *name, *type, *help;
+        double (*value)(const struct ds_scraper_stats *s);
+};
+
+#define PROM_FIELD(field)                                                                          \
+        static double prom_##field(const struct ds_scraper_stats *s)                               \
+        {                                                                                          \
+                return (double)s->field;                                                           \
+        }
+PROM_FIELD(active)
+PROM_FIELD(held)
+PROM_FIELD(limit)
+PROM_FIELD(waiting)
+PROM_FIELD(procs)
+PROM_FIELD(connects)
+PROM_FIELD(releases)
+PROM_FIELD(idle_releases)
+PROM_FIELD(surplus_releases)
+PROM_FIELD(reconnects)
+PROM_FIELD(reclaimed)
+PROM_FIELD(timeouts)
+
+static double prom_wait_max(const struct ds_scraper_stats *s)
+{
+        return (double)s->wait_ns_max / 1e9;
+}
+
+static const struct prom_scraper_metric prom_scraper_metrics[] = {
+    {"dynshim_scraper_active", "gauge", "1 if the scraper is active, 0 if idle.", prom_active},
+    {"dynshim_scraper_held", "gauge", "Connection slots the scraper holds.", prom_held},
+    {"dynshim_scraper_limit", "gauge", "The scraper's current limit.", prom_limit},
+    {"dynshim_scraper_waiting", "gauge", "Connects of the scraper waiting for a slot.",
+     prom_waiting},
+    {"dynshim_scraper_processes", "gauge", "Live processes of the scraper.", prom_procs},
+    {"dynshim_scraper_connects_total", "counter", "Slots granted to the scraper.", prom_connects},
+    {"dynshim_scraper_releases_total", "counter", "Slots the scraper gave back itself.",
+     prom_releases},
+    {"dynshim_scraper_idle_releases_total", "counter",
+     "Slots taken back because the scraper was idle.", prom_idle_releases},
+    {"dynshim_scraper_surplus_releases_total", "counter",
+     "Slots given back above the scraper's limit while others waited.", prom_surplus_releases},
+    {"dynshim_scraper_reconnects_total", "counter",
+     "Transparent reconnects after a released connection was used again.", prom_reconnects},
+    {"dynshim_scraper_reclaimed_total", "counter",
+     "Slots reclaimed from dead processes of the scraper.", prom_reclaimed},
+    {"dynshim_scraper_timeouts_total", "counter",
+     "Connects that waited wait_timeout for a slot in vain.", prom_timeouts},
+    {"dynshim_scraper_wait_seconds_max", "gauge", "Longest wait for a slot so far.", prom_wait_max},
+};
+
+/* Wait times: the segment keeps a count, a sum and a maximum per scraper,
+ * so they are exposed as a summary without quantiles (_count, _sum) plus a
+ * gauge for the maximum. */
+static void print_stats_prometheus(const char *segment, const struct ds_stats *st)
+{
+        FILE *f = stdout;
+        const struct {
+                const char *name, *type, *help;
+                double value;
+        } pool[] = {
+            {"dynshim_pool_size", "gauge", "Slots all processes may hold together (pool_size).",
+             st->cfg.pool_size},
+            {"dynshim_pool_held", "gauge", "Slots held now.", st->held},
+            {"dynshim_pool_waiting", "gauge", "Connects waiting for a slot now.", st->waiting},
+            {"dynshim_pool_warn_usage_ratio", "gauge",
+             "Usage above this fraction of pool_size is a warning.",
+             st->cfg.warn_usage_pct / 100.0},
+            {"dynshim_pool_soft_limit", "gauge", "Per-scraper limit with 2 or more active.",
+             st->cfg.soft_limit},
+            {"dynshim_pool_max_limit", "gauge", "Per-scraper limit with 1 active.",
+             st->cfg.max_limit},
+            {"dynshim_processes", "gauge", "Processes attached to the pool.", st->procs},
+            {"dynshim_active_scrapers", "gauge", "Scrapers active now.", st->n_active},
+            {"dynshim_peak_held", "gauge", "Highest number of slots ever held at once.",
+             (double)st->peak_held},
+            {"dynshim_grants_total", "counter", "Slots granted.", (double)st->grants},
+            {"dynshim_reclaimed_processes_total", "counter",
+             "Dead processes whose slots were reclaimed.", (double)st->reclaimed_procs},
+            {"dynshim_lock_repairs_total", "counter",
+             "Times the pool's lock was recovered from a dead owner.", (double)st->repairs},
+        };
+        prom_family(f, "dynshim_info", "gauge", "The segment and the version of dyncoord.");
+        fputs("dynshim_info{segment=\"", f);
+        write_escaped(f, segment, 0);
+        fprintf(f, "\",version=\"%s\"} 1\n", DS_VERSION_STRING);
+        for (size_t i = 0; i < sizeof(pool) / sizeof(pool[0]); i++) {
+                prom_family(f, pool[i].name, pool[i].type, pool[i].help);
+                prom_sample(f, pool[i].name, segment, NULL, pool[i].value);
+        }
+        for (size_t m = 0; m < sizeof(prom_scraper_metrics) / sizeof(prom_scraper_metrics[0]);
+             m++) {
+                const struct prom_scraper_metric *pm = &prom_scraper_metrics[m];
+                prom_family(f, pm->name, pm->type, pm->help);
+                for (size_t i = 0; i < st->n_scrapers; i++)
+                        prom_sample(f, pm->name, segment, st->scrapers[i].name,
+                                    pm->value(&st->scrapers[i]));
+        }
+        prom_family(f, "dynshim_scraper_wait_seconds", "summary",
+                    "Time connects waited for a slot (granted or timed out).");
+        for (size_t i = 0; i < st->n_scrapers; i++) {
+                const struct ds_scraper_stats *s = &st->scrapers[i];
+                prom_sample(f, "dynshim_scraper_wait_seconds_count", segment, s->name,
+                            (double)s->waits);
+                prom_sample(f, "dynshim_scraper_wait_seconds_sum", segment, s->name,
+                            (double)s->wait_ns_total / 1e9);
+        }
+}
+
+/* ---- --stats ---- */
+
+static void print_stats(const struct options *o, const struct ds_stats *st)
+{
+        const char *name = ds_segment_name(o->segment);
+        if (o->json)
+                print_stats_json(name, st);
+        else if (o->prometheus)
+                print_stats_prometheus(name, st);
+        else
+                print_stats_table(name, st);
+}
+
+/* Reads a snapshot of the pool; prints the reason on failure. */
+static int read_stats(const struct options *o, struct ds_stats *st)
 {
         ds_handle *h = NULL;
-        struct ds_stats st;
         int rc = attach(o, &h);
         if (rc)
                 return rc;
-        if ((rc = ds_stats_get(h, &st))) {
+        if ((rc = ds_stats_get(h, st)))
                 print_error("could not read the statistics of segment %s: %s",
                             ds_segment_name(o->segment), strerror(-rc));
-                goto out;
-        }
-        if (o->json)
-                print_stats_json(ds_segment_name(o->segment), &st);
-        else
-                print_stats_table(ds_segment_name(o->segment), &st);
-        ds_stats_free(&st);
-out:
         ds_detach(h);
         return rc;
 }
 
-static int cmd_health(const struct options *o)
+/* ---- --stats --watch ---- */
+
+#define ANSI_ALT_SCREEN_ON  "\033[?1049h"
+#define ANSI_ALT_SCREEN_OFF "\033[?1049l"
+#define ANSI_CURSOR_HIDE    "\033[?25l"
+#define ANSI_CURSOR_SHOW    "\033[?25h"
+#define ANSI_HOME           "\033[H"
+#define ANSI_CLEAR_EOL      "\033[K"
+#define ANSI_CLEAR_BELOW    "\033[J"
+
+static void draw_bar(FILE *f, uint32_t held, uint32_t waiting, uint32_t limit, int width)
+{
+        uint32_t scale = limit > held ? limit : held;
+        int fill = scale ? (int)((uint64_t)held * (uint64_t)width / scale) : 0;
+        int over = limit < held && scale ? (int)((uint64_t)(held - limit) * width / scale) : 0;
+        fputc('[', f);
+        for (int i = 0; i < width; i++)
+                fputc(i < fill - over ? '#' : i < fill ? '!' : '.', f);
+        fputc(']', f);
+        fprintf(f, " %u/%u", held, limit);
+        if (waiting)
+                fprintf(f, " +%u waiting", waiting);
+}
+
+/* Renders one frame of the live view into f: a header, a bar for the pool
+ * and one per scraper (held of limit, waiting). */
+static void render_frame(FILE *f, const struct options *o, const struct ds_stats *st,
+                         const char *error, int cols)
+{
+        char when[32];
+        time_t now = time(NULL);
+        struct tm tm;
+        strftime(when, sizeof(when), "%H:%M:%S", localtime_r(&now, &tm));
+        fprintf(f, "dyncoord %s  segment %s  every %.1f s  %s (Ctrl-C quits)\n", DS_VERSION_STRING,
+                ds_segment_name(o->segment), o->watch_ms / 1000.0, when);
+        if (error) {
+                fprintf(f, "\n%s\n", error);
+                return;
+        }
+        int bar = cols - 50;
+        bar = bar < 10 ? 10 : bar > 60 ? 60 : bar;
+        fprintf(f, "pool %u/%u in use (%u%%), %u waiting, %u %s, %u active%s\n", st->held,
+                st->cfg.pool_size, usage_pct(st), st->waiting, st->procs,
+                plural(st->procs, "process", "processes"), st->n_active,
+                usage_above_warning(st) ? "  WARNING: above warn_usage" : "");
+        fprintf(f, "%-24s ", "POOL");
+        draw_bar(f, st->held, st->waiting, st->cfg.pool_size, bar);
+        fputs("\n\n", f);
+        fprintf(f, "%-24s %-6s %s\n", "SCRAPER", "STATE", "HELD OF LIMIT");
+        if (st->n_scrapers == 0)
+                fputs("no scrapers yet\n", f);
+        char name[DS_NAME_MAX * 4 + 8];
+        for (size_t i = 0; i < st->n_scrapers; i++) {
+                const struct ds_scraper_stats *s = &st->scrapers[i];
+                size_t w = display_name(s->name, name, sizeof(name));
+                fprintf(f, "%s%*s %-6s ", name, w < 24 ? (int)(24 - w) : 0, "",
+                        s->active ? "active" : "idle");
+                draw_bar(f, s->held, s->waiting, s->limit, bar);
+                fprintf(f, "  %llu connects, %llu timeouts\n", (unsigned long long)s->connects,
+                        (unsigned long long)s->timeouts);
+        }
+}
+
+static int terminal_columns(void)
+{
+        struct winsize ws;
+        if (ioctl(STDOUT_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0)
+                return ws.ws_col;
+        return 80;
+}
+
+/* Writes a frame on a terminal: home, each line cleared to its end, the
+ * rest of the screen cleared, in one write so it never flickers. */
+static void show_frame_on_tty(const char *frame, size_t len)
+{
+        char *buf = NULL;
+        size_t blen = 0;
+        FILE *f = open_memstream(&buf, &blen);
+        if (!f)
+                return;
+        fputs(ANSI_HOME, f);
+        for (const char *p = frame, *end = frame + len; p < end;) {
+                const char *nl = memchr(p, '\n', (size_t)(end - p));
+                size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+                fwrite(p, 1, n, f);
+                fputs(ANSI_CLEAR_EOL, f);
+                if (nl)
+                        fputs("\r\n", f);
+                p += n + (nl != NULL);
+        }
+        fputs(ANSI_CLEAR_BELOW, f);
+        fclose(f);
+        fwrite(buf, 1, blen, stdout);
+        fflush(stdout);
+        free(buf);
+}
+
+/* Redraws every watch_ms until SIGINT, SIGTERM or SIGHUP; a terminal gets
+ * the alternate screen and its state back on exit. Other outputs (a pipe,
+ * a file, --json, --prometheus) get one document per interval. */
+static int cmd_stats_watch(const struct options *o)
+{
+        int tty = isatty(STDOUT_FILENO) && !o->json && !o->prometheus;
+        sigset_t set, old;
+        sigemptyset(&set);
+        sigaddset(&set, SIGINT);
+        sigaddset(&set, SIGTERM);
+        sigaddset(&set, SIGHUP);
+        sigaddset(&set, SIGWINCH);
+        sigprocmask(SIG_BLOCK, &set, &old);
+        if (tty) {
+                fputs(ANSI_ALT_SCREEN_ON ANSI_CURSOR_HIDE, stdout);
+                fflush(stdout);
+        }
+        int stop = 0;
+        while (!stop) {
+                struct ds_stats st;
+                ds_handle *h = NULL;
+                char err[512] = "";
+                int rc = ds_attach(o->segment, 0, &h, err, sizeof(err));
+                if (rc == 0) {
+                        rc = ds_stats_get(h, &st);
+                        if (rc)
+                                snprintf(err, sizeof(err), "could not read segment %s: %s",
+                                         ds_segment_name(o->segment), strerror(-rc));
+                        ds_detach(h);
+                } else if (!err[0]) {
+                        snprintf(err, sizeof(err), "%s", strerror(-rc));
+                }
+                if (rc && !tty) {
+                        print_error("%s", err);
+                } else if (o->json || o->prometheus) {
+                        print_stats(o, &st);
+                        fflush(stdout);
+                } else {
+                        char *buf = NULL;
+                        size_t len = 0;
+                        FILE *f = open_memstream(&buf, &len);
+                        if (f) {
+                                render_frame(f, o, rc ? NULL : &st, rc ? err : NULL,
+                                             terminal_columns());
+                                fclose(f);
+                                if (tty) {
+                                        show_frame_on_tty(buf, len);
+                                } else {
+                                        fwrite(buf, 1, len, stdout);
+                                        fputc('\n', stdout);
+                                        fflush(stdout);
+                                }
+                                free(buf);
+                        }
+                }
+                if (rc == 0)
+                        ds_stats_free(&st);
+                struct timespec ts = {o->watch_ms / 1000, (long)(o->watch_ms % 1000) * 1000000L};
+                uint64_t deadline = ds_now_ns() + (uint64_t)o->watch_ms * 1000000u;
+                for (;;) {
+                        int sig = sigtimedwait(&set, NULL, &ts);
+                        if (sig == SIGWINCH)
+                                break;
+                        if (sig > 0) {
+                                stop = 1;
+                                break;
+                        }
+                        if (errno == EAGAIN)
+                                break;
+                        uint64_t now = ds_now_ns();
+                        if (now >= deadline)
+                                break;
+                        ts.tv_sec = (time_t)((deadline - now) / 1000000000u);
+                        ts.tv_nsec = (long)((deadline - now) % 1000000000u);
+                }
+        }
+        if (tty) {
+                fputs(ANSI_CURSOR_SHOW ANSI_ALT_SCREEN_OFF, stdout);
+                fflush(stdout);
+        }
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        return 0;
+}
+
+static int cmd_stats(const struct options *o)
+{
+        struct ds_stats st;
+        if (o->watch_ms)
+                return cmd_stats_watch(o);
+        int rc = read_stats(o, &st);
+        if (rc)
+                return rc;
+        print_stats(o, &st);
+        ds_stats_free(&st);
+        return 0;
+}
+
+/* ---- --health ---- */
+
+/* Prints what is wrong with the segment on stderr, or its state on stdout. */
+static int check_segment(const struct options *o)
 {
         ds_handle *h = NULL;
         struct ds_stats st;
@@ -778,6 +1269,27 @@ out:
         return rc;
 }
 
+/* The segment, then (with --conninfo) the server: both are checked and
+ * every problem is reported. */
+static int cmd_health(const struct options *o)
+{
+        int rc = check_segment(o);
+        if (o->conninfo) {
+                char what[256], why[512];
+                uint64_t t0 = ds_now_ns();
+                int src = check_server(o->conninfo, what, sizeof(what), why, sizeof(why));
+                if (src) {
+                        print_error("unhealthy: server %s: %s", what, why);
+                        if (!rc)
+                                rc = src;
+                } else {
+                        printf("server %s is healthy: SELECT 1 answered in %.1f ms\n", what,
+                               (double)(ds_now_ns() - t0) / 1e6);
+                }
+        }
+        return rc;
+}
+
 static int cmd_destroy(const struct options *o)
 {
         char why[512] = "";
@@ -809,6 +1321,10 @@ static int run_command(const struct options *o)
                 return cmd_health(o);
         case CMD_DESTROY:
                 return cmd_destroy(o);
+        case CMD_RUN:
+                return cmd_run(o);
+        case CMD_WATCHDOG:
+                return cmd_watchdog(o);
         case CMD_VERSION:
                 return cmd_version();
         case CMD_NONE:
@@ -830,8 +1346,8 @@ int main(int argc, char *argv[])
                 print_error("could not write the output: %s", strerror(errno));
                 rc = -EIO;
         }
-        if (rc == 0)
-                return 0;
+        if (rc >= 0)
+                return rc;
         if (rc == -EINVAL) {
                 fputs("Try '" PROG " --help' for more information.\n", stderr);
                 return 2;
