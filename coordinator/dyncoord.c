@@ -2,6 +2,6 @@
 #include <stdio.h>
 int main(void)
 {
-	fprintf(stderr, "dyncoord: not built yet\n");
-	return 2;
+        fprintf(stderr, "dyncoord: not built yet\n");
+        return 2;
 }

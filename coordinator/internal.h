@@ -10,27 +10,27 @@
 #include "dynshim/segment.h"
 
 struct ds_handle {
-	char name[256];
-	void *map;
-	size_t size;
-	struct ds_header *hdr;
-	struct ds_proc *procs;
-	struct ds_lease *leases;
-	struct ds_scraper *scrapers;
-	/* Private copy of the capacity, validated against the mapping's size
-	 * at attach. Every index is checked against it, never against the
-	 * header, which another process could overwrite. */
-	struct ds_capacity cap;
-	int mutex_kind; /* expected __kind of the segment's mutexes */
+        char name[256];
+        void *map;
+        size_t size;
+        struct ds_header *hdr;
+        struct ds_proc *procs;
+        struct ds_lease *leases;
+        struct ds_scraper *scrapers;
+        /* Private copy of the capacity, validated against the mapping's size
+         * at attach. Every index is checked against it, never against the
+         * header, which another process could overwrite. */
+        struct ds_capacity cap;
+        int mutex_kind; /* expected __kind of the segment's mutexes */
 
-	pthread_mutex_t local; /* guards the fields below in this process */
-	char scraper[DS_NAME_MAX];
-	pid_t pid;         /* process that registered; 0 before */
-	uint32_t proc_idx; /* its record, valid while pid == getpid() */
-	/* The life thread holds procs[proc_idx].life for the process's life. */
-	pthread_t life_tid;
-	_Atomic uint32_t life_state; /* 0 starting, 1 holding, 2 failed */
-	_Atomic uint32_t life_stop;  /* 1: unlock and exit */
+        pthread_mutex_t local; /* guards the fields below in this process */
+        char scraper[DS_NAME_MAX];
+        pid_t pid;         /* process that registered; 0 before */
+        uint32_t proc_idx; /* its record, valid while pid == getpid() */
+        /* The life thread holds procs[proc_idx].life for the process's life. */
+        pthread_t life_tid;
+        _Atomic uint32_t life_state; /* 0 starting, 1 holding, 2 failed */
+        _Atomic uint32_t life_stop;  /* 1: unlock and exit */
 };
 
 int ds_mutex_init_shared(pthread_mutex_t *m);

@@ -27,97 +27,97 @@
 
 uint64_t ds_now_ns(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 static uint64_t now_coarse_ns(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 static long futex(_Atomic uint32_t *w, int op, uint32_t val, const struct timespec *ts)
 {
-	return syscall(SYS_futex, (uint32_t *)w, op, val, ts, NULL, 0);
+        return syscall(SYS_futex, (uint32_t *)w, op, val, ts, NULL, 0);
 }
 
 /* ---- repair: the lease table is the truth, everything else is rebuilt ---- */
 
 static void rebuild_caches(ds_handle *h)
 {
-	struct ds_header *H = h->hdr;
-	const struct ds_capacity *c = &h->cap;
-	H->held = H->waiting = 0;
-	uint32_t proc_hwm = 0, lease_hwm = 0, scraper_hwm = 0;
-	for (uint32_t i = 0; i < c->max_scrapers; i++) {
-		struct ds_scraper *s = &h->scrapers[i];
-		s->name[DS_NAME_MAX - 1] = '\0';
-		s->held = s->waiting = s->procs = s->inflight = 0;
-		if (s->name[0])
-			scraper_hwm = i + 1;
-	}
-	for (uint32_t i = 0; i < c->max_procs; i++) {
-		struct ds_proc *p = &h->procs[i];
-		p->held = p->waiting = 0;
-		if (p->pid == 0)
-			continue;
-		if (p->scraper >= c->max_scrapers || !h->scrapers[p->scraper].name[0]) {
-			p->pid = 0; /* unusable record; its life thread keeps a dead lock */
-			continue;
-		}
-		h->scrapers[p->scraper].procs++;
-		proc_hwm = i + 1;
-	}
-	for (uint32_t i = 0; i < c->max_leases; i++) {
-		struct ds_lease *l = &h->leases[i];
-		uint32_t st = atomic_load(&l->state);
-		if (st == DS_LEASE_FREE)
-			continue;
-		if ((st != DS_LEASE_HELD && st != DS_LEASE_WAITING) || l->proc >= c->max_procs ||
-		    h->procs[l->proc].pid == 0 || l->scraper != h->procs[l->proc].scraper) {
-			atomic_store(&l->state, DS_LEASE_FREE);
-			l->id = 0;
-			continue;
-		}
-		struct ds_proc *p = &h->procs[l->proc];
-		struct ds_scraper *s = &h->scrapers[l->scraper];
-		if (st == DS_LEASE_HELD) {
-			H->held++, p->held++, s->held++;
-		} else {
-			H->waiting++, p->waiting++, s->waiting++;
-		}
-		lease_hwm = i + 1;
-	}
-	H->lease_hwm = lease_hwm;
-	H->proc_hwm = proc_hwm;
-	H->scraper_hwm = scraper_hwm;
-	H->repairs++;
+        struct ds_header *H = h->hdr;
+        const struct ds_capacity *c = &h->cap;
+        H->held = H->waiting = 0;
+        uint32_t proc_hwm = 0, lease_hwm = 0, scraper_hwm = 0;
+        for (uint32_t i = 0; i < c->max_scrapers; i++) {
+                struct ds_scraper *s = &h->scrapers[i];
+                s->name[DS_NAME_MAX - 1] = '\0';
+                s->held = s->waiting = s->procs = s->inflight = 0;
+                if (s->name[0])
+                        scraper_hwm = i + 1;
+        }
+        for (uint32_t i = 0; i < c->max_procs; i++) {
+                struct ds_proc *p = &h->procs[i];
+                p->held = p->waiting = 0;
+                if (p->pid == 0)
+                        continue;
+                if (p->scraper >= c->max_scrapers || !h->scrapers[p->scraper].name[0]) {
+                        p->pid = 0; /* unusable record; its life thread keeps a dead lock */
+                        continue;
+                }
+                h->scrapers[p->scraper].procs++;
+                proc_hwm = i + 1;
+        }
+        for (uint32_t i = 0; i < c->max_leases; i++) {
+                struct ds_lease *l = &h->leases[i];
+                uint32_t st = atomic_load(&l->state);
+                if (st == DS_LEASE_FREE)
+                        continue;
+                if ((st != DS_LEASE_HELD && st != DS_LEASE_WAITING) || l->proc >= c->max_procs ||
+                    h->procs[l->proc].pid == 0 || l->scraper != h->procs[l->proc].scraper) {
+                        atomic_store(&l->state, DS_LEASE_FREE);
+                        l->id = 0;
+                        continue;
+                }
+                struct ds_proc *p = &h->procs[l->proc];
+                struct ds_scraper *s = &h->scrapers[l->scraper];
+                if (st == DS_LEASE_HELD) {
+                        H->held++, p->held++, s->held++;
+                } else {
+                        H->waiting++, p->waiting++, s->waiting++;
+                }
+                lease_hwm = i + 1;
+        }
+        H->lease_hwm = lease_hwm;
+        H->proc_hwm = proc_hwm;
+        H->scraper_hwm = scraper_hwm;
+        H->repairs++;
 }
 
 int ds_lock(ds_handle *h)
 {
-	pthread_mutex_t *m = &h->hdr->lock;
-	if (m->__data.__kind != h->mutex_kind)
-		return -EPROTO;
-	uint64_t dl = ds_now_ns() + LOCK_TIMEOUT_NS;
-	struct timespec ts = {(time_t)(dl / 1000000000ull), (long)(dl % 1000000000ull)};
-	int rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
-	if (rc == EOWNERDEAD) {
-		rebuild_caches(h);
-		pthread_mutex_consistent(m);
-		return 0;
-	}
-	if (rc == ETIMEDOUT)
-		return -EDEADLK;
-	return -rc;
+        pthread_mutex_t *m = &h->hdr->lock;
+        if (m->__data.__kind != h->mutex_kind)
+                return -EPROTO;
+        uint64_t dl = ds_now_ns() + LOCK_TIMEOUT_NS;
+        struct timespec ts = {(time_t)(dl / 1000000000ull), (long)(dl % 1000000000ull)};
+        int rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+        if (rc == EOWNERDEAD) {
+                rebuild_caches(h);
+                pthread_mutex_consistent(m);
+                return 0;
+        }
+        if (rc == ETIMEDOUT)
+                return -EDEADLK;
+        return -rc;
 }
 
 void ds_unlock(ds_handle *h)
 {
-	pthread_mutex_unlock(&h->hdr->lock);
+        pthread_mutex_unlock(&h->hdr->lock);
 }
 
 /* ---- liveness ---- */
@@ -125,34 +125,34 @@ void ds_unlock(ds_handle *h)
 /* Frees every lease of process record pi and the record itself. */
 static void drop_proc(ds_handle *h, uint32_t pi, int count_reclaimed)
 {
-	struct ds_header *H = h->hdr;
-	struct ds_proc *p = &h->procs[pi];
-	uint32_t hwm = H->lease_hwm <= h->cap.max_leases ? H->lease_hwm : h->cap.max_leases;
-	for (uint32_t i = 0; i < hwm; i++) {
-		struct ds_lease *l = &h->leases[i];
-		uint32_t st = atomic_load(&l->state);
-		if (st == DS_LEASE_FREE || l->proc != pi || l->scraper >= h->cap.max_scrapers)
-			continue;
-		struct ds_scraper *s = &h->scrapers[l->scraper];
-		atomic_store(&l->state, DS_LEASE_FREE);
-		l->id = 0;
-		if (st == DS_LEASE_HELD) {
-			H->held--, s->held--;
-			if (count_reclaimed)
-				s->reclaimed++;
-		} else {
-			H->waiting--, s->waiting--;
-			atomic_store(&l->wake, 1);
-			futex(&l->wake, FUTEX_WAKE, INT_MAX, NULL);
-		}
-	}
-	if (p->scraper < h->cap.max_scrapers && h->scrapers[p->scraper].procs > 0)
-		h->scrapers[p->scraper].procs--;
-	p->held = p->waiting = 0;
-	atomic_store(&p->inflight, 0);
-	p->pid = 0;
-	while (H->proc_hwm > 0 && h->procs[H->proc_hwm - 1].pid == 0)
-		H->proc_hwm--;
+        struct ds_header *H = h->hdr;
+        struct ds_proc *p = &h->procs[pi];
+        uint32_t hwm = H->lease_hwm <= h->cap.max_leases ? H->lease_hwm : h->cap.max_leases;
+        for (uint32_t i = 0; i < hwm; i++) {
+                struct ds_lease *l = &h->leases[i];
+                uint32_t st = atomic_load(&l->state);
+                if (st == DS_LEASE_FREE || l->proc != pi || l->scraper >= h->cap.max_scrapers)
+                        continue;
+                struct ds_scraper *s = &h->scrapers[l->scraper];
+                atomic_store(&l->state, DS_LEASE_FREE);
+                l->id = 0;
+                if (st == DS_LEASE_HELD) {
+                        H->held--, s->held--;
+                        if (count_reclaimed)
+                                s->reclaimed++;
+                } else {
+                        H->waiting--, s->waiting--;
+                        atomic_store(&l->wake, 1);
+                        futex(&l->wake, FUTEX_WAKE, INT_MAX, NULL);
+                }
+        }
+        if (p->scraper < h->cap.max_scrapers && h->scrapers[p->scraper].procs > 0)
+                h->scrapers[p->scraper].procs--;
+        p->held = p->waiting = 0;
+        atomic_store(&p->inflight, 0);
+        p->pid = 0;
+        while (H->proc_hwm > 0 && h->procs[H->proc_hwm - 1].pid == 0)
+                H->proc_hwm--;
 }
 
 /* Reclaims dead processes (under the lock). Their life lock is owner-dead
@@ -160,252 +160,256 @@ static void drop_proc(ds_handle *h, uint32_t pi, int count_reclaimed)
  * registration that never completed. Returns how many were reclaimed. */
 static int sweep_dead(ds_handle *h)
 {
-	int n = 0;
-	uint32_t hwm = h->hdr->proc_hwm <= h->cap.max_procs ? h->hdr->proc_hwm : h->cap.max_procs;
-	for (uint32_t i = 0; i < hwm; i++) {
-		struct ds_proc *p = &h->procs[i];
-		if (p->pid == 0)
-			continue;
-		if (p->life.__data.__kind != h->mutex_kind) {
-			/* corrupt lock: the record cannot prove a life */
-			ds_mutex_init_shared(&p->life);
-			drop_proc(h, i, 1);
-			n++;
-			continue;
-		}
-		int rc = pthread_mutex_trylock(&p->life);
-		if (rc == EBUSY)
-			continue;
-		if (rc == EOWNERDEAD || rc == 0) {
-			if (rc == EOWNERDEAD)
-				pthread_mutex_consistent(&p->life);
-			drop_proc(h, i, 1);
-			pthread_mutex_unlock(&p->life);
-			n++;
-		}
-	}
-	if (n)
-		h->hdr->reclaimed_procs += (uint64_t)n;
-	atomic_store(&h->hdr->last_sweep_ns, ds_now_ns());
-	return n;
+        int n = 0;
+        uint32_t hwm = h->hdr->proc_hwm <= h->cap.max_procs ? h->hdr->proc_hwm : h->cap.max_procs;
+        for (uint32_t i = 0; i < hwm; i++) {
+                struct ds_proc *p = &h->procs[i];
+                if (p->pid == 0)
+                        continue;
+                if (p->life.__data.__kind != h->mutex_kind) {
+                        /* corrupt lock: the record cannot prove a life */
+                        ds_mutex_init_shared(&p->life);
+                        drop_proc(h, i, 1);
+                        n++;
+                        continue;
+                }
+                int rc = pthread_mutex_trylock(&p->life);
+                if (rc == EBUSY)
+                        continue;
+                if (rc == EOWNERDEAD || rc == 0) {
+                        if (rc == EOWNERDEAD)
+                                pthread_mutex_consistent(&p->life);
+                        drop_proc(h, i, 1);
+                        pthread_mutex_unlock(&p->life);
+                        n++;
+                }
+        }
+        if (n)
+                h->hdr->reclaimed_procs += (uint64_t)n;
+        atomic_store(&h->hdr->last_sweep_ns, ds_now_ns());
+        return n;
 }
 
 /* ---- limits and grants (under the lock) ---- */
 
 static void recompute_limits(ds_handle *h, uint64_t now)
 {
-	struct ds_header *H = h->hdr;
-	uint32_t shwm = H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
-	uint32_t phwm = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
-	for (uint32_t i = 0; i < shwm; i++)
-		h->scrapers[i].inflight = 0;
-	for (uint32_t i = 0; i < phwm; i++) {
-		struct ds_proc *p = &h->procs[i];
-		if (p->pid != 0 && p->scraper < shwm)
-			h->scrapers[p->scraper].inflight += atomic_load_explicit(&p->inflight,
-			                                                         memory_order_relaxed);
-	}
-	uint32_t n_active = 0;
-	for (uint32_t i = 0; i < shwm; i++) {
-		struct ds_scraper *s = &h->scrapers[i];
-		s->active = s->name[0] &&
-		            ds_policy_is_active(&H->cfg, s->waiting, s->inflight,
-		                                atomic_load_explicit(&s->last_activity_ns,
-		                                                     memory_order_relaxed),
-		                                now);
-		n_active += s->active;
-	}
-	for (uint32_t i = 0; i < shwm; i++) {
-		struct ds_scraper *s = &h->scrapers[i];
-		/* an idle scraper is shown the limit it would get on waking */
-		s->limit = ds_policy_limit(&H->cfg, s->active ? n_active : n_active + 1);
-	}
-	H->n_active = n_active;
-	H->last_realloc_ns = now;
+        struct ds_header *H = h->hdr;
+        uint32_t shwm =
+            H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
+        uint32_t phwm = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
+        for (uint32_t i = 0; i < shwm; i++)
+                h->scrapers[i].inflight = 0;
+        for (uint32_t i = 0; i < phwm; i++) {
+                struct ds_proc *p = &h->procs[i];
+                if (p->pid != 0 && p->scraper < shwm)
+                        h->scrapers[p->scraper].inflight +=
+                            atomic_load_explicit(&p->inflight, memory_order_relaxed);
+        }
+        uint32_t n_active = 0;
+        for (uint32_t i = 0; i < shwm; i++) {
+                struct ds_scraper *s = &h->scrapers[i];
+                s->active =
+                    s->name[0] &&
+                    ds_policy_is_active(
+                        &H->cfg, s->waiting, s->inflight,
+                        atomic_load_explicit(&s->last_activity_ns, memory_order_relaxed), now);
+                n_active += s->active;
+        }
+        for (uint32_t i = 0; i < shwm; i++) {
+                struct ds_scraper *s = &h->scrapers[i];
+                /* an idle scraper is shown the limit it would get on waking */
+                s->limit = ds_policy_limit(&H->cfg, s->active ? n_active : n_active + 1);
+        }
+        H->n_active = n_active;
+        H->last_realloc_ns = now;
 }
 
 /* Hands free slots to waiters by the policy, waking each one granted. */
 static void grant_waiters(ds_handle *h, uint64_t now)
 {
-	struct ds_header *H = h->hdr;
-	uint32_t shwm = H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
-	while (H->waiting > 0 && H->held < H->cfg.pool_size) {
-		for (uint32_t i = 0; i < shwm; i++)
-			h->scrapers[i].oldest_ticket = UINT64_MAX;
-		uint32_t lhwm = H->lease_hwm <= h->cap.max_leases ? H->lease_hwm : h->cap.max_leases;
-		for (uint32_t i = 0; i < lhwm; i++) {
-			struct ds_lease *l = &h->leases[i];
-			if (atomic_load_explicit(&l->state, memory_order_relaxed) != DS_LEASE_WAITING ||
-			    l->scraper >= shwm)
-				continue;
-			struct ds_scraper *s = &h->scrapers[l->scraper];
-			if (l->ticket < s->oldest_ticket) {
-				s->oldest_ticket = l->ticket;
-				s->oldest_idx = i;
-			}
-		}
-		long best = -1;
-		struct ds_pick_entry be = {0};
-		for (uint32_t i = 0; i < shwm; i++) {
-			struct ds_scraper *s = &h->scrapers[i];
-			if (s->oldest_ticket == UINT64_MAX)
-				continue;
-			struct ds_pick_entry e = {s->held, s->limit, 1, s->oldest_ticket};
-			if (!ds_policy_may_grant(H->cfg.pool_size, H->held, e.held, e.limit))
-				continue;
-			if (best < 0 || ds_policy_prefer(&e, &be)) {
-				best = (long)i;
-				be = e;
-			}
-		}
-		if (best < 0)
-			return;
-		struct ds_scraper *s = &h->scrapers[best];
-		struct ds_lease *l = &h->leases[s->oldest_idx];
-		struct ds_proc *p = &h->procs[l->proc < h->cap.max_procs ? l->proc : 0];
-		uint64_t waited = now > l->since_ns ? now - l->since_ns : 0;
-		l->since_ns = now;
-		atomic_store(&l->state, DS_LEASE_HELD);
-		H->waiting--, s->waiting--, p->waiting--;
-		H->held++, s->held++, p->held++;
-		s->connects++, H->grants++;
-		s->waits++;
-		s->wait_ns_total += waited;
-		if (waited > s->wait_ns_max)
-			s->wait_ns_max = waited;
-		if (H->held > H->peak_held)
-			H->peak_held = H->held;
-		atomic_store(&l->wake, 1);
-		futex(&l->wake, FUTEX_WAKE, 1, NULL);
-	}
+        struct ds_header *H = h->hdr;
+        uint32_t shwm =
+            H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
+        while (H->waiting > 0 && H->held < H->cfg.pool_size) {
+                for (uint32_t i = 0; i < shwm; i++)
+                        h->scrapers[i].oldest_ticket = UINT64_MAX;
+                uint32_t lhwm =
+                    H->lease_hwm <= h->cap.max_leases ? H->lease_hwm : h->cap.max_leases;
+                for (uint32_t i = 0; i < lhwm; i++) {
+                        struct ds_lease *l = &h->leases[i];
+                        if (atomic_load_explicit(&l->state, memory_order_relaxed) !=
+                                DS_LEASE_WAITING ||
+                            l->scraper >= shwm)
+                                continue;
+                        struct ds_scraper *s = &h->scrapers[l->scraper];
+                        if (l->ticket < s->oldest_ticket) {
+                                s->oldest_ticket = l->ticket;
+                                s->oldest_idx = i;
+                        }
+                }
+                long best = -1;
+                struct ds_pick_entry be = {0};
+                for (uint32_t i = 0; i < shwm; i++) {
+                        struct ds_scraper *s = &h->scrapers[i];
+                        if (s->oldest_ticket == UINT64_MAX)
+                                continue;
+                        struct ds_pick_entry e = {s->held, s->limit, 1, s->oldest_ticket};
+                        if (!ds_policy_may_grant(H->cfg.pool_size, H->held, e.held, e.limit))
+                                continue;
+                        if (best < 0 || ds_policy_prefer(&e, &be)) {
+                                best = (long)i;
+                                be = e;
+                        }
+                }
+                if (best < 0)
+                        return;
+                struct ds_scraper *s = &h->scrapers[best];
+                struct ds_lease *l = &h->leases[s->oldest_idx];
+                struct ds_proc *p = &h->procs[l->proc < h->cap.max_procs ? l->proc : 0];
+                uint64_t waited = now > l->since_ns ? now - l->since_ns : 0;
+                l->since_ns = now;
+                atomic_store(&l->state, DS_LEASE_HELD);
+                H->waiting--, s->waiting--, p->waiting--;
+                H->held++, s->held++, p->held++;
+                s->connects++, H->grants++;
+                s->waits++;
+                s->wait_ns_total += waited;
+                if (waited > s->wait_ns_max)
+                        s->wait_ns_max = waited;
+                if (H->held > H->peak_held)
+                        H->peak_held = H->held;
+                atomic_store(&l->wake, 1);
+                futex(&l->wake, FUTEX_WAKE, 1, NULL);
+        }
 }
 
 /* ---- registration ---- */
 
 static void *life_main(void *arg)
 {
-	ds_handle *h = arg;
-	pthread_mutex_t *m = &h->procs[h->proc_idx].life;
-	int rc = pthread_mutex_lock(m);
-	if (rc == EOWNERDEAD) {
-		pthread_mutex_consistent(m);
-		rc = 0;
-	}
-	atomic_store(&h->life_state, rc == 0 ? 1 : 2);
-	futex(&h->life_state, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
-	if (rc)
-		return NULL;
-	while (atomic_load(&h->life_stop) == 0)
-		futex(&h->life_stop, FUTEX_WAIT_PRIVATE, 0, NULL);
-	pthread_mutex_unlock(m);
-	return NULL;
+        ds_handle *h = arg;
+        pthread_mutex_t *m = &h->procs[h->proc_idx].life;
+        int rc = pthread_mutex_lock(m);
+        if (rc == EOWNERDEAD) {
+                pthread_mutex_consistent(m);
+                rc = 0;
+        }
+        atomic_store(&h->life_state, rc == 0 ? 1 : 2);
+        futex(&h->life_state, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
+        if (rc)
+                return NULL;
+        while (atomic_load(&h->life_stop) == 0)
+                futex(&h->life_stop, FUTEX_WAIT_PRIVATE, 0, NULL);
+        pthread_mutex_unlock(m);
+        return NULL;
 }
 
 /* Starts the life thread on procs[h->proc_idx] and waits until it holds
  * the record's life lock. */
 static int start_life(ds_handle *h)
 {
-	pthread_attr_t a;
-	sigset_t all, old;
-	atomic_store(&h->life_state, 0);
-	atomic_store(&h->life_stop, 0);
-	pthread_attr_init(&a);
-	pthread_attr_setstacksize(&a, 128 * 1024);
-	sigfillset(&all);
-	pthread_sigmask(SIG_SETMASK, &all, &old);
-	int rc = pthread_create(&h->life_tid, &a, life_main, h);
-	pthread_sigmask(SIG_SETMASK, &old, NULL);
-	pthread_attr_destroy(&a);
-	if (rc)
-		return -rc;
-	uint32_t st;
-	while ((st = atomic_load(&h->life_state)) == 0)
-		futex(&h->life_state, FUTEX_WAIT_PRIVATE, 0, NULL);
-	if (st != 1) {
-		pthread_join(h->life_tid, NULL);
-		return -EIO;
-	}
-	return 0;
+        pthread_attr_t a;
+        sigset_t all, old;
+        atomic_store(&h->life_state, 0);
+        atomic_store(&h->life_stop, 0);
+        pthread_attr_init(&a);
+        pthread_attr_setstacksize(&a, 128 * 1024);
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        int rc = pthread_create(&h->life_tid, &a, life_main, h);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_attr_destroy(&a);
+        if (rc)
+                return -rc;
+        uint32_t st;
+        while ((st = atomic_load(&h->life_state)) == 0)
+                futex(&h->life_state, FUTEX_WAIT_PRIVATE, 0, NULL);
+        if (st != 1) {
+                pthread_join(h->life_tid, NULL);
+                return -EIO;
+        }
+        return 0;
 }
 
 static void stop_life(ds_handle *h)
 {
-	atomic_store(&h->life_stop, 1);
-	futex(&h->life_stop, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
-	pthread_join(h->life_tid, NULL);
+        atomic_store(&h->life_stop, 1);
+        futex(&h->life_stop, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
+        pthread_join(h->life_tid, NULL);
 }
 
 /* The scraper record named name, created (or recycled) if need be. */
 static long find_scraper(ds_handle *h, const char *name, uint64_t now)
 {
-	struct ds_header *H = h->hdr;
-	long free_idx = -1, recycle = -1;
-	for (uint32_t i = 0; i < h->cap.max_scrapers; i++) {
-		struct ds_scraper *s = &h->scrapers[i];
-		if (!s->name[0]) {
-			if (free_idx < 0)
-				free_idx = i;
-			if (i >= H->scraper_hwm)
-				break;
-			continue;
-		}
-		if (strncmp(s->name, name, DS_NAME_MAX) == 0)
-			return i;
-		if (s->procs == 0 && s->held == 0 && s->waiting == 0 &&
-		    (recycle < 0 || s->last_used_ns < h->scrapers[recycle].last_used_ns))
-			recycle = i;
-	}
-	long i = free_idx >= 0 ? free_idx : recycle;
-	if (i < 0)
-		return -ENOSPC;
-	struct ds_scraper *s = &h->scrapers[i];
-	memset(s, 0, sizeof(*s));
-	snprintf(s->name, DS_NAME_MAX, "%s", name);
-	s->last_used_ns = now;
-	if ((uint32_t)i + 1 > H->scraper_hwm)
-		H->scraper_hwm = (uint32_t)i + 1;
-	return i;
+        struct ds_header *H = h->hdr;
+        long free_idx = -1, recycle = -1;
+        for (uint32_t i = 0; i < h->cap.max_scrapers; i++) {
+                struct ds_scraper *s = &h->scrapers[i];
+                if (!s->name[0]) {
+                        if (free_idx < 0)
+                                free_idx = i;
+                        if (i >= H->scraper_hwm)
+                                break;
+                        continue;
+                }
+                if (strncmp(s->name, name, DS_NAME_MAX) == 0)
+                        return i;
+                if (s->procs == 0 && s->held == 0 && s->waiting == 0 &&
+                    (recycle < 0 || s->last_used_ns < h->scrapers[recycle].last_used_ns))
+                        recycle = i;
+        }
+        long i = free_idx >= 0 ? free_idx : recycle;
+        if (i < 0)
+                return -ENOSPC;
+        struct ds_scraper *s = &h->scrapers[i];
+        memset(s, 0, sizeof(*s));
+        snprintf(s->name, DS_NAME_MAX, "%s", name);
+        s->last_used_ns = now;
+        if ((uint32_t)i + 1 > H->scraper_hwm)
+                H->scraper_hwm = (uint32_t)i + 1;
+        return i;
 }
 
 /* Registers this process (under the lock and h->local). */
 static int register_proc(ds_handle *h, uint64_t now)
 {
-	struct ds_header *H = h->hdr;
-	pid_t me = getpid();
-	long si = find_scraper(h, h->scraper, now);
-	if (si < 0)
-		return (int)si;
-	long pi = -1;
-	for (int pass = 0; pass < 2 && pi < 0; pass++) {
-		for (uint32_t i = 0; i < h->cap.max_procs; i++) {
-			if (h->procs[i].pid == 0) {
-				pi = i;
-				break;
-			}
-		}
-		if (pi < 0)
-			sweep_dead(h);
-	}
-	if (pi < 0)
-		return -ENOSPC;
-	struct ds_proc *p = &h->procs[pi];
-	if (p->life.__data.__kind != h->mutex_kind)
-		ds_mutex_init_shared(&p->life);
-	h->proc_idx = (uint32_t)pi;
-	int rc = start_life(h);
-	if (rc)
-		return rc;
-	p->scraper = (uint32_t)si;
-	p->since_ns = now;
-	p->held = p->waiting = 0;
-	atomic_store(&p->inflight, 0);
-	atomic_store(&p->last_activity_ns, 0);
-	__atomic_store_n(&p->pid, me, __ATOMIC_RELEASE);
-	h->scrapers[si].procs++;
-	if ((uint32_t)pi + 1 > H->proc_hwm)
-		H->proc_hwm = (uint32_t)pi + 1;
-	h->pid = me;
-	return 0;
+        struct ds_header *H = h->hdr;
+        pid_t me = getpid();
+        long si = find_scraper(h, h->scraper, now);
+        if (si < 0)
+                return (int)si;
+        long pi = -1;
+        for (int pass = 0; pass < 2 && pi < 0; pass++) {
+                for (uint32_t i = 0; i < h->cap.max_procs; i++) {
+                        if (h->procs[i].pid == 0) {
+                                pi = i;
+                                break;
+                        }
+                }
+                if (pi < 0)
+                        sweep_dead(h);
+        }
+        if (pi < 0)
+                return -ENOSPC;
+        struct ds_proc *p = &h->procs[pi];
+        if (p->life.__data.__kind != h->mutex_kind)
+                ds_mutex_init_shared(&p->life);
+        h->proc_idx = (uint32_t)pi;
+        int rc = start_life(h);
+        if (rc)
+                return rc;
+        p->scraper = (uint32_t)si;
+        p->since_ns = now;
+        p->held = p->waiting = 0;
+        atomic_store(&p->inflight, 0);
+        atomic_store(&p->last_activity_ns, 0);
+        __atomic_store_n(&p->pid, me, __ATOMIC_RELEASE);
+        h->scrapers[si].procs++;
+        if ((uint32_t)pi + 1 > H->proc_hwm)
+                H->proc_hwm = (uint32_t)pi + 1;
+        h->pid = me;
+        return 0;
 }
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
@@ -417,513 +421,518 @@ static ds_handle *handles[64];
 
 static void atfork_prepare(void)
 {
-	pthread_mutex_lock(&handles_lock);
-	for (size_t i = 0; i < 64; i++)
-		if (handles[i])
-			pthread_mutex_lock(&handles[i]->local);
+        pthread_mutex_lock(&handles_lock);
+        for (size_t i = 0; i < 64; i++)
+                if (handles[i])
+                        pthread_mutex_lock(&handles[i]->local);
 }
 
 static void atfork_parent(void)
 {
-	for (size_t i = 0; i < 64; i++)
-		if (handles[i])
-			pthread_mutex_unlock(&handles[i]->local);
-	pthread_mutex_unlock(&handles_lock);
+        for (size_t i = 0; i < 64; i++)
+                if (handles[i])
+                        pthread_mutex_unlock(&handles[i]->local);
+        pthread_mutex_unlock(&handles_lock);
 }
 
 /* In the child the handles' local locks were held by the forking thread
  * (now the only one): release them. The child registers afresh. */
 static void atfork_child(void)
 {
-	atfork_parent();
+        atfork_parent();
 }
 
 static void install_atfork(void)
 {
-	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
+        pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 }
 
 static void track_handle(ds_handle *h, int add)
 {
-	pthread_once(&atfork_once, install_atfork);
-	pthread_mutex_lock(&handles_lock);
-	for (size_t i = 0; i < 64; i++) {
-		if (add && !handles[i]) {
-			handles[i] = h;
-			break;
-		}
-		if (!add && handles[i] == h)
-			handles[i] = NULL;
-	}
-	pthread_mutex_unlock(&handles_lock);
+        pthread_once(&atfork_once, install_atfork);
+        pthread_mutex_lock(&handles_lock);
+        for (size_t i = 0; i < 64; i++) {
+                if (add && !handles[i]) {
+                        handles[i] = h;
+                        break;
+                }
+                if (!add && handles[i] == h)
+                        handles[i] = NULL;
+        }
+        pthread_mutex_unlock(&handles_lock);
 }
 
 int ds_set_scraper(ds_handle *h, const char *scraper)
 {
-	if (!scraper || !*scraper)
-		return -EINVAL;
-	pthread_mutex_lock(&h->local);
-	int rc = 0;
-	if (h->pid == getpid() && strncmp(h->scraper, scraper, DS_NAME_MAX - 1) != 0)
-		rc = -EBUSY;
-	else
-		snprintf(h->scraper, sizeof(h->scraper), "%s", scraper);
-	pthread_mutex_unlock(&h->local);
-	if (rc == 0)
-		track_handle(h, 1);
-	return rc;
+        if (!scraper || !*scraper)
+                return -EINVAL;
+        pthread_mutex_lock(&h->local);
+        int rc = 0;
+        if (h->pid == getpid() && strncmp(h->scraper, scraper, DS_NAME_MAX - 1) != 0)
+                rc = -EBUSY;
+        else
+                snprintf(h->scraper, sizeof(h->scraper), "%s", scraper);
+        pthread_mutex_unlock(&h->local);
+        if (rc == 0)
+                track_handle(h, 1);
+        return rc;
 }
 
 /* Takes the lock with this process registered. On success the lock is held. */
 static int lock_registered(ds_handle *h, uint64_t now)
 {
-	if (atomic_load(&h->hdr->destroyed))
-		return -ESTALE;
-	if (__atomic_load_n(&h->pid, __ATOMIC_ACQUIRE) == getpid()) {
-		int rc = ds_lock(h);
-		return rc;
-	}
-	if (!h->scraper[0])
-		return -EINVAL;
-	pthread_mutex_lock(&h->local);
-	int rc = ds_lock(h);
-	if (rc == 0 && h->pid != getpid()) {
-		rc = register_proc(h, now);
-		if (rc)
-			ds_unlock(h);
-	}
-	pthread_mutex_unlock(&h->local);
-	return rc;
+        if (atomic_load(&h->hdr->destroyed))
+                return -ESTALE;
+        if (__atomic_load_n(&h->pid, __ATOMIC_ACQUIRE) == getpid()) {
+                int rc = ds_lock(h);
+                return rc;
+        }
+        if (!h->scraper[0])
+                return -EINVAL;
+        pthread_mutex_lock(&h->local);
+        int rc = ds_lock(h);
+        if (rc == 0 && h->pid != getpid()) {
+                rc = register_proc(h, now);
+                if (rc)
+                        ds_unlock(h);
+        }
+        pthread_mutex_unlock(&h->local);
+        return rc;
 }
 
 /* ---- leases ---- */
 
 static long alloc_lease(ds_handle *h)
 {
-	struct ds_header *H = h->hdr;
-	for (uint32_t i = 0; i < h->cap.max_leases; i++) {
-		if (atomic_load_explicit(&h->leases[i].state, memory_order_relaxed) == DS_LEASE_FREE) {
-			if (i + 1 > H->lease_hwm)
-				H->lease_hwm = i + 1;
-			return i;
-		}
-	}
-	return -ENOSPC;
+        struct ds_header *H = h->hdr;
+        for (uint32_t i = 0; i < h->cap.max_leases; i++) {
+                if (atomic_load_explicit(&h->leases[i].state, memory_order_relaxed) ==
+                    DS_LEASE_FREE) {
+                        if (i + 1 > H->lease_hwm)
+                                H->lease_hwm = i + 1;
+                        return i;
+                }
+        }
+        return -ENOSPC;
 }
 
 static void free_lease(ds_handle *h, uint32_t i)
 {
-	struct ds_header *H = h->hdr;
-	atomic_store(&h->leases[i].state, DS_LEASE_FREE);
-	h->leases[i].id = 0;
-	while (H->lease_hwm > 0 &&
-	       atomic_load_explicit(&h->leases[H->lease_hwm - 1].state, memory_order_relaxed) ==
-	               DS_LEASE_FREE)
-		H->lease_hwm--;
+        struct ds_header *H = h->hdr;
+        atomic_store(&h->leases[i].state, DS_LEASE_FREE);
+        h->leases[i].id = 0;
+        while (H->lease_hwm > 0 && atomic_load_explicit(&h->leases[H->lease_hwm - 1].state,
+                                                        memory_order_relaxed) == DS_LEASE_FREE)
+                H->lease_hwm--;
 }
 
-static void describe_full(ds_handle *h, const struct ds_scraper *s, uint32_t timeout_ms,
-                          char *why, size_t whylen)
+static void describe_full(ds_handle *h, const struct ds_scraper *s, uint32_t timeout_ms, char *why,
+                          size_t whylen)
 {
-	if (!why)
-		return;
-	char t[32];
-	if (timeout_ms % 1000 == 0)
-		snprintf(t, sizeof(t), "%u s", timeout_ms / 1000);
-	else
-		snprintf(t, sizeof(t), "%.3g s", timeout_ms / 1000.0);
-	snprintf(why, whylen,
-	         "no connection slot for scraper \"%s\" within %s (pool %u/%u in use, limit %u, "
-	         "%u held by this scraper, %u waiting)",
-	         s->name, t, h->hdr->held, h->hdr->cfg.pool_size, s->limit, s->held,
-	         h->hdr->waiting);
+        if (!why)
+                return;
+        char t[32];
+        if (timeout_ms % 1000 == 0)
+                snprintf(t, sizeof(t), "%u s", timeout_ms / 1000);
+        else
+                snprintf(t, sizeof(t), "%.3g s", timeout_ms / 1000.0);
+        snprintf(why, whylen,
+                 "no connection slot for scraper \"%s\" within %s (pool %u/%u in use, limit %u, "
+                 "%u held by this scraper, %u waiting)",
+                 s->name, t, h->hdr->held, h->hdr->cfg.pool_size, s->limit, s->held,
+                 h->hdr->waiting);
 }
 
 int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char *why,
                size_t whylen)
 {
-	uint64_t now = ds_now_ns();
-	int rc = lock_registered(h, now);
-	if (rc)
-		return rc;
-	struct ds_header *H = h->hdr;
-	struct ds_proc *p = &h->procs[h->proc_idx];
-	if (p->scraper >= h->cap.max_scrapers) {
-		ds_unlock(h);
-		return -EPROTO;
-	}
-	struct ds_scraper *s = &h->scrapers[p->scraper];
-	if (timeout_ms == UINT32_MAX)
-		timeout_ms = H->cfg.wait_timeout_ms;
-	atomic_store_explicit(&p->last_activity_ns, now, memory_order_relaxed);
-	atomic_store_explicit(&s->last_activity_ns, now, memory_order_relaxed);
-	s->last_used_ns = now;
-	long li = alloc_lease(h);
-	if (li < 0) {
-		sweep_dead(h);
-		li = alloc_lease(h);
-	}
-	if (li < 0) {
-		ds_unlock(h);
-		return -ENOSPC;
-	}
-	struct ds_lease *l = &h->leases[li];
-	uint64_t id = H->next_lease_id++;
-	l->proc = h->proc_idx;
-	l->scraper = p->scraper;
-	l->id = id;
-	l->since_ns = now;
-	atomic_store(&l->wake, 0);
-	recompute_limits(h, now);
-	if (H->waiting == 0 && ds_policy_may_grant(H->cfg.pool_size, H->held, s->held, s->limit)) {
-		/* fast path: nobody waits, a slot is free */
-		atomic_store(&l->state, DS_LEASE_HELD);
-		H->held++, s->held++, p->held++;
-		s->connects++, H->grants++;
-		if (H->held > H->peak_held)
-			H->peak_held = H->held;
-		ds_unlock(h);
-		out->idx = (uint32_t)li;
-		out->id = id;
-		return 0;
-	}
-	l->ticket = H->next_ticket++;
-	atomic_store(&l->state, DS_LEASE_WAITING);
-	H->waiting++, s->waiting++, p->waiting++;
-	recompute_limits(h, now); /* waiting makes the scraper active */
-	if (H->held >= H->cfg.pool_size)
-		sweep_dead(h);
-	grant_waiters(h, now);
-	ds_unlock(h);
+        uint64_t now = ds_now_ns();
+        int rc = lock_registered(h, now);
+        if (rc)
+                return rc;
+        struct ds_header *H = h->hdr;
+        struct ds_proc *p = &h->procs[h->proc_idx];
+        if (p->scraper >= h->cap.max_scrapers) {
+                ds_unlock(h);
+                return -EPROTO;
+        }
+        struct ds_scraper *s = &h->scrapers[p->scraper];
+        if (timeout_ms == UINT32_MAX)
+                timeout_ms = H->cfg.wait_timeout_ms;
+        atomic_store_explicit(&p->last_activity_ns, now, memory_order_relaxed);
+        atomic_store_explicit(&s->last_activity_ns, now, memory_order_relaxed);
+        s->last_used_ns = now;
+        long li = alloc_lease(h);
+        if (li < 0) {
+                sweep_dead(h);
+                li = alloc_lease(h);
+        }
+        if (li < 0) {
+                ds_unlock(h);
+                return -ENOSPC;
+        }
+        struct ds_lease *l = &h->leases[li];
+        uint64_t id = H->next_lease_id++;
+        l->proc = h->proc_idx;
+        l->scraper = p->scraper;
+        l->id = id;
+        l->since_ns = now;
+        atomic_store(&l->wake, 0);
+        recompute_limits(h, now);
+        if (H->waiting == 0 && ds_policy_may_grant(H->cfg.pool_size, H->held, s->held, s->limit)) {
+                /* fast path: nobody waits, a slot is free */
+                atomic_store(&l->state, DS_LEASE_HELD);
+                H->held++, s->held++, p->held++;
+                s->connects++, H->grants++;
+                if (H->held > H->peak_held)
+                        H->peak_held = H->held;
+                ds_unlock(h);
+                out->idx = (uint32_t)li;
+                out->id = id;
+                return 0;
+        }
+        l->ticket = H->next_ticket++;
+        atomic_store(&l->state, DS_LEASE_WAITING);
+        H->waiting++, s->waiting++, p->waiting++;
+        recompute_limits(h, now); /* waiting makes the scraper active */
+        if (H->held >= H->cfg.pool_size)
+                sweep_dead(h);
+        grant_waiters(h, now);
+        ds_unlock(h);
 
-	uint64_t deadline = now + (uint64_t)timeout_ms * 1000000ull;
-	for (;;) {
-		if (atomic_load(&l->wake) == 1)
-			break;
-		uint64_t t = ds_now_ns();
-		if (t >= deadline)
-			break;
-		uint64_t slice = deadline - t < SWEEP_INTERVAL_NS ? deadline - t : SWEEP_INTERVAL_NS;
-		struct timespec ts = {(time_t)(slice / 1000000000ull), (long)(slice % 1000000000ull)};
-		futex(&l->wake, FUTEX_WAIT, 0, &ts);
-		if (atomic_load(&l->wake) == 1)
-			break;
-		t = ds_now_ns();
-		uint64_t last = atomic_load(&H->last_sweep_ns);
-		if (t - last >= SWEEP_INTERVAL_NS &&
-		    atomic_compare_exchange_strong(&H->last_sweep_ns, &last, t)) {
-			if (ds_lock(h) == 0) {
-				sweep_dead(h);
-				recompute_limits(h, t);
-				grant_waiters(h, t);
-				ds_unlock(h);
-			}
-		}
-	}
-	/* Decided under the lock: granted, or withdrawn. */
-	rc = ds_lock(h);
-	if (rc) {
-		/* Cannot withdraw safely; if it was granted the slot is ours. */
-		if (atomic_load(&l->state) == DS_LEASE_HELD && l->id == id) {
-			out->idx = (uint32_t)li;
-			out->id = id;
-			return 0;
-		}
-		return rc;
-	}
-	if (l->id == id && atomic_load(&l->state) == DS_LEASE_HELD) {
-		ds_unlock(h);
-		out->idx = (uint32_t)li;
-		out->id = id;
-		return 0;
-	}
-	if (l->id == id && atomic_load(&l->state) == DS_LEASE_WAITING) {
-		H->waiting--, s->waiting--, p->waiting--;
-		free_lease(h, (uint32_t)li);
-		s->timeouts++;
-		uint64_t waited = ds_now_ns() - now;
-		s->waits++;
-		s->wait_ns_total += waited;
-		if (waited > s->wait_ns_max)
-			s->wait_ns_max = waited;
-		recompute_limits(h, ds_now_ns());
-		describe_full(h, s, timeout_ms, why, whylen);
-		grant_waiters(h, ds_now_ns());
-		rc = -ETIMEDOUT;
-	} else {
-		rc = -ESTALE; /* our wait was dropped (segment repaired) */
-	}
-	ds_unlock(h);
-	return rc;
+        uint64_t deadline = now + (uint64_t)timeout_ms * 1000000ull;
+        for (;;) {
+                if (atomic_load(&l->wake) == 1)
+                        break;
+                uint64_t t = ds_now_ns();
+                if (t >= deadline)
+                        break;
+                uint64_t slice =
+                    deadline - t < SWEEP_INTERVAL_NS ? deadline - t : SWEEP_INTERVAL_NS;
+                struct timespec ts = {(time_t)(slice / 1000000000ull),
+                                      (long)(slice % 1000000000ull)};
+                futex(&l->wake, FUTEX_WAIT, 0, &ts);
+                if (atomic_load(&l->wake) == 1)
+                        break;
+                t = ds_now_ns();
+                uint64_t last = atomic_load(&H->last_sweep_ns);
+                if (t - last >= SWEEP_INTERVAL_NS &&
+                    atomic_compare_exchange_strong(&H->last_sweep_ns, &last, t)) {
+                        if (ds_lock(h) == 0) {
+                                sweep_dead(h);
+                                recompute_limits(h, t);
+                                grant_waiters(h, t);
+                                ds_unlock(h);
+                        }
+                }
+        }
+        /* Decided under the lock: granted, or withdrawn. */
+        rc = ds_lock(h);
+        if (rc) {
+                /* Cannot withdraw safely; if it was granted the slot is ours. */
+                if (atomic_load(&l->state) == DS_LEASE_HELD && l->id == id) {
+                        out->idx = (uint32_t)li;
+                        out->id = id;
+                        return 0;
+                }
+                return rc;
+        }
+        if (l->id == id && atomic_load(&l->state) == DS_LEASE_HELD) {
+                ds_unlock(h);
+                out->idx = (uint32_t)li;
+                out->id = id;
+                return 0;
+        }
+        if (l->id == id && atomic_load(&l->state) == DS_LEASE_WAITING) {
+                H->waiting--, s->waiting--, p->waiting--;
+                free_lease(h, (uint32_t)li);
+                s->timeouts++;
+                uint64_t waited = ds_now_ns() - now;
+                s->waits++;
+                s->wait_ns_total += waited;
+                if (waited > s->wait_ns_max)
+                        s->wait_ns_max = waited;
+                recompute_limits(h, ds_now_ns());
+                describe_full(h, s, timeout_ms, why, whylen);
+                grant_waiters(h, ds_now_ns());
+                rc = -ETIMEDOUT;
+        } else {
+                rc = -ESTALE; /* our wait was dropped (segment repaired) */
+        }
+        ds_unlock(h);
+        return rc;
 }
 
 int ds_release(ds_handle *h, const struct ds_lease_ref *ref)
 {
-	if (!ref || ref->idx >= h->cap.max_leases || ref->id == 0)
-		return -EINVAL;
-	if (h->pid != getpid())
-		return -EPERM; /* not registered in this process: not ours */
-	int rc = ds_lock(h);
-	if (rc)
-		return rc;
-	struct ds_header *H = h->hdr;
-	struct ds_lease *l = &h->leases[ref->idx];
-	if (l->id != ref->id || atomic_load(&l->state) != DS_LEASE_HELD) {
-		rc = -ENOENT;
-		goto out;
-	}
-	if (l->proc != h->proc_idx || h->procs[h->proc_idx].pid != getpid() ||
-	    l->scraper >= h->cap.max_scrapers) {
-		rc = -EPERM;
-		goto out;
-	}
-	struct ds_scraper *s = &h->scrapers[l->scraper];
-	struct ds_proc *p = &h->procs[l->proc];
-	uint64_t now = ds_now_ns();
-	free_lease(h, ref->idx);
-	H->held--, s->held--, p->held--;
-	s->releases++;
-	s->last_used_ns = now;
-	atomic_store_explicit(&s->last_activity_ns, now, memory_order_relaxed);
-	atomic_store_explicit(&p->last_activity_ns, now, memory_order_relaxed);
-	if (H->waiting) {
-		recompute_limits(h, now);
-		grant_waiters(h, now);
-	}
+        if (!ref || ref->idx >= h->cap.max_leases || ref->id == 0)
+                return -EINVAL;
+        if (h->pid != getpid())
+                return -EPERM; /* not registered in this process: not ours */
+        int rc = ds_lock(h);
+        if (rc)
+                return rc;
+        struct ds_header *H = h->hdr;
+        struct ds_lease *l = &h->leases[ref->idx];
+        if (l->id != ref->id || atomic_load(&l->state) != DS_LEASE_HELD) {
+                rc = -ENOENT;
+                goto out;
+        }
+        if (l->proc != h->proc_idx || h->procs[h->proc_idx].pid != getpid() ||
+            l->scraper >= h->cap.max_scrapers) {
+                rc = -EPERM;
+                goto out;
+        }
+        struct ds_scraper *s = &h->scrapers[l->scraper];
+        struct ds_proc *p = &h->procs[l->proc];
+        uint64_t now = ds_now_ns();
+        free_lease(h, ref->idx);
+        H->held--, s->held--, p->held--;
+        s->releases++;
+        s->last_used_ns = now;
+        atomic_store_explicit(&s->last_activity_ns, now, memory_order_relaxed);
+        atomic_store_explicit(&p->last_activity_ns, now, memory_order_relaxed);
+        if (H->waiting) {
+                recompute_limits(h, now);
+                grant_waiters(h, now);
+        }
 out:
-	ds_unlock(h);
-	return rc;
+        ds_unlock(h);
+        return rc;
 }
 
 void ds_touch(ds_handle *h, uint64_t now_ns)
 {
-	if (h->pid != getpid() || h->proc_idx >= h->cap.max_procs)
-		return;
-	if (!now_ns)
-		now_ns = now_coarse_ns();
-	struct ds_proc *p = &h->procs[h->proc_idx];
-	atomic_store_explicit(&p->last_activity_ns, now_ns, memory_order_relaxed);
-	uint32_t si = p->scraper;
-	if (si < h->cap.max_scrapers)
-		atomic_store_explicit(&h->scrapers[si].last_activity_ns, now_ns,
-		                      memory_order_relaxed);
+        if (h->pid != getpid() || h->proc_idx >= h->cap.max_procs)
+                return;
+        if (!now_ns)
+                now_ns = now_coarse_ns();
+        struct ds_proc *p = &h->procs[h->proc_idx];
+        atomic_store_explicit(&p->last_activity_ns, now_ns, memory_order_relaxed);
+        uint32_t si = p->scraper;
+        if (si < h->cap.max_scrapers)
+                atomic_store_explicit(&h->scrapers[si].last_activity_ns, now_ns,
+                                      memory_order_relaxed);
 }
 
 int ds_reclaim(ds_handle *h)
 {
-	int rc = ds_lock(h);
-	if (rc)
-		return rc;
-	uint64_t now = ds_now_ns();
-	int n = sweep_dead(h);
-	recompute_limits(h, now);
-	grant_waiters(h, now);
-	ds_unlock(h);
-	return n;
+        int rc = ds_lock(h);
+        if (rc)
+                return rc;
+        uint64_t now = ds_now_ns();
+        int n = sweep_dead(h);
+        recompute_limits(h, now);
+        grant_waiters(h, now);
+        ds_unlock(h);
+        return n;
 }
 
 void ds_detach(ds_handle *h)
 {
-	if (!h)
-		return;
-	track_handle(h, 0);
-	if (h->pid != 0 && h->pid == getpid()) {
-		if (ds_lock(h) == 0) {
-			if (h->procs[h->proc_idx].pid == h->pid) {
-				drop_proc(h, h->proc_idx, 0);
-				uint64_t now = ds_now_ns();
-				recompute_limits(h, now);
-				grant_waiters(h, now);
-			}
-			ds_unlock(h);
-		}
-		stop_life(h);
-	}
-	if (h->map)
-		munmap(h->map, h->size);
-	pthread_mutex_destroy(&h->local);
-	free(h);
+        if (!h)
+                return;
+        track_handle(h, 0);
+        if (h->pid != 0 && h->pid == getpid()) {
+                if (ds_lock(h) == 0) {
+                        if (h->procs[h->proc_idx].pid == h->pid) {
+                                drop_proc(h, h->proc_idx, 0);
+                                uint64_t now = ds_now_ns();
+                                recompute_limits(h, now);
+                                grant_waiters(h, now);
+                        }
+                        ds_unlock(h);
+                }
+                stop_life(h);
+        }
+        if (h->map)
+                munmap(h->map, h->size);
+        pthread_mutex_destroy(&h->local);
+        free(h);
 }
 
 int ds_get_config(ds_handle *h, struct ds_config *cfg)
 {
-	int rc = ds_lock(h);
-	if (rc)
-		return rc;
-	*cfg = h->hdr->cfg;
-	ds_unlock(h);
-	return 0;
+        int rc = ds_lock(h);
+        if (rc)
+                return rc;
+        *cfg = h->hdr->cfg;
+        ds_unlock(h);
+        return 0;
 }
 
 int ds_set_config(ds_handle *h, const struct ds_config *cfg, char *err, size_t errlen)
 {
-	char why[200];
-	int rc = ds_config_validate(cfg, &h->cap, why, sizeof(why));
-	if (rc) {
-		ERR("%s", why);
-		return rc;
-	}
-	if ((rc = ds_lock(h))) {
-		ERR("could not lock segment %s: %s", h->name, strerror(-rc));
-		return rc;
-	}
-	uint64_t now = ds_now_ns();
-	h->hdr->cfg = *cfg;
-	recompute_limits(h, now);
-	grant_waiters(h, now);
-	ds_unlock(h);
-	return 0;
+        char why[200];
+        int rc = ds_config_validate(cfg, &h->cap, why, sizeof(why));
+        if (rc) {
+                ERR("%s", why);
+                return rc;
+        }
+        if ((rc = ds_lock(h))) {
+                ERR("could not lock segment %s: %s", h->name, strerror(-rc));
+                return rc;
+        }
+        uint64_t now = ds_now_ns();
+        h->hdr->cfg = *cfg;
+        recompute_limits(h, now);
+        grant_waiters(h, now);
+        ds_unlock(h);
+        return 0;
 }
 
 /* ---- statistics and checks ---- */
 
 static int by_name(const void *a, const void *b)
 {
-	return strcmp(((const struct ds_scraper_stats *)a)->name,
-	              ((const struct ds_scraper_stats *)b)->name);
+        return strcmp(((const struct ds_scraper_stats *)a)->name,
+                      ((const struct ds_scraper_stats *)b)->name);
 }
 
 int ds_stats_get(ds_handle *h, struct ds_stats *out)
 {
-	memset(out, 0, sizeof(*out));
-	struct ds_scraper_stats *v = calloc(h->cap.max_scrapers, sizeof(*v));
-	if (!v)
-		return -ENOMEM;
-	int rc = ds_lock(h);
-	if (rc) {
-		free(v);
-		return rc;
-	}
-	struct ds_header *H = h->hdr;
-	uint64_t now = ds_now_ns();
-	sweep_dead(h);
-	recompute_limits(h, now);
-	grant_waiters(h, now);
-	out->cfg = H->cfg;
-	out->cap = h->cap;
-	out->held = H->held;
-	out->waiting = H->waiting;
-	out->n_active = H->n_active;
-	out->grants = H->grants;
-	out->peak_held = H->peak_held;
-	out->repairs = H->repairs;
-	out->reclaimed_procs = H->reclaimed_procs;
-	out->generation = H->generation;
-	out->segment_size = h->size;
-	uint32_t phwm = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
-	for (uint32_t i = 0; i < phwm; i++)
-		out->procs += h->procs[i].pid != 0;
-	size_t n = 0;
-	uint32_t shwm = H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
-	for (uint32_t i = 0; i < shwm; i++) {
-		const struct ds_scraper *s = &h->scrapers[i];
-		if (!s->name[0])
-			continue;
-		struct ds_scraper_stats *o = &v[n++];
-		memcpy(o->name, s->name, DS_NAME_MAX);
-		o->name[DS_NAME_MAX - 1] = '\0';
-		o->active = (int)s->active;
-		o->held = s->held, o->limit = s->limit, o->waiting = s->waiting, o->procs = s->procs;
-		o->connects = s->connects, o->releases = s->releases;
-		o->idle_releases = s->idle_releases, o->surplus_releases = s->surplus_releases;
-		o->reconnects = s->reconnects, o->reclaimed = s->reclaimed;
-		o->timeouts = s->timeouts, o->waits = s->waits;
-		o->wait_ns_total = s->wait_ns_total, o->wait_ns_max = s->wait_ns_max;
-	}
-	ds_unlock(h);
-	qsort(v, n, sizeof(*v), by_name);
-	out->scrapers = v;
-	out->n_scrapers = n;
-	return 0;
+        memset(out, 0, sizeof(*out));
+        struct ds_scraper_stats *v = calloc(h->cap.max_scrapers, sizeof(*v));
+        if (!v)
+                return -ENOMEM;
+        int rc = ds_lock(h);
+        if (rc) {
+                free(v);
+                return rc;
+        }
+        struct ds_header *H = h->hdr;
+        uint64_t now = ds_now_ns();
+        sweep_dead(h);
+        recompute_limits(h, now);
+        grant_waiters(h, now);
+        out->cfg = H->cfg;
+        out->cap = h->cap;
+        out->held = H->held;
+        out->waiting = H->waiting;
+        out->n_active = H->n_active;
+        out->grants = H->grants;
+        out->peak_held = H->peak_held;
+        out->repairs = H->repairs;
+        out->reclaimed_procs = H->reclaimed_procs;
+        out->generation = H->generation;
+        out->segment_size = h->size;
+        uint32_t phwm = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
+        for (uint32_t i = 0; i < phwm; i++)
+                out->procs += h->procs[i].pid != 0;
+        size_t n = 0;
+        uint32_t shwm =
+            H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
+        for (uint32_t i = 0; i < shwm; i++) {
+                const struct ds_scraper *s = &h->scrapers[i];
+                if (!s->name[0])
+                        continue;
+                struct ds_scraper_stats *o = &v[n++];
+                memcpy(o->name, s->name, DS_NAME_MAX);
+                o->name[DS_NAME_MAX - 1] = '\0';
+                o->active = (int)s->active;
+                o->held = s->held, o->limit = s->limit, o->waiting = s->waiting,
+                o->procs = s->procs;
+                o->connects = s->connects, o->releases = s->releases;
+                o->idle_releases = s->idle_releases, o->surplus_releases = s->surplus_releases;
+                o->reconnects = s->reconnects, o->reclaimed = s->reclaimed;
+                o->timeouts = s->timeouts, o->waits = s->waits;
+                o->wait_ns_total = s->wait_ns_total, o->wait_ns_max = s->wait_ns_max;
+        }
+        ds_unlock(h);
+        qsort(v, n, sizeof(*v), by_name);
+        out->scrapers = v;
+        out->n_scrapers = n;
+        return 0;
 }
 
 void ds_stats_free(struct ds_stats *s)
 {
-	free(s->scrapers);
-	s->scrapers = NULL;
-	s->n_scrapers = 0;
+        free(s->scrapers);
+        s->scrapers = NULL;
+        s->n_scrapers = 0;
 }
 
 int ds_check(ds_handle *h, char *why, size_t whylen)
 {
 #define FAIL(...)                                                                                  \
-	do {                                                                                       \
-		if (why)                                                                           \
-			snprintf(why, whylen, __VA_ARGS__);                                        \
-		rc = -EPROTO;                                                                      \
-		goto out;                                                                          \
-	} while (0)
-	const struct ds_capacity *c = &h->cap;
-	uint32_t *sh = calloc(c->max_scrapers, sizeof(uint32_t) * 2);
-	uint32_t *ph = calloc(c->max_procs, sizeof(uint32_t) * 2);
-	int rc = (!sh || !ph) ? -ENOMEM : ds_lock(h);
-	if (rc) {
-		free(sh);
-		free(ph);
-		return rc;
-	}
-	struct ds_header *H = h->hdr;
-	uint32_t held = 0, waiting = 0;
-	if (H->lease_hwm > c->max_leases || H->proc_hwm > c->max_procs ||
-	    H->scraper_hwm > c->max_scrapers)
-		FAIL("table bounds out of range (%u/%u/%u)", H->lease_hwm, H->proc_hwm,
-		     H->scraper_hwm);
-	for (uint32_t i = 0; i < c->max_scrapers; i++)
-		if (memchr(h->scrapers[i].name, 0, DS_NAME_MAX) == NULL)
-			FAIL("scraper %u has an unterminated name", i);
-	for (uint32_t i = 0; i < c->max_procs; i++) {
-		const struct ds_proc *p = &h->procs[i];
-		if (p->pid == 0)
-			continue;
-		if (i >= H->proc_hwm)
-			FAIL("process %u (pid %d) is above the table bound %u", i, p->pid,
-			     H->proc_hwm);
-		if (p->scraper >= c->max_scrapers || !h->scrapers[p->scraper].name[0])
-			FAIL("process %u (pid %d) names scraper %u, which does not exist", i,
-			     p->pid, p->scraper);
-	}
-	for (uint32_t i = 0; i < c->max_leases; i++) {
-		const struct ds_lease *l = &h->leases[i];
-		uint32_t st = atomic_load(&l->state);
-		if (st == DS_LEASE_FREE)
-			continue;
-		if (st != DS_LEASE_HELD && st != DS_LEASE_WAITING)
-			FAIL("lease %u has an invalid state %u", i, st);
-		if (i >= H->lease_hwm)
-			FAIL("lease %u is above the table bound %u", i, H->lease_hwm);
-		if (l->proc >= c->max_procs || h->procs[l->proc].pid == 0)
-			FAIL("lease %u belongs to process record %u, which is not in use", i,
-			     l->proc);
-		if (l->scraper >= c->max_scrapers || l->scraper != h->procs[l->proc].scraper)
-			FAIL("lease %u names scraper %u, not its process's", i, l->scraper);
-		int w = st == DS_LEASE_WAITING;
-		sh[l->scraper * 2 + w]++;
-		ph[l->proc * 2 + w]++;
-		if (w)
-			waiting++;
-		else
-			held++;
-	}
-	if (held != H->held || waiting != H->waiting)
-		FAIL("pool counters say %u held/%u waiting, the lease table %u/%u", H->held,
-		     H->waiting, held, waiting);
-	for (uint32_t i = 0; i < c->max_scrapers; i++) {
-		const struct ds_scraper *s = &h->scrapers[i];
-		if (s->held != sh[i * 2] || s->waiting != sh[i * 2 + 1])
-			FAIL("scraper \"%s\" counters say %u held/%u waiting, the lease table %u/%u",
-			     s->name, s->held, s->waiting, sh[i * 2], sh[i * 2 + 1]);
-	}
-	for (uint32_t i = 0; i < c->max_procs; i++) {
-		const struct ds_proc *p = &h->procs[i];
-		if (p->pid && (p->held != ph[i * 2] || p->waiting != ph[i * 2 + 1]))
-			FAIL("process %d counters say %u held/%u waiting, the lease table %u/%u",
-			     p->pid, p->held, p->waiting, ph[i * 2], ph[i * 2 + 1]);
-	}
-	rc = 0;
+        do {                                                                                       \
+                if (why)                                                                           \
+                        snprintf(why, whylen, __VA_ARGS__);                                        \
+                rc = -EPROTO;                                                                      \
+                goto out;                                                                          \
+        } while (0)
+        const struct ds_capacity *c = &h->cap;
+        uint32_t *sh = calloc(c->max_scrapers, sizeof(uint32_t) * 2);
+        uint32_t *ph = calloc(c->max_procs, sizeof(uint32_t) * 2);
+        int rc = (!sh || !ph) ? -ENOMEM : ds_lock(h);
+        if (rc) {
+                free(sh);
+                free(ph);
+                return rc;
+        }
+        struct ds_header *H = h->hdr;
+        uint32_t held = 0, waiting = 0;
+        if (H->lease_hwm > c->max_leases || H->proc_hwm > c->max_procs ||
+            H->scraper_hwm > c->max_scrapers)
+                FAIL("table bounds out of range (%u/%u/%u)", H->lease_hwm, H->proc_hwm,
+                     H->scraper_hwm);
+        for (uint32_t i = 0; i < c->max_scrapers; i++)
+                if (memchr(h->scrapers[i].name, 0, DS_NAME_MAX) == NULL)
+                        FAIL("scraper %u has an unterminated name", i);
+        for (uint32_t i = 0; i < c->max_procs; i++) {
+                const struct ds_proc *p = &h->procs[i];
+                if (p->pid == 0)
+                        continue;
+                if (i >= H->proc_hwm)
+                        FAIL("process %u (pid %d) is above the table bound %u", i, p->pid,
+                             H->proc_hwm);
+                if (p->scraper >= c->max_scrapers || !h->scrapers[p->scraper].name[0])
+                        FAIL("process %u (pid %d) names scraper %u, which does not exist", i,
+                             p->pid, p->scraper);
+        }
+        for (uint32_t i = 0; i < c->max_leases; i++) {
+                const struct ds_lease *l = &h->leases[i];
+                uint32_t st = atomic_load(&l->state);
+                if (st == DS_LEASE_FREE)
+                        continue;
+                if (st != DS_LEASE_HELD && st != DS_LEASE_WAITING)
+                        FAIL("lease %u has an invalid state %u", i, st);
+                if (i >= H->lease_hwm)
+                        FAIL("lease %u is above the table bound %u", i, H->lease_hwm);
+                if (l->proc >= c->max_procs || h->procs[l->proc].pid == 0)
+                        FAIL("lease %u belongs to process record %u, which is not in use", i,
+                             l->proc);
+                if (l->scraper >= c->max_scrapers || l->scraper != h->procs[l->proc].scraper)
+                        FAIL("lease %u names scraper %u, not its process's", i, l->scraper);
+                int w = st == DS_LEASE_WAITING;
+                sh[l->scraper * 2 + w]++;
+                ph[l->proc * 2 + w]++;
+                if (w)
+                        waiting++;
+                else
+                        held++;
+        }
+        if (held != H->held || waiting != H->waiting)
+                FAIL("pool counters say %u held/%u waiting, the lease table %u/%u", H->held,
+                     H->waiting, held, waiting);
+        for (uint32_t i = 0; i < c->max_scrapers; i++) {
+                const struct ds_scraper *s = &h->scrapers[i];
+                if (s->held != sh[i * 2] || s->waiting != sh[i * 2 + 1])
+                        FAIL(
+                            "scraper \"%s\" counters say %u held/%u waiting, the lease table %u/%u",
+                            s->name, s->held, s->waiting, sh[i * 2], sh[i * 2 + 1]);
+        }
+        for (uint32_t i = 0; i < c->max_procs; i++) {
+                const struct ds_proc *p = &h->procs[i];
+                if (p->pid && (p->held != ph[i * 2] || p->waiting != ph[i * 2 + 1]))
+                        FAIL("process %d counters say %u held/%u waiting, the lease table %u/%u",
+                             p->pid, p->held, p->waiting, ph[i * 2], ph[i * 2 + 1]);
+        }
+        rc = 0;
 out:
-	ds_unlock(h);
-	free(sh);
-	free(ph);
-	return rc;
+        ds_unlock(h);
+        free(sh);
+        free(ph);
+        return rc;
 #undef FAIL
 }

@@ -21,22 +21,22 @@
 /* The live configuration of a pool. Every field is validated as a whole by
  * ds_config_validate() before it is written into a segment. */
 struct ds_config {
-	uint32_t pool_size;           /* hard cap on slots held by all processes */
-	uint32_t soft_limit;          /* per-scraper limit with 2+ active scrapers */
-	uint32_t max_limit;           /* per-scraper limit with 1 active scraper */
-	uint32_t idle_timeout_ms;     /* no libpq activity this long: idle */
-	uint32_t realloc_interval_ms; /* limits recomputed at least this often */
-	uint32_t wait_timeout_ms;     /* a connect waits at most this long */
-	uint32_t warn_usage_pct;      /* usage above this is a warning (1..100) */
-	uint32_t idle_release;        /* 1: release idle scrapers' connections */
-	uint32_t reserved[8];         /* zero; room for later keys */
+        uint32_t pool_size;           /* hard cap on slots held by all processes */
+        uint32_t soft_limit;          /* per-scraper limit with 2+ active scrapers */
+        uint32_t max_limit;           /* per-scraper limit with 1 active scraper */
+        uint32_t idle_timeout_ms;     /* no libpq activity this long: idle */
+        uint32_t realloc_interval_ms; /* limits recomputed at least this often */
+        uint32_t wait_timeout_ms;     /* a connect waits at most this long */
+        uint32_t warn_usage_pct;      /* usage above this is a warning (1..100) */
+        uint32_t idle_release;        /* 1: release idle scrapers' connections */
+        uint32_t reserved[8];         /* zero; room for later keys */
 };
 
 /* Table sizes fixed when a segment is created. */
 struct ds_capacity {
-	uint32_t max_procs;    /* processes attached at once */
-	uint32_t max_leases;   /* slots held plus connects waiting, at once */
-	uint32_t max_scrapers; /* distinct scraper names remembered */
+        uint32_t max_procs;    /* processes attached at once */
+        uint32_t max_leases;   /* slots held plus connects waiting, at once */
+        uint32_t max_scrapers; /* distinct scraper names remembered */
 };
 
 void ds_config_defaults(struct ds_config *cfg);

@@ -20,8 +20,8 @@ typedef struct ds_handle ds_handle;
 
 /* A slot held (or, inside the coordinator, a wait). Copyable; compare ids. */
 struct ds_lease_ref {
-	uint32_t idx; /* index in the lease table */
-	uint64_t id;  /* unique id of the grant; 0 means none */
+        uint32_t idx; /* index in the lease table */
+        uint64_t id;  /* unique id of the grant; 0 means none */
 };
 
 /* The segment name to use: name if not NULL/empty, else $DYNSHIM_SEGMENT,
@@ -29,9 +29,9 @@ struct ds_lease_ref {
 const char *ds_segment_name(const char *name);
 
 struct ds_create_opts {
-	mode_t mode; /* permission bits; 0 means 0600 */
-	gid_t group; /* (gid_t)-1: the creator's group */
-	int force;   /* 1: replace an existing segment (marked destroyed) */
+        mode_t mode; /* permission bits; 0 means 0600 */
+        gid_t group; /* (gid_t)-1: the creator's group */
+        int force;   /* 1: replace an existing segment (marked destroyed) */
 };
 
 /* Creates and publishes a segment: O_EXCL, initialise, magic last.
@@ -93,21 +93,21 @@ int ds_reclaim(ds_handle *h);
 
 /* A consistent copy of the pool, taken under the lock. */
 struct ds_scraper_stats {
-	char name[DS_NAME_MAX];
-	int active;
-	uint32_t held, limit, waiting, procs;
-	uint64_t connects, releases, idle_releases, surplus_releases, reconnects, reclaimed;
-	uint64_t timeouts, waits, wait_ns_total, wait_ns_max;
+        char name[DS_NAME_MAX];
+        int active;
+        uint32_t held, limit, waiting, procs;
+        uint64_t connects, releases, idle_releases, surplus_releases, reconnects, reclaimed;
+        uint64_t timeouts, waits, wait_ns_total, wait_ns_max;
 };
 
 struct ds_stats {
-	struct ds_config cfg;
-	struct ds_capacity cap;
-	uint32_t held, waiting, procs, n_active;
-	uint64_t grants, peak_held, repairs, reclaimed_procs, generation;
-	size_t segment_size;
-	size_t n_scrapers;
-	struct ds_scraper_stats *scrapers; /* n_scrapers, by name; malloc'd */
+        struct ds_config cfg;
+        struct ds_capacity cap;
+        uint32_t held, waiting, procs, n_active;
+        uint64_t grants, peak_held, repairs, reclaimed_procs, generation;
+        size_t segment_size;
+        size_t n_scrapers;
+        struct ds_scraper_stats *scrapers; /* n_scrapers, by name; malloc'd */
 };
 
 int ds_stats_get(ds_handle *h, struct ds_stats *out);

@@ -20,10 +20,10 @@ int ds_policy_is_active(const struct ds_config *cfg, uint32_t waiting, uint32_t 
 
 /* What the grant decision needs to know of one scraper. */
 struct ds_pick_entry {
-	uint32_t held;          /* slots it holds */
-	uint32_t limit;         /* its current limit */
-	uint32_t waiting;       /* connects it has waiting */
-	uint64_t oldest_ticket; /* arrival order of its oldest waiter */
+        uint32_t held;          /* slots it holds */
+        uint32_t limit;         /* its current limit */
+        uint32_t waiting;       /* connects it has waiting */
+        uint64_t oldest_ticket; /* arrival order of its oldest waiter */
 };
 
 /* 1 if one more slot may be granted to a scraper holding scraper_held of

@@ -20,107 +20,107 @@
 #define DS_ALIGN          64u
 
 enum ds_lease_state {
-	DS_LEASE_FREE = 0,    /* unused */
-	DS_LEASE_WAITING = 1, /* a connect waits on `wake` for a slot */
-	DS_LEASE_HELD = 2,    /* a slot, counted against pool_size */
+        DS_LEASE_FREE = 0,    /* unused */
+        DS_LEASE_WAITING = 1, /* a connect waits on `wake` for a slot */
+        DS_LEASE_HELD = 2,    /* a slot, counted against pool_size */
 };
 
 /* One attached process. */
 struct ds_proc {
-	/* Robust, process-shared; locked by the process's life thread for as
-	 * long as pid != 0. The kernel marks it owner-dead when the process
-	 * dies or execs, which is how others learn of it, safe against PID
-	 * reuse. */
-	pthread_mutex_t life;
-	int32_t pid;        /* 0: record free. Written last on register. */
-	uint32_t scraper;   /* index into the scraper table, < max_scrapers */
-	uint64_t since_ns;  /* CLOCK_MONOTONIC time of registration */
-	uint32_t held;      /* cache: HELD leases of this process */
-	uint32_t waiting;   /* cache: WAITING leases of this process */
-	_Atomic uint32_t inflight;         /* libpq calls in flight (shim) */
-	uint32_t pad;
-	_Atomic uint64_t last_activity_ns; /* last libpq activity (shim) */
+        /* Robust, process-shared; locked by the process's life thread for as
+         * long as pid != 0. The kernel marks it owner-dead when the process
+         * dies or execs, which is how others learn of it, safe against PID
+         * reuse. */
+        pthread_mutex_t life;
+        int32_t pid;               /* 0: record free. Written last on register. */
+        uint32_t scraper;          /* index into the scraper table, < max_scrapers */
+        uint64_t since_ns;         /* CLOCK_MONOTONIC time of registration */
+        uint32_t held;             /* cache: HELD leases of this process */
+        uint32_t waiting;          /* cache: WAITING leases of this process */
+        _Atomic uint32_t inflight; /* libpq calls in flight (shim) */
+        uint32_t pad;
+        _Atomic uint64_t last_activity_ns; /* last libpq activity (shim) */
 } __attribute__((aligned(DS_ALIGN)));
 
 /* One slot held, or one connect waiting for a slot. */
 struct ds_lease {
-	_Atomic uint32_t state; /* enum ds_lease_state; written last */
-	_Atomic uint32_t wake;  /* futex word: 0 while waiting, 1 once granted */
-	uint32_t proc;          /* index into the process table */
-	uint32_t scraper;       /* index into the scraper table */
-	uint64_t id;            /* unique for the segment's life; 0 when free */
-	uint64_t ticket;        /* arrival order (first come first served) */
-	uint64_t since_ns;      /* start of the wait, then time of the grant */
-	uint64_t pad;
+        _Atomic uint32_t state; /* enum ds_lease_state; written last */
+        _Atomic uint32_t wake;  /* futex word: 0 while waiting, 1 once granted */
+        uint32_t proc;          /* index into the process table */
+        uint32_t scraper;       /* index into the scraper table */
+        uint64_t id;            /* unique for the segment's life; 0 when free */
+        uint64_t ticket;        /* arrival order (first come first served) */
+        uint64_t since_ns;      /* start of the wait, then time of the grant */
+        uint64_t pad;
 };
 
 /* One scraper: a named group of processes, and its statistics. */
 struct ds_scraper {
-	char name[DS_NAME_MAX]; /* NUL-terminated; "" means the record is free */
-	uint32_t held;          /* cache: HELD leases of its processes */
-	uint32_t waiting;       /* cache: WAITING leases */
-	uint32_t procs;         /* cache: live processes registered under it */
-	uint32_t limit;         /* limit from the last recomputation */
-	uint32_t active;        /* state from the last recomputation (0/1) */
-	uint32_t inflight;      /* cache: sum of its processes' inflight */
-	_Atomic uint64_t last_activity_ns; /* newest activity of any process */
-	/* Statistics: monotonic, never decremented. */
-	uint64_t connects;         /* slots granted */
-	uint64_t releases;         /* slots given back by their owner */
-	uint64_t idle_releases;    /* slots taken back because it was idle */
-	uint64_t surplus_releases; /* slots given back above its limit */
-	uint64_t reconnects;       /* transparent reconnects after a release */
-	uint64_t reclaimed;        /* slots reclaimed from dead processes */
-	uint64_t timeouts;         /* connects that waited wait_timeout in vain */
-	uint64_t waits;            /* connects that had to wait */
-	uint64_t wait_ns_total;    /* total time those waited */
-	uint64_t wait_ns_max;      /* longest wait */
-	uint64_t last_used_ns;     /* last event; picks a record to recycle */
-	/* Scratch of the grant pass, valid only inside it (under the lock). */
-	uint64_t oldest_ticket;
-	uint32_t oldest_idx;
+        char name[DS_NAME_MAX];            /* NUL-terminated; "" means the record is free */
+        uint32_t held;                     /* cache: HELD leases of its processes */
+        uint32_t waiting;                  /* cache: WAITING leases */
+        uint32_t procs;                    /* cache: live processes registered under it */
+        uint32_t limit;                    /* limit from the last recomputation */
+        uint32_t active;                   /* state from the last recomputation (0/1) */
+        uint32_t inflight;                 /* cache: sum of its processes' inflight */
+        _Atomic uint64_t last_activity_ns; /* newest activity of any process */
+        /* Statistics: monotonic, never decremented. */
+        uint64_t connects;         /* slots granted */
+        uint64_t releases;         /* slots given back by their owner */
+        uint64_t idle_releases;    /* slots taken back because it was idle */
+        uint64_t surplus_releases; /* slots given back above its limit */
+        uint64_t reconnects;       /* transparent reconnects after a release */
+        uint64_t reclaimed;        /* slots reclaimed from dead processes */
+        uint64_t timeouts;         /* connects that waited wait_timeout in vain */
+        uint64_t waits;            /* connects that had to wait */
+        uint64_t wait_ns_total;    /* total time those waited */
+        uint64_t wait_ns_max;      /* longest wait */
+        uint64_t last_used_ns;     /* last event; picks a record to recycle */
+        /* Scratch of the grant pass, valid only inside it (under the lock). */
+        uint64_t oldest_ticket;
+        uint32_t oldest_idx;
 } __attribute__((aligned(DS_ALIGN)));
 
 struct ds_header {
-	/* Identity and format signature, fixed at creation. */
-	uint64_t magic; /* DS_MAGIC, written last at creation */
-	uint32_t layout_version;
-	uint32_t header_size;  /* sizeof(struct ds_header) */
-	uint32_t proc_size;    /* sizeof(struct ds_proc) */
-	uint32_t lease_size;   /* sizeof(struct ds_lease) */
-	uint32_t scraper_size; /* sizeof(struct ds_scraper) */
-	uint32_t mutex_size;   /* sizeof(pthread_mutex_t) */
-	uint32_t mutex_align;  /* _Alignof(pthread_mutex_t) */
-	uint32_t word_size;    /* sizeof(void *) */
-	struct ds_capacity cap;
-	uint32_t creator_uid;
-	uint64_t total_size; /* bytes of the whole segment */
-	uint64_t pidns_dev;  /* PID namespace of the creator (st_dev, st_ino */
-	uint64_t pidns_ino;  /*   of /proc/self/ns/pid) */
-	uint64_t generation; /* random, new for every creation */
-	uint64_t created_realtime_s;
-	/* Set (never cleared) just before the segment is unlinked; processes
-	 * still attached notice and stop using it. */
-	_Atomic uint32_t destroyed;
+        /* Identity and format signature, fixed at creation. */
+        uint64_t magic; /* DS_MAGIC, written last at creation */
+        uint32_t layout_version;
+        uint32_t header_size;  /* sizeof(struct ds_header) */
+        uint32_t proc_size;    /* sizeof(struct ds_proc) */
+        uint32_t lease_size;   /* sizeof(struct ds_lease) */
+        uint32_t scraper_size; /* sizeof(struct ds_scraper) */
+        uint32_t mutex_size;   /* sizeof(pthread_mutex_t) */
+        uint32_t mutex_align;  /* _Alignof(pthread_mutex_t) */
+        uint32_t word_size;    /* sizeof(void *) */
+        struct ds_capacity cap;
+        uint32_t creator_uid;
+        uint64_t total_size; /* bytes of the whole segment */
+        uint64_t pidns_dev;  /* PID namespace of the creator (st_dev, st_ino */
+        uint64_t pidns_ino;  /*   of /proc/self/ns/pid) */
+        uint64_t generation; /* random, new for every creation */
+        uint64_t created_realtime_s;
+        /* Set (never cleared) just before the segment is unlinked; processes
+         * still attached notice and stop using it. */
+        _Atomic uint32_t destroyed;
 
-	/* Robust, process-shared; guards every field below and the tables. */
-	pthread_mutex_t lock;
+        /* Robust, process-shared; guards every field below and the tables. */
+        pthread_mutex_t lock;
 
-	struct ds_config cfg; /* validated before it is written */
-	uint32_t held;        /* cache: HELD leases; <= pool_size when granted */
-	uint32_t waiting;     /* cache: WAITING leases */
-	uint32_t n_active;    /* active scrapers at the last recomputation */
-	uint32_t lease_hwm;   /* 1 + highest lease index in use, <= max_leases */
-	uint32_t proc_hwm;    /* 1 + highest process index in use, <= max_procs */
-	uint32_t scraper_hwm; /* 1 + highest scraper index in use, <= max_scrapers */
-	uint64_t next_lease_id;   /* source of ds_lease.id; only grows */
-	uint64_t next_ticket;     /* source of ds_lease.ticket; only grows */
-	uint64_t last_realloc_ns; /* time of the last limit recomputation */
-	_Atomic uint64_t last_sweep_ns; /* time of the last dead-process sweep */
-	uint64_t repairs;        /* locks recovered from a dead owner */
-	uint64_t reclaimed_procs; /* dead processes cleaned up */
-	uint64_t grants;         /* slots granted in all */
-	uint64_t peak_held;      /* highest `held` ever seen */
+        struct ds_config cfg;           /* validated before it is written */
+        uint32_t held;                  /* cache: HELD leases; <= pool_size when granted */
+        uint32_t waiting;               /* cache: WAITING leases */
+        uint32_t n_active;              /* active scrapers at the last recomputation */
+        uint32_t lease_hwm;             /* 1 + highest lease index in use, <= max_leases */
+        uint32_t proc_hwm;              /* 1 + highest process index in use, <= max_procs */
+        uint32_t scraper_hwm;           /* 1 + highest scraper index in use, <= max_scrapers */
+        uint64_t next_lease_id;         /* source of ds_lease.id; only grows */
+        uint64_t next_ticket;           /* source of ds_lease.ticket; only grows */
+        uint64_t last_realloc_ns;       /* time of the last limit recomputation */
+        _Atomic uint64_t last_sweep_ns; /* time of the last dead-process sweep */
+        uint64_t repairs;               /* locks recovered from a dead owner */
+        uint64_t reclaimed_procs;       /* dead processes cleaned up */
+        uint64_t grants;                /* slots granted in all */
+        uint64_t peak_held;             /* highest `held` ever seen */
 } __attribute__((aligned(DS_ALIGN)));
 
 /* Offsets and size of a segment with capacity cap. */

@@ -7,149 +7,149 @@
 
 Test(config, defaults_are_the_replaced_systems_and_valid)
 {
-	struct ds_config c;
-	struct ds_capacity cap;
-	ds_config_defaults(&c);
-	ds_capacity_defaults(&cap);
-	cr_assert_eq(c.pool_size, 20);
-	cr_assert_eq(c.soft_limit, 10);
-	cr_assert_eq(c.max_limit, 15);
-	cr_assert_eq(c.idle_timeout_ms, 60000);
-	cr_assert_eq(c.realloc_interval_ms, 30000);
-	cr_assert_eq(c.wait_timeout_ms, 30000);
-	cr_assert_eq(c.warn_usage_pct, 80);
-	cr_assert_eq(c.idle_release, 1);
-	cr_assert_eq(ds_config_validate(&c, &cap, NULL, 0), 0);
-	cr_assert_eq(ds_capacity_validate(&cap, NULL, 0), 0);
+        struct ds_config c;
+        struct ds_capacity cap;
+        ds_config_defaults(&c);
+        ds_capacity_defaults(&cap);
+        cr_assert_eq(c.pool_size, 20);
+        cr_assert_eq(c.soft_limit, 10);
+        cr_assert_eq(c.max_limit, 15);
+        cr_assert_eq(c.idle_timeout_ms, 60000);
+        cr_assert_eq(c.realloc_interval_ms, 30000);
+        cr_assert_eq(c.wait_timeout_ms, 30000);
+        cr_assert_eq(c.warn_usage_pct, 80);
+        cr_assert_eq(c.idle_release, 1);
+        cr_assert_eq(ds_config_validate(&c, &cap, NULL, 0), 0);
+        cr_assert_eq(ds_capacity_validate(&cap, NULL, 0), 0);
 }
 
 static void expect_invalid(struct ds_config c, const char *needle)
 {
-	struct ds_capacity cap;
-	char why[200] = "";
-	ds_capacity_defaults(&cap);
-	cap.max_leases = 100;
-	cr_assert_eq(ds_config_validate(&c, &cap, why, sizeof(why)), -EINVAL);
-	cr_assert(strstr(why, needle), "reason '%s' lacks '%s'", why, needle);
+        struct ds_capacity cap;
+        char why[200] = "";
+        ds_capacity_defaults(&cap);
+        cap.max_leases = 100;
+        cr_assert_eq(ds_config_validate(&c, &cap, why, sizeof(why)), -EINVAL);
+        cr_assert(strstr(why, needle), "reason '%s' lacks '%s'", why, needle);
 }
 
 Test(config, invalid_configurations_are_refused_with_the_reason)
 {
-	struct ds_config d, c;
-	ds_config_defaults(&d);
-	c = d, c.soft_limit = 16;
-	expect_invalid(c, "soft_limit 16 is above max_limit 15");
-	c = d, c.max_limit = 21;
-	expect_invalid(c, "max_limit 21 is above pool_size 20");
-	c = d, c.pool_size = 0;
-	expect_invalid(c, "pool_size must be at least 1");
-	c = d, c.soft_limit = 0;
-	expect_invalid(c, "soft_limit must be at least 1");
-	c = d, c.pool_size = 101, c.max_limit = 15;
-	expect_invalid(c, "above the segment's capacity of 100");
-	c = d, c.idle_timeout_ms = 0;
-	expect_invalid(c, "idle_timeout");
-	c = d, c.realloc_interval_ms = 0;
-	expect_invalid(c, "realloc_interval");
-	c = d, c.warn_usage_pct = 0;
-	expect_invalid(c, "warn_usage 0");
-	c = d, c.warn_usage_pct = 101;
-	expect_invalid(c, "warn_usage 101");
-	c = d, c.idle_release = 2;
-	expect_invalid(c, "idle_release");
+        struct ds_config d, c;
+        ds_config_defaults(&d);
+        c = d, c.soft_limit = 16;
+        expect_invalid(c, "soft_limit 16 is above max_limit 15");
+        c = d, c.max_limit = 21;
+        expect_invalid(c, "max_limit 21 is above pool_size 20");
+        c = d, c.pool_size = 0;
+        expect_invalid(c, "pool_size must be at least 1");
+        c = d, c.soft_limit = 0;
+        expect_invalid(c, "soft_limit must be at least 1");
+        c = d, c.pool_size = 101, c.max_limit = 15;
+        expect_invalid(c, "above the segment's capacity of 100");
+        c = d, c.idle_timeout_ms = 0;
+        expect_invalid(c, "idle_timeout");
+        c = d, c.realloc_interval_ms = 0;
+        expect_invalid(c, "realloc_interval");
+        c = d, c.warn_usage_pct = 0;
+        expect_invalid(c, "warn_usage 0");
+        c = d, c.warn_usage_pct = 101;
+        expect_invalid(c, "warn_usage 101");
+        c = d, c.idle_release = 2;
+        expect_invalid(c, "idle_release");
 }
 
 Test(config, u32_parser_is_strict)
 {
-	uint32_t v = 7;
-	cr_assert_eq(ds_parse_u32("42", 1, 100, &v), 0);
-	cr_assert_eq(v, 42);
-	const char *bad[] = {"", "-1", "+1", " 1", "1 ", "1x", "0x10", "4294967296", "101", "0"};
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		v = 7;
-		cr_assert_eq(ds_parse_u32(bad[i], 1, 100, &v), -EINVAL, "'%s'", bad[i]);
-		cr_assert_eq(v, 7, "'%s' changed the output", bad[i]);
-	}
-	cr_assert_eq(ds_parse_u32(NULL, 0, 1, &v), -EINVAL);
+        uint32_t v = 7;
+        cr_assert_eq(ds_parse_u32("42", 1, 100, &v), 0);
+        cr_assert_eq(v, 42);
+        const char *bad[] = {"", "-1", "+1", " 1", "1 ", "1x", "0x10", "4294967296", "101", "0"};
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                v = 7;
+                cr_assert_eq(ds_parse_u32(bad[i], 1, 100, &v), -EINVAL, "'%s'", bad[i]);
+                cr_assert_eq(v, 7, "'%s' changed the output", bad[i]);
+        }
+        cr_assert_eq(ds_parse_u32(NULL, 0, 1, &v), -EINVAL);
 }
 
 Test(config, durations_take_seconds_decimals_and_units)
 {
-	struct {
-		const char *s;
-		uint32_t ms;
-	} ok[] = {{"60", 60000}, {"0.5", 500}, {"2.25", 2250}, {"1.001", 1001}, {"500ms", 500},
-	          {"3s", 3000}, {"0", 0}, {"86400", 86400000}};
-	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
-		uint32_t v = 0;
-		cr_assert_eq(ds_parse_duration_ms(ok[i].s, &v), 0, "'%s'", ok[i].s);
-		cr_assert_eq(v, ok[i].ms, "'%s' gave %u", ok[i].s, v);
-	}
-	const char *bad[] = {"", ".", "1.", ".5", "1.2345", "-1", "1m", "1.5ms", "86401",
-	                     "99999999999", "1 s", "s", "ms", "1..2"};
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		uint32_t v = 123;
-		cr_assert_eq(ds_parse_duration_ms(bad[i], &v), -EINVAL, "'%s'", bad[i]);
-		cr_assert_eq(v, 123);
-	}
+        struct {
+                const char *s;
+                uint32_t ms;
+        } ok[] = {{"60", 60000},  {"0.5", 500}, {"2.25", 2250}, {"1.001", 1001},
+                  {"500ms", 500}, {"3s", 3000}, {"0", 0},       {"86400", 86400000}};
+        for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+                uint32_t v = 0;
+                cr_assert_eq(ds_parse_duration_ms(ok[i].s, &v), 0, "'%s'", ok[i].s);
+                cr_assert_eq(v, ok[i].ms, "'%s' gave %u", ok[i].s, v);
+        }
+        const char *bad[] = {"",      ".",     "1.",          ".5",  "1.2345", "-1", "1m",
+                             "1.5ms", "86401", "99999999999", "1 s", "s",      "ms", "1..2"};
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                uint32_t v = 123;
+                cr_assert_eq(ds_parse_duration_ms(bad[i], &v), -EINVAL, "'%s'", bad[i]);
+                cr_assert_eq(v, 123);
+        }
 }
 
 Test(config, onoff_parser)
 {
-	uint32_t v = 9;
-	cr_assert_eq(ds_parse_onoff("on", &v), 0);
-	cr_assert_eq(v, 1);
-	cr_assert_eq(ds_parse_onoff("OFF", &v), 0);
-	cr_assert_eq(v, 0);
-	cr_assert_eq(ds_parse_onoff("maybe", &v), -EINVAL);
-	cr_assert_eq(ds_parse_onoff("", &v), -EINVAL);
+        uint32_t v = 9;
+        cr_assert_eq(ds_parse_onoff("on", &v), 0);
+        cr_assert_eq(v, 1);
+        cr_assert_eq(ds_parse_onoff("OFF", &v), 0);
+        cr_assert_eq(v, 0);
+        cr_assert_eq(ds_parse_onoff("maybe", &v), -EINVAL);
+        cr_assert_eq(ds_parse_onoff("", &v), -EINVAL);
 }
 
 Test(config, set_kv_applies_one_key_and_names_bad_input)
 {
-	struct ds_config c, before;
-	char why[300];
-	ds_config_defaults(&c);
-	cr_assert_eq(ds_config_set_kv(&c, "pool_size=30", why, sizeof(why)), 0);
-	cr_assert_eq(c.pool_size, 30);
-	cr_assert_eq(ds_config_set_kv(&c, "idle_timeout=2.5", why, sizeof(why)), 0);
-	cr_assert_eq(c.idle_timeout_ms, 2500);
-	cr_assert_eq(ds_config_set_kv(&c, "idle_release=off", why, sizeof(why)), 0);
-	cr_assert_eq(c.idle_release, 0);
-	cr_assert_eq(ds_config_set_kv(&c, "warn_usage=90", why, sizeof(why)), 0);
-	cr_assert_eq(c.warn_usage_pct, 90);
-	before = c;
-	struct {
-		const char *kv, *needle;
-	} bad[] = {{"pool_size", "not KEY=VALUE"},
-	           {"=3", "not KEY=VALUE"},
-	           {"pool=3", "unknown key 'pool'"},
-	           {"pool_size=abc", "'abc' is not a whole number"},
-	           {"pool_size=0", "'0' is not a whole number"},
-	           {"pool_size=-3", "'-3' is not a whole number"},
-	           {"idle_timeout=soon", "not a duration"},
-	           {"idle_release=maybe", "not on or off"},
-	           {"warn_usage=101", "not a percentage"}};
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		why[0] = 0;
-		cr_assert_eq(ds_config_set_kv(&c, bad[i].kv, why, sizeof(why)), -EINVAL, "%s",
-		             bad[i].kv);
-		cr_assert(strstr(why, bad[i].needle), "'%s' gave '%s'", bad[i].kv, why);
-		cr_assert_eq(memcmp(&c, &before, sizeof(c)), 0, "'%s' changed the config",
-		             bad[i].kv);
-	}
+        struct ds_config c, before;
+        char why[300];
+        ds_config_defaults(&c);
+        cr_assert_eq(ds_config_set_kv(&c, "pool_size=30", why, sizeof(why)), 0);
+        cr_assert_eq(c.pool_size, 30);
+        cr_assert_eq(ds_config_set_kv(&c, "idle_timeout=2.5", why, sizeof(why)), 0);
+        cr_assert_eq(c.idle_timeout_ms, 2500);
+        cr_assert_eq(ds_config_set_kv(&c, "idle_release=off", why, sizeof(why)), 0);
+        cr_assert_eq(c.idle_release, 0);
+        cr_assert_eq(ds_config_set_kv(&c, "warn_usage=90", why, sizeof(why)), 0);
+        cr_assert_eq(c.warn_usage_pct, 90);
+        before = c;
+        struct {
+                const char *kv, *needle;
+        } bad[] = {{"pool_size", "not KEY=VALUE"},
+                   {"=3", "not KEY=VALUE"},
+                   {"pool=3", "unknown key 'pool'"},
+                   {"pool_size=abc", "'abc' is not a whole number"},
+                   {"pool_size=0", "'0' is not a whole number"},
+                   {"pool_size=-3", "'-3' is not a whole number"},
+                   {"idle_timeout=soon", "not a duration"},
+                   {"idle_release=maybe", "not on or off"},
+                   {"warn_usage=101", "not a percentage"}};
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+                why[0] = 0;
+                cr_assert_eq(ds_config_set_kv(&c, bad[i].kv, why, sizeof(why)), -EINVAL, "%s",
+                             bad[i].kv);
+                cr_assert(strstr(why, bad[i].needle), "'%s' gave '%s'", bad[i].kv, why);
+                cr_assert_eq(memcmp(&c, &before, sizeof(c)), 0, "'%s' changed the config",
+                             bad[i].kv);
+        }
 }
 
 Test(config, format_round_trips_through_set_kv)
 {
-	struct ds_config c, d;
-	ds_config_defaults(&c);
-	c.idle_timeout_ms = 2500;
-	c.idle_release = 0;
-	char buf[512];
-	ds_config_format(&c, buf, sizeof(buf));
-	ds_config_defaults(&d);
-	for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
-		cr_assert_eq(ds_config_set_kv(&d, line, NULL, 0), 0, "%s", line);
-	cr_assert_eq(memcmp(&c, &d, sizeof(c)), 0);
+        struct ds_config c, d;
+        ds_config_defaults(&c);
+        c.idle_timeout_ms = 2500;
+        c.idle_release = 0;
+        char buf[512];
+        ds_config_format(&c, buf, sizeof(buf));
+        ds_config_defaults(&d);
+        for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
+                cr_assert_eq(ds_config_set_kv(&d, line, NULL, 0), 0, "%s", line);
+        cr_assert_eq(memcmp(&c, &d, sizeof(c)), 0);
 }

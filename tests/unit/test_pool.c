@@ -1,0 +1,473 @@
+/* test_pool.c - leases across real processes: limits, hand-off, order,
+ * timeouts, live reconfiguration, fork and exec, dead holders. */
+#include "testutil.h"
+
+#include <signal.h>
+#include <stdlib.h>
+
+static const char *seg;
+
+static void setup(void)
+{
+        seg = tu_segname("pool");
+}
+
+static void teardown(void)
+{
+        ds_segment_destroy(seg, NULL, 0);
+}
+
+TestSuite(pool, .init = setup, .fini = teardown, .timeout = 60);
+
+/* Forks a child that attaches as `scraper`, takes n slots (waiting up to
+ * wait_ms each), reports how many it got on fd, then sleeps hold_ms and
+ * exits (releasing by detach). */
+static pid_t spawn_holder(const char *scraper, int n, uint32_t wait_ms, unsigned hold_ms, int fd)
+{
+        pid_t pid = fork();
+        cr_assert_neq(pid, -1);
+        if (pid)
+                return pid;
+        ds_handle *h = NULL;
+        if (ds_attach(seg, 0, &h, NULL, 0) || ds_set_scraper(h, scraper))
+                _exit(90);
+        int got = 0;
+        for (int i = 0; i < n; i++) {
+                struct ds_lease_ref l;
+                if (ds_acquire(h, wait_ms, &l, NULL, 0) == 0)
+                        got++;
+        }
+        if (fd >= 0 && write(fd, &got, sizeof(got)) != sizeof(got))
+                _exit(91);
+        tu_sleep_ms(hold_ms);
+        ds_detach(h);
+        _exit(0);
+}
+
+static int read_int(int fd)
+{
+        int v = -1;
+        cr_assert_eq(read(fd, &v, sizeof(v)), (ssize_t)sizeof(v));
+        return v;
+}
+
+static void reap(pid_t pid)
+{
+        int st;
+        cr_assert_eq(waitpid(pid, &st, 0), pid);
+}
+
+Test(pool, acquire_and_release_update_held_and_connects)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_lease_ref l[3];
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(ds_acquire(h, 0, &l[i], NULL, 0), 0);
+        struct ds_scraper_stats s = tu_scraper(h, "alpha");
+        cr_assert_eq(s.held, 3);
+        cr_assert_eq(s.connects, 3);
+        cr_assert_eq(s.procs, 1);
+        cr_assert_eq(tu_held(h), 3);
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(ds_release(h, &l[i]), 0);
+        s = tu_scraper(h, "alpha");
+        cr_assert_eq(s.held, 0);
+        cr_assert_eq(s.releases, 3);
+        tu_assert_consistent(h);
+        ds_detach(h);
+}
+
+Test(pool, releasing_twice_is_refused)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_lease_ref l;
+        cr_assert_eq(ds_acquire(h, 0, &l, NULL, 0), 0);
+        cr_assert_eq(ds_release(h, &l), 0);
+        cr_assert_eq(ds_release(h, &l), -ENOENT);
+        struct ds_lease_ref bogus = {.idx = 999999, .id = 5};
+        cr_assert_eq(ds_release(h, &bogus), -EINVAL);
+        tu_assert_consistent(h);
+        ds_detach(h);
+}
+
+Test(pool, lone_scraper_gets_max_limit_and_no_more)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_lease_ref l;
+        for (int i = 0; i < 15; i++)
+                cr_assert_eq(ds_acquire(h, 0, &l, NULL, 0), 0, "slot %d", i);
+        char why[256] = "";
+        uint64_t t0 = ds_now_ns();
+        cr_assert_eq(ds_acquire(h, 200, &l, why, sizeof(why)), -ETIMEDOUT);
+        uint64_t waited = ds_now_ns() - t0;
+        cr_assert_geq(waited, 190000000ull, "gave up after %llu ns", (unsigned long long)waited);
+        cr_assert(strstr(why, "no connection slot for scraper \"alpha\" within 0.2 s"), "%s", why);
+        cr_assert(strstr(why, "pool 15/20 in use, limit 15"), "%s", why);
+        struct ds_scraper_stats s = tu_scraper(h, "alpha");
+        cr_assert_eq(s.timeouts, 1);
+        cr_assert_eq(s.waiting, 0);
+        tu_assert_consistent(h);
+        ds_detach(h);
+}
+
+Test(pool, second_active_scraper_brings_limits_to_soft_limit)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_lease_ref l[15];
+        for (int i = 0; i < 15; i++)
+                cr_assert_eq(ds_acquire(h, 0, &l[i], NULL, 0), 0);
+        int p[2];
+        cr_assert_eq(pipe(p), 0);
+        /* beta can only get the 5 free slots: the pool of 20 is the cap */
+        pid_t b = spawn_holder("beta", 10, 300, 2000, p[1]);
+        cr_assert_eq(read_int(p[0]), 5);
+        struct ds_scraper_stats sa = tu_scraper(h, "alpha"), sb = tu_scraper(h, "beta");
+        cr_assert_eq(sa.limit, 10);
+        cr_assert_eq(sb.limit, 10);
+        cr_assert_eq(sb.held, 5);
+        cr_assert_eq(tu_held(h), 20);
+        reap(b);
+        for (int i = 0; i < 15; i++)
+                ds_release(h, &l[i]);
+        tu_assert_consistent(h);
+        ds_detach(h);
+}
+
+Test(pool, waiter_is_handed_the_released_slot)
+{
+        tu_create(seg, 1, 1, 1);
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_lease_ref l;
+        cr_assert_eq(ds_acquire(h, 0, &l, NULL, 0), 0);
+        int p[2];
+        cr_assert_eq(pipe(p), 0);
+        pid_t c = spawn_holder("alpha", 1, 10000, 0, p[1]);
+        tu_sleep_ms(200);
+        cr_assert_eq(tu_scraper(h, "alpha").waiting, 1);
+        uint64_t t0 = ds_now_ns();
+        cr_assert_eq(ds_release(h, &l), 0);
+        cr_assert_eq(read_int(p[0]), 1);
+        uint64_t dt = ds_now_ns() - t0;
+        cr_assert_lt(dt, 1000000000ull, "hand-off took %llu ns", (unsigned long long)dt);
+        reap(c);
+        struct ds_scraper_stats s = tu_scraper(h, "alpha");
+        cr_assert_eq(s.waits, 1);
+        cr_assert_geq(s.wait_ns_max, 150000000ull);
+        ds_detach(h);
+}
+
+Test(pool, waiters_of_one_scraper_are_served_first_come_first_served)
+{
+        tu_create(seg, 1, 1, 1);
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_lease_ref l;
+        cr_assert_eq(ds_acquire(h, 0, &l, NULL, 0), 0);
+        int p[2];
+        cr_assert_eq(pipe(p), 0);
+        pid_t kids[5];
+        for (int i = 0; i < 5; i++) {
+                kids[i] = fork();
+                cr_assert_neq(kids[i], -1);
+                if (kids[i] == 0) {
+                        ds_handle *k = NULL;
+                        struct ds_lease_ref kl;
+                        if (ds_attach(seg, 0, &k, NULL, 0) || ds_set_scraper(k, "alpha") ||
+                            ds_acquire(k, 20000, &kl, NULL, 0))
+                                _exit(1);
+                        if (write(p[1], &i, sizeof(i)) != sizeof(i))
+                                _exit(2);
+                        tu_sleep_ms(20);
+                        ds_release(k, &kl);
+                        ds_detach(k);
+                        _exit(0);
+                }
+                /* wait until this child is queued before starting the next */
+                tu_wait_for_waiters(h, "alpha", (uint32_t)i + 1);
+        }
+        cr_assert_eq(ds_release(h, &l), 0);
+        for (int i = 0; i < 5; i++)
+                cr_assert_eq(read_int(p[0]), i, "grant order");
+        for (int i = 0; i < 5; i++)
+                reap(kids[i]);
+        ds_detach(h);
+}
+
+Test(pool, freed_slot_goes_to_the_scraper_with_the_smallest_share)
+{
+        tu_create(seg, 3, 3, 3);
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_lease_ref l[3];
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(ds_acquire(h, 0, &l[i], NULL, 0), 0);
+        int p[2];
+        cr_assert_eq(pipe(p), 0);
+        /* alpha queues first, beta (holding nothing) queues second */
+        pid_t a = fork();
+        if (a == 0) {
+                ds_handle *k = NULL;
+                struct ds_lease_ref kl;
+                int tag = 'a';
+                if (ds_attach(seg, 0, &k, NULL, 0) || ds_set_scraper(k, "alpha") ||
+                    ds_acquire(k, 20000, &kl, NULL, 0) || write(p[1], &tag, sizeof(tag)) < 0)
+                        _exit(1);
+                tu_sleep_ms(500);
+                _exit(0);
+        }
+        tu_wait_for_waiters(h, "alpha", 1);
+        pid_t b = fork();
+        if (b == 0) {
+                ds_handle *k = NULL;
+                struct ds_lease_ref kl;
+                int tag = 'b';
+                if (ds_attach(seg, 0, &k, NULL, 0) || ds_set_scraper(k, "beta") ||
+                    ds_acquire(k, 20000, &kl, NULL, 0) || write(p[1], &tag, sizeof(tag)) < 0)
+                        _exit(1);
+                tu_sleep_ms(500);
+                _exit(0);
+        }
+        tu_wait_for_waiters(h, "beta", 1);
+        cr_assert_eq(ds_release(h, &l[0]), 0);
+        cr_assert_eq(read_int(p[0]), 'b', "beta (0 of 3) goes before alpha (2 of 3)");
+        cr_assert_eq(ds_release(h, &l[1]), 0);
+        cr_assert_eq(read_int(p[0]), 'a');
+        reap(a);
+        reap(b);
+        ds_detach(h);
+}
+
+Test(pool, killed_holder_slots_return_to_pool)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, "watcher");
+        int p[2];
+        cr_assert_eq(pipe(p), 0);
+        pid_t c = spawn_holder("victim", 3, 0, 60000, p[1]);
+        cr_assert_eq(read_int(p[0]), 3);
+        cr_assert_eq(tu_scraper(h, "victim").held, 3);
+        kill(c, SIGKILL);
+        reap(c);
+        cr_assert_eq(ds_reclaim(h), 1);
+        struct ds_scraper_stats s = tu_scraper(h, "victim");
+        cr_assert_eq(s.held, 0);
+        cr_assert_eq(s.reclaimed, 3);
+        cr_assert_eq(s.procs, 0);
+        cr_assert_eq(tu_held(h), 0);
+        tu_assert_consistent(h);
+        ds_detach(h);
+}
+
+Test(pool, waiter_proceeds_when_the_holder_is_killed)
+{
+        tu_create(seg, 1, 1, 1);
+        ds_handle *h = tu_attach(seg, "watcher");
+        int p[2], q[2];
+        cr_assert_eq(pipe(p), 0);
+        cr_assert_eq(pipe(q), 0);
+        pid_t holder = spawn_holder("alpha", 1, 0, 60000, p[1]);
+        cr_assert_eq(read_int(p[0]), 1);
+        pid_t waiter = spawn_holder("beta", 1, 20000, 0, q[1]);
+        tu_wait_for_waiters(h, "beta", 1);
+        uint64_t t0 = ds_now_ns();
+        kill(holder, SIGKILL);
+        reap(holder);
+        cr_assert_eq(read_int(q[0]), 1, "the waiter got the dead holder's slot");
+        uint64_t dt = ds_now_ns() - t0;
+        cr_assert_lt(dt, 1000000000ull, "reclaim took %llu ns", (unsigned long long)dt);
+        reap(waiter);
+        ds_detach(h);
+}
+
+Test(pool, forked_child_cannot_release_its_parents_lease)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_lease_ref l;
+        cr_assert_eq(ds_acquire(h, 0, &l, NULL, 0), 0);
+        pid_t c = fork();
+        if (c == 0) {
+                int rc = ds_release(h, &l);
+                _exit(rc == -EPERM ? 0 : 1);
+        }
+        int st;
+        cr_assert_eq(waitpid(c, &st, 0), c);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child's release was not refused");
+        cr_assert_eq(tu_scraper(h, "alpha").held, 1);
+        cr_assert_eq(ds_release(h, &l), 0);
+        ds_detach(h);
+}
+
+Test(pool, forked_child_registers_as_a_process_of_its_own)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_lease_ref l;
+        cr_assert_eq(ds_acquire(h, 0, &l, NULL, 0), 0);
+        int p[2];
+        cr_assert_eq(pipe(p), 0);
+        pid_t c = fork();
+        if (c == 0) {
+                struct ds_lease_ref cl;
+                int got = ds_acquire(h, 0, &cl, NULL, 0) == 0;
+                if (write(p[1], &got, sizeof(got)) < 0)
+                        _exit(1);
+                tu_sleep_ms(60000);
+                _exit(0);
+        }
+        cr_assert_eq(read_int(p[0]), 1);
+        struct ds_scraper_stats s = tu_scraper(h, "alpha");
+        cr_assert_eq(s.procs, 2);
+        cr_assert_eq(s.held, 2);
+        kill(c, SIGKILL);
+        reap(c);
+        cr_assert_eq(ds_reclaim(h), 1);
+        cr_assert_eq(tu_scraper(h, "alpha").held, 1, "only the child's slot was reclaimed");
+        cr_assert_eq(ds_release(h, &l), 0);
+        ds_detach(h);
+}
+
+Test(pool, exec_gives_the_old_images_leases_back)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, "watcher");
+        int p[2];
+        cr_assert_eq(pipe(p), 0);
+        pid_t c = fork();
+        if (c == 0) {
+                ds_handle *k = NULL;
+                struct ds_lease_ref kl;
+                int got = 0;
+                if (ds_attach(seg, 0, &k, NULL, 0) == 0 && ds_set_scraper(k, "execer") == 0 &&
+                    ds_acquire(k, 0, &kl, NULL, 0) == 0)
+                        got = 1;
+                if (write(p[1], &got, sizeof(got)) < 0)
+                        _exit(1);
+                execl("/bin/sleep", "sleep", "30", (char *)NULL);
+                _exit(127);
+        }
+        cr_assert_eq(read_int(p[0]), 1);
+        tu_sleep_ms(200); /* let it exec */
+        cr_assert_eq(kill(c, 0), 0, "the process still lives");
+        cr_assert_eq(ds_reclaim(h), 1);
+        cr_assert_eq(tu_scraper(h, "execer").held, 0);
+        kill(c, SIGKILL);
+        reap(c);
+        ds_detach(h);
+}
+
+Test(pool, shrinking_the_pool_stops_grants_until_usage_is_below_the_cap)
+{
+        tu_create(seg, 10, 10, 10);
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_lease_ref l[5], x;
+        for (int i = 0; i < 5; i++)
+                cr_assert_eq(ds_acquire(h, 0, &l[i], NULL, 0), 0);
+        struct ds_config cfg;
+        cr_assert_eq(ds_get_config(h, &cfg), 0);
+        cfg.pool_size = cfg.soft_limit = cfg.max_limit = 3;
+        char err[200];
+        cr_assert_eq(ds_set_config(h, &cfg, err, sizeof(err)), 0, "%s", err);
+        cr_assert_eq(ds_acquire(h, 50, &x, NULL, 0), -ETIMEDOUT);
+        ds_release(h, &l[0]);
+        ds_release(h, &l[1]);
+        cr_assert_eq(ds_acquire(h, 50, &x, NULL, 0), -ETIMEDOUT, "3 held, cap 3");
+        ds_release(h, &l[2]);
+        cr_assert_eq(ds_acquire(h, 50, &x, NULL, 0), 0, "2 held, cap 3");
+        tu_assert_consistent(h);
+        ds_detach(h);
+}
+
+Test(pool, growing_the_pool_wakes_a_waiter)
+{
+        tu_create(seg, 1, 1, 1);
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_lease_ref l;
+        cr_assert_eq(ds_acquire(h, 0, &l, NULL, 0), 0);
+        int p[2];
+        cr_assert_eq(pipe(p), 0);
+        pid_t c = spawn_holder("alpha", 1, 20000, 0, p[1]);
+        tu_wait_for_waiters(h, "alpha", 1);
+        struct ds_config cfg;
+        cr_assert_eq(ds_get_config(h, &cfg), 0);
+        cfg.pool_size = 2, cfg.soft_limit = 2, cfg.max_limit = 2;
+        cr_assert_eq(ds_set_config(h, &cfg, NULL, 0), 0);
+        cr_assert_eq(read_int(p[0]), 1);
+        reap(c);
+        ds_detach(h);
+}
+
+Test(pool, invalid_live_configuration_is_refused_and_changes_nothing)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_config cfg, after;
+        cr_assert_eq(ds_get_config(h, &cfg), 0);
+        struct ds_config bad = cfg;
+        bad.soft_limit = 16;
+        char err[200] = "";
+        cr_assert_eq(ds_set_config(h, &bad, err, sizeof(err)), -EINVAL);
+        cr_assert(strstr(err, "soft_limit 16 is above max_limit 15"), "%s", err);
+        bad = cfg;
+        bad.pool_size = 100000;
+        cr_assert_eq(ds_set_config(h, &bad, err, sizeof(err)), -EINVAL);
+        cr_assert(strstr(err, "capacity"), "%s", err);
+        cr_assert_eq(ds_get_config(h, &after), 0);
+        cr_assert_eq(memcmp(&cfg, &after, sizeof(cfg)), 0);
+        ds_detach(h);
+}
+
+Test(pool, an_idle_scraper_gives_its_share_back_to_the_active_one)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_config cfg;
+        cr_assert_eq(ds_get_config(h, &cfg), 0);
+        cfg.idle_timeout_ms = 300;
+        cr_assert_eq(ds_set_config(h, &cfg, NULL, 0), 0);
+        struct ds_lease_ref l;
+        cr_assert_eq(ds_acquire(h, 0, &l, NULL, 0), 0);
+        int p[2];
+        cr_assert_eq(pipe(p), 0);
+        pid_t b = spawn_holder("beta", 1, 0, 60000, p[1]);
+        cr_assert_eq(read_int(p[0]), 1);
+        cr_assert_eq(tu_scraper(h, "alpha").limit, 10);
+        for (int i = 0; i < 6; i++) {
+                tu_sleep_ms(100);
+                ds_touch(h, 0);
+        }
+        struct ds_scraper_stats a = tu_scraper(h, "alpha"), bs = tu_scraper(h, "beta");
+        cr_assert_eq(bs.active, 0, "beta made no call for 600 ms");
+        cr_assert_eq(a.active, 1);
+        cr_assert_eq(a.limit, 15);
+        kill(b, SIGKILL);
+        reap(b);
+        ds_detach(h);
+}
+
+Test(pool, detach_gives_every_slot_back)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *w = tu_attach(seg, "watcher");
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_lease_ref l;
+        for (int i = 0; i < 4; i++)
+                cr_assert_eq(ds_acquire(h, 0, &l, NULL, 0), 0);
+        ds_detach(h);
+        cr_assert_eq(tu_held(w), 0);
+        cr_assert_eq(tu_scraper(w, "alpha").procs, 0);
+        ds_detach(w);
+}
+
+Test(pool, destroyed_segment_is_noticed_by_attached_processes)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_lease_ref l;
+        cr_assert_eq(ds_acquire(h, 0, &l, NULL, 0), 0);
+        cr_assert_eq(ds_segment_destroy(seg, NULL, 0), 0);
+        cr_assert_eq(ds_acquire(h, 0, &l, NULL, 0), -ESTALE);
+        ds_detach(h);
+}
