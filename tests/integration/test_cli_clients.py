@@ -5,10 +5,11 @@ import re
 import subprocess
 import time
 
-from harness import Case, check, log, main
+from harness import Case, check, log, main, require_native_clients
 
 
 def psql_clients_beyond_pool_wait_and_all_succeed():
+    require_native_clients()
     with Case("psql", pool_size=5) as c:
         c.start_sampler()
         t0 = time.monotonic()
@@ -29,6 +30,7 @@ def psql_clients_beyond_pool_wait_and_all_succeed():
 
 
 def pgbench_connect_per_transaction_30_clients_over_pool_10():
+    require_native_clients()
     with Case("pgbench", pool_size=10) as c:
         r = subprocess.run(["pgbench", "-i", "-s", "1", "-q", c.db], env=c.plain_env(),
                            capture_output=True, text=True, timeout=120)

@@ -6,7 +6,8 @@ import signal
 import subprocess
 import time
 
-from harness import (Case, check, collect, log, main, read_line, result_of,
+from harness import (Case, check, collect, log, main, native_clients_usable, read_line,
+                     result_of,
                      scraper_stats)
 
 
@@ -28,12 +29,17 @@ def wait_timeout_fails_with_dynshim_error_and_holder_unaffected():
               f"the connect failed after {res['elapsed']:.2f} s, not after "
               f"DYNSHIM_WAIT_TIMEOUT=1 s")
 
-        t0 = time.monotonic()
-        r = c.run(["psql", "-X", "-Atc", "SELECT 1"], env=env)
-        elapsed = time.monotonic() - t0
-        log(f"psql waiter: exit {r.returncode} after {elapsed:.2f} s: {r.stderr.strip()}")
-        check(r.returncode == 2 and "dynshim:" in r.stderr,
-              f"psql exited {r.returncode} with stderr {r.stderr!r}, not a dynshim error")
+        n_timeouts = 1
+        if native_clients_usable():
+            t0 = time.monotonic()
+            r = c.run(["psql", "-X", "-Atc", "SELECT 1"], env=env)
+            elapsed = time.monotonic() - t0
+            log(f"psql waiter: exit {r.returncode} after {elapsed:.2f} s: {r.stderr.strip()}")
+            check(r.returncode == 2 and "dynshim:" in r.stderr,
+                  f"psql exited {r.returncode} with stderr {r.stderr!r}, not a dynshim error")
+            n_timeouts = 2
+        else:
+            log("psql part skipped: psql hangs at exit when libasan is preloaded")
 
         holder.stdin.write("query\n")
         holder.stdin.flush()
@@ -41,7 +47,8 @@ def wait_timeout_fails_with_dynshim_error_and_holder_unaffected():
         check(line == f"pids {backend}",
               f"the holder's session changed or failed: {line!r} (was backend {backend})")
         sc = scraper_stats(c.stats(), "waiter")
-        check(sc["timeouts"] == 2, f"the pool counted {sc['timeouts']} timeouts, not 2")
+        check(sc["timeouts"] == n_timeouts,
+              f"the pool counted {sc['timeouts']} timeouts, not {n_timeouts}")
         holder.stdin.write("exit\n")
         holder.stdin.flush()
         holder.wait(30)
