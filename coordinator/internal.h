@@ -31,6 +31,10 @@ struct ds_handle {
         pthread_t life_tid;
         _Atomic uint32_t life_state; /* 0 starting, 1 holding, 2 failed */
         _Atomic uint32_t life_stop;  /* 1: unlock and exit */
+        /* Called by the life thread (see ds_set_advice_handler). */
+        void (*_Atomic advice_fn)(void *);
+        void *_Atomic advice_arg;
+        _Atomic uint32_t advice_period_ms;
 };
 
 int ds_mutex_init_shared(pthread_mutex_t *m);

@@ -34,6 +34,26 @@ int ds_policy_prefer(const struct ds_pick_entry *a, const struct ds_pick_entry *
         return a->oldest_ticket < b->oldest_ticket;
 }
 
+uint32_t ds_policy_give_back(const struct ds_config *cfg, int active, uint32_t held, uint32_t limit,
+                             uint32_t pending, uint32_t starved, enum ds_release_reason *reason)
+{
+        *reason = DS_RELEASE_NORMAL;
+        if (!cfg->idle_release || held == 0)
+                return 0;
+        if (!active) {
+                *reason = DS_RELEASE_IDLE;
+                return held;
+        }
+                if (held <= limit || starved == 0)
+                return 0;
+        /* the promised slots already go to starved connects */
+        uint32_t want = held - limit < starved ? held - limit : starved;
+        if (want <= pending)
+                return 0;
+        *reason = DS_RELEASE_SURPLUS;
+        return want - pending;
+}
+
 long ds_policy_pick(const struct ds_pick_entry *e, size_t n, uint32_t pool_size,
                     uint32_t held_total)
 {

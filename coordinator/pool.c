@@ -44,6 +44,41 @@ static long futex(_Atomic uint32_t *w, int op, uint32_t val, const struct timesp
         return syscall(SYS_futex, (uint32_t *)w, op, val, ts, NULL, 0);
 }
 
+/* getpid() is a system call; the pid is cached in a page that the kernel
+ * zeroes in every child made by fork, whichever way it was made
+ * (MADV_WIPEONFORK), so a child never sees its parent's pid. Without that
+ * page (old kernels) every call asks the kernel. */
+static _Atomic(pid_t *) pid_page;
+static pthread_once_t pid_once = PTHREAD_ONCE_INIT;
+
+static void init_pid_page(void)
+{
+        void *pg = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (pg == MAP_FAILED)
+                return;
+        if (madvise(pg, 4096, MADV_WIPEONFORK) != 0) {
+                munmap(pg, 4096);
+                return;
+        }
+        atomic_store(&pid_page, (pid_t *)pg);
+}
+
+static pid_t self_pid(void)
+{
+        pid_t *pg = atomic_load_explicit(&pid_page, memory_order_acquire);
+        if (!pg) {
+                pthread_once(&pid_once, init_pid_page);
+                if (!(pg = atomic_load(&pid_page)))
+                        return getpid();
+        }
+        pid_t v = __atomic_load_n(pg, __ATOMIC_RELAXED);
+        if (v == 0) {
+                v = getpid();
+                __atomic_store_n(pg, v, __ATOMIC_RELAXED);
+        }
+        return v;
+}
+
 /* ---- repair: the lease table is the truth, everything else is rebuilt ---- */
 
 static void rebuild_caches(ds_handle *h)
@@ -56,6 +91,7 @@ static void rebuild_caches(ds_handle *h)
                 struct ds_scraper *s = &h->scrapers[i];
                 s->name[DS_NAME_MAX - 1] = '\0';
                 s->held = s->waiting = s->procs = s->inflight = 0;
+                s->surplus_pending = 0;
                 if (s->name[0])
                         scraper_hwm = i + 1;
         }
@@ -69,6 +105,7 @@ static void rebuild_caches(ds_handle *h)
                         continue;
                 }
                 h->scrapers[p->scraper].procs++;
+                atomic_fetch_add(&h->scrapers[p->scraper].inflight, atomic_load(&p->inflight));
                 proc_hwm = i + 1;
         }
         for (uint32_t i = 0; i < c->max_leases; i++) {
@@ -85,6 +122,16 @@ static void rebuild_caches(ds_handle *h)
                 struct ds_proc *p = &h->procs[l->proc];
                 struct ds_scraper *s = &h->scrapers[l->scraper];
                 if (st == DS_LEASE_HELD) {
+                        /* a grant cut short: complete it, unless its waiter
+                         * abandoned it */
+                        uint32_t zero = 0;
+                        if (!atomic_compare_exchange_strong(&l->wake, &zero, 1) &&
+                            atomic_load(&l->wake) != 1) {
+                                atomic_store(&l->state, DS_LEASE_FREE);
+                                l->id = 0;
+                                continue;
+                        }
+                        futex(&l->wake, FUTEX_WAKE, 1, NULL);
                         H->held++, p->held++, s->held++;
                 } else {
                         H->waiting++, p->waiting++, s->waiting++;
@@ -102,9 +149,12 @@ int ds_lock(ds_handle *h)
         pthread_mutex_t *m = &h->hdr->lock;
         if (m->__data.__kind != h->mutex_kind)
                 return -EPROTO;
-        uint64_t dl = ds_now_ns() + LOCK_TIMEOUT_NS;
-        struct timespec ts = {(time_t)(dl / 1000000000ull), (long)(dl % 1000000000ull)};
-        int rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+        int rc = pthread_mutex_trylock(m);
+        if (rc == EBUSY) {
+                uint64_t dl = ds_now_ns() + LOCK_TIMEOUT_NS;
+                struct timespec ts = {(time_t)(dl / 1000000000ull), (long)(dl % 1000000000ull)};
+                rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+        }
         if (rc == EOWNERDEAD) {
                 rebuild_caches(h);
                 pthread_mutex_consistent(m);
@@ -115,9 +165,29 @@ int ds_lock(ds_handle *h)
         return -rc;
 }
 
+/* Waiters granted under the lock are woken after it is released, so they
+ * do not wake only to block on it (per thread: the lock is not recursive). */
+static __thread struct {
+        uint32_t n;
+        _Atomic uint32_t *word[16];
+} wakes;
+
+static void queue_wake(_Atomic uint32_t *w)
+{
+        if (wakes.n < sizeof(wakes.word) / sizeof(wakes.word[0]))
+                wakes.word[wakes.n++] = w;
+        else
+                futex(w, FUTEX_WAKE, 1, NULL);
+}
+
 void ds_unlock(ds_handle *h)
 {
         pthread_mutex_unlock(&h->hdr->lock);
+        /* A word may belong to a lease reused since: a spurious wake is
+         * harmless, waiters check their word. */
+        for (uint32_t i = 0; i < wakes.n; i++)
+                futex(wakes.word[i], FUTEX_WAKE, 1, NULL);
+        wakes.n = 0;
 }
 
 /* ---- liveness ---- */
@@ -146,10 +216,15 @@ static void drop_proc(ds_handle *h, uint32_t pi, int count_reclaimed)
                         futex(&l->wake, FUTEX_WAKE, INT_MAX, NULL);
                 }
         }
-        if (p->scraper < h->cap.max_scrapers && h->scrapers[p->scraper].procs > 0)
-                h->scrapers[p->scraper].procs--;
+        if (p->scraper < h->cap.max_scrapers) {
+                struct ds_scraper *s = &h->scrapers[p->scraper];
+                if (s->procs > 0)
+                        s->procs--;
+                uint32_t f = atomic_exchange(&p->inflight, 0);
+                uint32_t cur = atomic_load(&s->inflight);
+                atomic_store(&s->inflight, cur > f ? cur - f : 0);
+        }
         p->held = p->waiting = 0;
-        atomic_store(&p->inflight, 0);
         p->pid = 0;
         while (H->proc_hwm > 0 && h->procs[H->proc_hwm - 1].pid == 0)
                 H->proc_hwm--;
@@ -197,22 +272,14 @@ static void recompute_limits(ds_handle *h, uint64_t now)
         struct ds_header *H = h->hdr;
         uint32_t shwm =
             H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
-        uint32_t phwm = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
-        for (uint32_t i = 0; i < shwm; i++)
-                h->scrapers[i].inflight = 0;
-        for (uint32_t i = 0; i < phwm; i++) {
-                struct ds_proc *p = &h->procs[i];
-                if (p->pid != 0 && p->scraper < shwm)
-                        h->scrapers[p->scraper].inflight +=
-                            atomic_load_explicit(&p->inflight, memory_order_relaxed);
-        }
         uint32_t n_active = 0;
         for (uint32_t i = 0; i < shwm; i++) {
                 struct ds_scraper *s = &h->scrapers[i];
                 s->active =
                     s->name[0] &&
                     ds_policy_is_active(
-                        &H->cfg, s->waiting, s->inflight,
+                        &H->cfg, s->waiting,
+                        atomic_load_explicit(&s->inflight, memory_order_relaxed),
                         atomic_load_explicit(&s->last_activity_ns, memory_order_relaxed), now);
                 n_active += s->active;
         }
@@ -224,6 +291,8 @@ static void recompute_limits(ds_handle *h, uint64_t now)
         H->n_active = n_active;
         H->last_realloc_ns = now;
 }
+
+static void free_lease(ds_handle *h, uint32_t i);
 
 /* Hands free slots to waiters by the policy, waking each one granted. */
 static void grant_waiters(ds_handle *h, uint64_t now)
@@ -271,6 +340,11 @@ static void grant_waiters(ds_handle *h, uint64_t now)
                 l->since_ns = now;
                 atomic_store(&l->state, DS_LEASE_HELD);
                 H->waiting--, s->waiting--, p->waiting--;
+                uint32_t zero = 0;
+                if (!atomic_compare_exchange_strong(&l->wake, &zero, 1)) {
+                        free_lease(h, s->oldest_idx); /* its waiter gave up */
+                        continue;
+                }
                 H->held++, s->held++, p->held++;
                 s->connects++, H->grants++;
                 s->waits++;
@@ -279,10 +353,11 @@ static void grant_waiters(ds_handle *h, uint64_t now)
                         s->wait_ns_max = waited;
                 if (H->held > H->peak_held)
                         H->peak_held = H->held;
-                atomic_store(&l->wake, 1);
-                futex(&l->wake, FUTEX_WAKE, 1, NULL);
+                queue_wake(&l->wake);
         }
 }
+
+static void notify_surplus(ds_handle *h);
 
 /* ---- registration ---- */
 
@@ -299,8 +374,20 @@ static void *life_main(void *arg)
         futex(&h->life_state, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
         if (rc)
                 return NULL;
-        while (atomic_load(&h->life_stop) == 0)
-                futex(&h->life_stop, FUTEX_WAIT_PRIVATE, 0, NULL);
+        /* Sleep on the record's notify word: bumped by the pool when it wants
+         * slots back, by ds_set_advice_handler and by stop_life. */
+        _Atomic uint32_t *notify = &h->procs[h->proc_idx].notify;
+        while (atomic_load(&h->life_stop) == 0) {
+                uint32_t seen = atomic_load(notify);
+                void (*fn)(void *) = atomic_load(&h->advice_fn);
+                uint32_t period = atomic_load(&h->advice_period_ms);
+                struct timespec ts = {(time_t)(period / 1000), (long)(period % 1000) * 1000000L};
+                futex(notify, FUTEX_WAIT, seen, fn && period ? &ts : NULL);
+                if (atomic_load(&h->life_stop))
+                        break;
+                if ((fn = atomic_load(&h->advice_fn)))
+                        fn(atomic_load(&h->advice_arg));
+        }
         pthread_mutex_unlock(m);
         return NULL;
 }
@@ -332,10 +419,16 @@ static int start_life(ds_handle *h)
         return 0;
 }
 
+static void poke_proc(struct ds_proc *p)
+{
+        atomic_fetch_add(&p->notify, 1);
+        futex(&p->notify, FUTEX_WAKE, INT_MAX, NULL);
+}
+
 static void stop_life(ds_handle *h)
 {
         atomic_store(&h->life_stop, 1);
-        futex(&h->life_stop, FUTEX_WAKE_PRIVATE, INT_MAX, NULL);
+        poke_proc(&h->procs[h->proc_idx]);
         pthread_join(h->life_tid, NULL);
 }
 
@@ -375,7 +468,7 @@ static long find_scraper(ds_handle *h, const char *name, uint64_t now)
 static int register_proc(ds_handle *h, uint64_t now)
 {
         struct ds_header *H = h->hdr;
-        pid_t me = getpid();
+        pid_t me = self_pid();
         long si = find_scraper(h, h->scraper, now);
         if (si < 0)
                 return (int)si;
@@ -468,7 +561,7 @@ int ds_set_scraper(ds_handle *h, const char *scraper)
                 return -EINVAL;
         pthread_mutex_lock(&h->local);
         int rc = 0;
-        if (h->pid == getpid() && strncmp(h->scraper, scraper, DS_NAME_MAX - 1) != 0)
+        if (h->pid == self_pid() && strncmp(h->scraper, scraper, DS_NAME_MAX - 1) != 0)
                 rc = -EBUSY;
         else
                 snprintf(h->scraper, sizeof(h->scraper), "%s", scraper);
@@ -483,7 +576,7 @@ static int lock_registered(ds_handle *h, uint64_t now)
 {
         if (atomic_load(&h->hdr->destroyed))
                 return -ESTALE;
-        if (__atomic_load_n(&h->pid, __ATOMIC_ACQUIRE) == getpid()) {
+        if (__atomic_load_n(&h->pid, __ATOMIC_ACQUIRE) == self_pid()) {
                 int rc = ds_lock(h);
                 return rc;
         }
@@ -491,7 +584,7 @@ static int lock_registered(ds_handle *h, uint64_t now)
                 return -EINVAL;
         pthread_mutex_lock(&h->local);
         int rc = ds_lock(h);
-        if (rc == 0 && h->pid != getpid()) {
+        if (rc == 0 && h->pid != self_pid()) {
                 rc = register_proc(h, now);
                 if (rc)
                         ds_unlock(h);
@@ -546,7 +639,8 @@ static void describe_full(ds_handle *h, const struct ds_scraper *s, uint32_t tim
 int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char *why,
                size_t whylen)
 {
-        uint64_t now = ds_now_ns();
+        /* The coarse clock is enough for activity; a wait takes a precise one. */
+        uint64_t now = now_coarse_ns();
         int rc = lock_registered(h, now);
         if (rc)
                 return rc;
@@ -577,10 +671,10 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
         l->scraper = p->scraper;
         l->id = id;
         l->since_ns = now;
-        atomic_store(&l->wake, 0);
         recompute_limits(h, now);
         if (H->waiting == 0 && ds_policy_may_grant(H->cfg.pool_size, H->held, s->held, s->limit)) {
                 /* fast path: nobody waits, a slot is free */
+                atomic_store(&l->wake, 1);
                 atomic_store(&l->state, DS_LEASE_HELD);
                 H->held++, s->held++, p->held++;
                 s->connects++, H->grants++;
@@ -591,19 +685,27 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
                 out->id = id;
                 return 0;
         }
+        uint64_t t0 = ds_now_ns();
+        l->since_ns = t0;
         l->ticket = H->next_ticket++;
+        atomic_store(&l->wake, 0);
         atomic_store(&l->state, DS_LEASE_WAITING);
         H->waiting++, s->waiting++, p->waiting++;
         recompute_limits(h, now); /* waiting makes the scraper active */
-        if (H->held >= H->cfg.pool_size)
+        if (H->held >= H->cfg.pool_size &&
+            t0 - atomic_load(&H->last_sweep_ns) >= SWEEP_INTERVAL_NS / 10)
                 sweep_dead(h);
-        grant_waiters(h, now);
+        grant_waiters(h, t0);
+        if (atomic_load(&l->wake) == 0)
+                notify_surplus(h);
         ds_unlock(h);
 
-        uint64_t deadline = now + (uint64_t)timeout_ms * 1000000ull;
+        /* A granter stores HELD, then 1 into the wake word, then wakes us: a
+         * 1 here means the slot is ours, with no need for the lock. */
+        uint64_t deadline = t0 + (uint64_t)timeout_ms * 1000000ull;
         for (;;) {
                 if (atomic_load(&l->wake) == 1)
-                        break;
+                        goto granted;
                 uint64_t t = ds_now_ns();
                 if (t >= deadline)
                         break;
@@ -613,7 +715,7 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
                                       (long)(slice % 1000000000ull)};
                 futex(&l->wake, FUTEX_WAIT, 0, &ts);
                 if (atomic_load(&l->wake) == 1)
-                        break;
+                        goto granted;
                 t = ds_now_ns();
                 uint64_t last = atomic_load(&H->last_sweep_ns);
                 if (t - last >= SWEEP_INTERVAL_NS &&
@@ -622,52 +724,59 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
                                 sweep_dead(h);
                                 recompute_limits(h, t);
                                 grant_waiters(h, t);
+                                notify_surplus(h);
                                 ds_unlock(h);
                         }
                 }
         }
-        /* Decided under the lock: granted, or withdrawn. */
+        /* Timed out: withdraw under the lock, unless granted meanwhile. */
         rc = ds_lock(h);
         if (rc) {
-                /* Cannot withdraw safely; if it was granted the slot is ours. */
-                if (atomic_load(&l->state) == DS_LEASE_HELD && l->id == id) {
-                        out->idx = (uint32_t)li;
-                        out->id = id;
-                        return 0;
-                }
+                /* No lock: give the wait up through its word; a granter (or
+                 * the repair) frees an abandoned lease. */
+                uint32_t zero = 0;
+                if (!atomic_compare_exchange_strong(&l->wake, &zero, 2) &&
+                    atomic_load(&l->wake) == 1)
+                        goto granted;
                 return rc;
         }
-        if (l->id == id && atomic_load(&l->state) == DS_LEASE_HELD) {
+        if (l->id != id) {
                 ds_unlock(h);
-                out->idx = (uint32_t)li;
-                out->id = id;
-                return 0;
+                return -ESTALE; /* dropped by a repair */
         }
-        if (l->id == id && atomic_load(&l->state) == DS_LEASE_WAITING) {
-                H->waiting--, s->waiting--, p->waiting--;
-                free_lease(h, (uint32_t)li);
-                s->timeouts++;
-                uint64_t waited = ds_now_ns() - now;
-                s->waits++;
-                s->wait_ns_total += waited;
-                if (waited > s->wait_ns_max)
-                        s->wait_ns_max = waited;
-                recompute_limits(h, ds_now_ns());
-                describe_full(h, s, timeout_ms, why, whylen);
-                grant_waiters(h, ds_now_ns());
-                rc = -ETIMEDOUT;
-        } else {
-                rc = -ESTALE; /* our wait was dropped (segment repaired) */
+        if (atomic_load(&l->wake) == 1) {
+                ds_unlock(h);
+                goto granted;
         }
+        H->waiting--, s->waiting--, p->waiting--;
+        free_lease(h, (uint32_t)li);
+        uint64_t t = ds_now_ns();
+        s->timeouts++;
+        s->waits++;
+        s->wait_ns_total += t - t0;
+        if (t - t0 > s->wait_ns_max)
+                s->wait_ns_max = t - t0;
+        recompute_limits(h, t);
+        describe_full(h, s, timeout_ms, why, whylen);
+        grant_waiters(h, t);
         ds_unlock(h);
-        return rc;
+        return -ETIMEDOUT;
+granted:
+        out->idx = (uint32_t)li;
+        out->id = id;
+        return 0;
 }
 
 int ds_release(ds_handle *h, const struct ds_lease_ref *ref)
 {
+        return ds_release_for(h, ref, DS_RELEASE_NORMAL);
+}
+
+int ds_release_for(ds_handle *h, const struct ds_lease_ref *ref, int reason)
+{
         if (!ref || ref->idx >= h->cap.max_leases || ref->id == 0)
                 return -EINVAL;
-        if (h->pid != getpid())
+        if (h->pid != self_pid())
                 return -EPERM; /* not registered in this process: not ours */
         int rc = ds_lock(h);
         if (rc)
@@ -678,7 +787,7 @@ int ds_release(ds_handle *h, const struct ds_lease_ref *ref)
                 rc = -ENOENT;
                 goto out;
         }
-        if (l->proc != h->proc_idx || h->procs[h->proc_idx].pid != getpid() ||
+        if (l->proc != h->proc_idx || h->procs[h->proc_idx].pid != self_pid() ||
             l->scraper >= h->cap.max_scrapers) {
                 rc = -EPERM;
                 goto out;
@@ -688,10 +797,19 @@ int ds_release(ds_handle *h, const struct ds_lease_ref *ref)
         uint64_t now = ds_now_ns();
         free_lease(h, ref->idx);
         H->held--, s->held--, p->held--;
-        s->releases++;
         s->last_used_ns = now;
-        atomic_store_explicit(&s->last_activity_ns, now, memory_order_relaxed);
-        atomic_store_explicit(&p->last_activity_ns, now, memory_order_relaxed);
+        if (reason == DS_RELEASE_IDLE) {
+                s->idle_releases++;
+        } else if (reason == DS_RELEASE_SURPLUS) {
+                s->surplus_releases++;
+                if (s->surplus_pending)
+                        s->surplus_pending--;
+        } else {
+                /* only the program's own finish is activity */
+                s->releases++;
+                atomic_store_explicit(&s->last_activity_ns, now, memory_order_relaxed);
+                atomic_store_explicit(&p->last_activity_ns, now, memory_order_relaxed);
+        }
         if (H->waiting) {
                 recompute_limits(h, now);
                 grant_waiters(h, now);
@@ -703,7 +821,7 @@ out:
 
 void ds_touch(ds_handle *h, uint64_t now_ns)
 {
-        if (h->pid != getpid() || h->proc_idx >= h->cap.max_procs)
+        if (h->pid != self_pid() || h->proc_idx >= h->cap.max_procs)
                 return;
         if (!now_ns)
                 now_ns = now_coarse_ns();
@@ -733,7 +851,7 @@ void ds_detach(ds_handle *h)
         if (!h)
                 return;
         track_handle(h, 0);
-        if (h->pid != 0 && h->pid == getpid()) {
+        if (h->pid != 0 && h->pid == self_pid()) {
                 if (ds_lock(h) == 0) {
                         if (h->procs[h->proc_idx].pid == h->pid) {
                                 drop_proc(h, h->proc_idx, 0);
@@ -779,6 +897,34 @@ int ds_set_config(ds_handle *h, const struct ds_config *cfg, char *err, size_t e
         grant_waiters(h, now);
         ds_unlock(h);
         return 0;
+}
+
+int ds_update_config(ds_handle *h, const char *const *pairs, size_t n, struct ds_config *out,
+                     char *err, size_t errlen)
+{
+        char why[300];
+        int rc = ds_lock(h);
+        if (rc) {
+                ERR("could not lock segment %s: %s", h->name, strerror(-rc));
+                return rc;
+        }
+        struct ds_config cfg = h->hdr->cfg;
+        for (size_t i = 0; i < n && rc == 0; i++)
+                rc = ds_config_set_kv(&cfg, pairs[i], why, sizeof(why));
+        if (rc == 0)
+                rc = ds_config_validate(&cfg, &h->cap, why, sizeof(why));
+        if (rc == 0) {
+                uint64_t now = ds_now_ns();
+                h->hdr->cfg = cfg;
+                recompute_limits(h, now);
+                grant_waiters(h, now);
+                if (out)
+                        *out = cfg;
+        } else {
+                ERR("%s", why);
+        }
+        ds_unlock(h);
+        return rc;
 }
 
 /* ---- statistics and checks ---- */
@@ -935,4 +1081,125 @@ out:
         free(ph);
         return rc;
 #undef FAIL
+}
+
+/* ---- release advice (idle and surplus release) ---- */
+
+/* Connects waiting that could be served but for a full pool (under the lock). */
+static uint32_t count_starved(ds_handle *h)
+{
+        struct ds_header *H = h->hdr;
+        if (H->held < H->cfg.pool_size)
+                return 0;
+        uint32_t n = 0;
+        uint32_t shwm =
+            H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
+        for (uint32_t i = 0; i < shwm; i++)
+                if (h->scrapers[i].waiting && h->scrapers[i].held < h->scrapers[i].limit)
+                        n += h->scrapers[i].waiting;
+        return n;
+}
+
+/* Asks the processes of scrapers above their limit to look at their advice
+ * now, when others starve (under the lock). */
+static void notify_surplus(ds_handle *h)
+{
+        struct ds_header *H = h->hdr;
+        if (!H->cfg.idle_release || count_starved(h) == 0)
+                return;
+        uint32_t phwm = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
+        for (uint32_t i = 0; i < phwm; i++) {
+                struct ds_proc *p = &h->procs[i];
+                if (p->pid == 0 || p->held == 0 || p->scraper >= h->cap.max_scrapers)
+                        continue;
+                const struct ds_scraper *s = &h->scrapers[p->scraper];
+                if (s->held > s->limit + s->surplus_pending)
+                        poke_proc(p);
+        }
+}
+
+int ds_advise(ds_handle *h, struct ds_advice *out)
+{
+        memset(out, 0, sizeof(*out));
+        if (h->pid != self_pid() || h->proc_idx >= h->cap.max_procs)
+                return -EPERM;
+        int rc = ds_lock(h);
+        if (rc)
+                return rc;
+        struct ds_proc *p = &h->procs[h->proc_idx];
+        if (p->pid != h->pid || p->scraper >= h->cap.max_scrapers) {
+                ds_unlock(h);
+                return -ESTALE;
+        }
+        struct ds_scraper *s = &h->scrapers[p->scraper];
+        recompute_limits(h, ds_now_ns());
+        enum ds_release_reason why;
+        uint32_t n = ds_policy_give_back(&h->hdr->cfg, (int)s->active, s->held, s->limit,
+                                         s->surplus_pending, count_starved(h), &why);
+        if (n > p->held)
+                n = p->held;
+        if (why == DS_RELEASE_SURPLUS)
+                s->surplus_pending += n;
+        out->give_back = n;
+        out->reason = n ? (int)why : DS_RELEASE_NORMAL;
+        out->active = (int)s->active;
+        out->held = p->held;
+        out->limit = s->limit;
+        ds_unlock(h);
+        return 0;
+}
+
+void ds_advice_unused(ds_handle *h, uint32_t n)
+{
+        if (n == 0 || h->pid != self_pid() || ds_lock(h) != 0)
+                return;
+        struct ds_proc *p = &h->procs[h->proc_idx];
+        if (p->scraper < h->cap.max_scrapers) {
+                struct ds_scraper *s = &h->scrapers[p->scraper];
+                s->surplus_pending -= n < s->surplus_pending ? n : s->surplus_pending;
+        }
+        ds_unlock(h);
+}
+
+void ds_set_advice_handler(ds_handle *h, void (*fn)(void *), void *arg, uint32_t period_ms)
+{
+        atomic_store(&h->advice_arg, arg);
+        atomic_store(&h->advice_period_ms, period_ms);
+        atomic_store(&h->advice_fn, fn);
+        if (h->pid == self_pid() && h->proc_idx < h->cap.max_procs)
+                poke_proc(&h->procs[h->proc_idx]);
+}
+
+void ds_note_reconnect(ds_handle *h)
+{
+        if (h->pid != self_pid() || ds_lock(h) != 0)
+                return;
+        struct ds_proc *p = &h->procs[h->proc_idx];
+        if (p->scraper < h->cap.max_scrapers)
+                h->scrapers[p->scraper].reconnects++;
+        ds_unlock(h);
+}
+
+void ds_inflight_add(ds_handle *h, int delta)
+{
+        if (h->pid != self_pid() || h->proc_idx >= h->cap.max_procs)
+                return;
+        struct ds_proc *p = &h->procs[h->proc_idx];
+        if (p->scraper >= h->cap.max_scrapers)
+                return;
+        _Atomic uint32_t *c = &p->inflight, *sc = &h->scrapers[p->scraper].inflight;
+        if (delta > 0) {
+                atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
+                atomic_fetch_add_explicit(sc, 1, memory_order_relaxed);
+                return;
+        }
+        /* an unmatched end (a call begun before registration) is ignored */
+        uint32_t v = atomic_load_explicit(c, memory_order_relaxed);
+        while (v > 0) {
+                if (atomic_compare_exchange_weak_explicit(c, &v, v - 1, memory_order_relaxed,
+                                                          memory_order_relaxed)) {
+                        atomic_fetch_sub_explicit(sc, 1, memory_order_relaxed);
+                        break;
+                }
+        }
 }

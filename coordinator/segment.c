@@ -152,10 +152,16 @@ int ds_segment_create(const char *name, const struct ds_config *cfg, const struc
                 return rc;
         }
         mode_t mode = opts && opts->mode ? opts->mode & 0777 : 0600;
-        if (opts && opts->force)
-                ds_segment_destroy(name, NULL, 0);
-
-        int fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+        /* With force, a client may recreate a default segment between our
+         * unlink and our create: unlink again, a few times. */
+        int fd = -1;
+        for (int tries = 0; tries < 5; tries++) {
+                if (opts && opts->force)
+                        ds_segment_destroy(name, NULL, 0);
+                fd = shm_open(name, O_RDWR | O_CREAT | O_EXCL, 0600);
+                if (fd >= 0 || errno != EEXIST || !(opts && opts->force))
+                        break;
+        }
         if (fd < 0) {
                 rc = -errno;
                 if (rc == -EEXIST)

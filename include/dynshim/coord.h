@@ -13,6 +13,7 @@
 #include <sys/types.h>
 
 #include "dynshim/config.h"
+#include "dynshim/policy.h"
 
 #define DS_DEFAULT_SEGMENT "/dynshim"
 
@@ -77,6 +78,39 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
  * if it is no longer held (reclaimed, or released twice). */
 int ds_release(ds_handle *h, const struct ds_lease_ref *lease);
 
+/* Gives a slot back for a reason counted in the statistics (idle or
+ * surplus releases); ds_release is ds_release_for(..., DS_RELEASE_NORMAL). */
+int ds_release_for(ds_handle *h, const struct ds_lease_ref *lease, int reason);
+
+/* What this process should give back now. */
+struct ds_advice {
+        uint32_t give_back; /* slots to release now (0: keep everything) */
+        int reason;         /* enum ds_release_reason */
+        int active;         /* the scraper's state */
+        uint32_t held;      /* slots this process holds */
+        uint32_t limit;     /* the scraper's limit */
+};
+
+/* Computes the advice for this process under the lock (recomputing limits
+ * first). A surplus give_back is reserved for this process: release them
+ * with ds_release_for(DS_RELEASE_SURPLUS), and hand back the ones it could
+ * not release with ds_advice_unused(). */
+int ds_advise(ds_handle *h, struct ds_advice *out);
+void ds_advice_unused(ds_handle *h, uint32_t n);
+
+/* Calls fn(arg) from the process's life thread every period_ms and
+ * whenever the pool asks this process to give slots back. fn runs with
+ * every signal blocked; it may call any function here. Takes effect once
+ * the process is registered (at its first acquire); NULL fn stops it. */
+void ds_set_advice_handler(ds_handle *h, void (*fn)(void *), void *arg, uint32_t period_ms);
+
+/* Counts a transparent reconnect of this process's scraper. */
+void ds_note_reconnect(ds_handle *h);
+
+/* Marks a libpq call of this process starting (+1) or ending (-1): a call
+ * in flight keeps the scraper active. No lock, no system call. */
+void ds_inflight_add(ds_handle *h, int delta);
+
 /* Records libpq activity of this process now (cheap: no lock, no system
  * call when now_ns is given; 0 reads the coarse clock). */
 void ds_touch(ds_handle *h, uint64_t now_ns);
@@ -86,6 +120,13 @@ void ds_touch(ds_handle *h, uint64_t now_ns);
  * waiters. A smaller pool_size stops new grants until usage is below it. */
 int ds_get_config(ds_handle *h, struct ds_config *cfg);
 int ds_set_config(ds_handle *h, const struct ds_config *cfg, char *err, size_t errlen);
+
+/* Applies n "key=value" pairs to the live configuration as one change under
+ * the lock (no concurrent change is lost), validating the result as a
+ * whole. On success *out (if not NULL) is the new configuration. -EINVAL
+ * with the reason if a pair or the result is invalid: nothing changes. */
+int ds_update_config(ds_handle *h, const char *const *pairs, size_t n, struct ds_config *out,
+                     char *err, size_t errlen);
 
 /* Reclaims the leases of dead processes and recomputes limits. Returns the
  * number of processes reclaimed, or a negative errno. */
@@ -114,8 +155,9 @@ int ds_stats_get(ds_handle *h, struct ds_stats *out);
 void ds_stats_free(struct ds_stats *s);
 
 /* Checks every invariant of the segment (counters match the lease table,
- * indices in range, held <= pool_size unless the cap was lowered, names
- * terminated). 0 if all hold, else -EPROTO with the first violation. */
+ * indices in range, names terminated; held may exceed pool_size only after
+ * the cap was lowered, so that is not checked here). 0 if all hold, else -EPROTO with the first
+ * violation. */
 int ds_check(ds_handle *h, char *why, size_t whylen);
 
 /* For tests, benchmarks and the CLI: the mapped header, and the lock. */

@@ -42,4 +42,18 @@ int ds_policy_prefer(const struct ds_pick_entry *a, const struct ds_pick_entry *
 long ds_policy_pick(const struct ds_pick_entry *e, size_t n, uint32_t pool_size,
                     uint32_t held_total);
 
+enum ds_release_reason {
+        DS_RELEASE_NORMAL = 0,  /* the program finished the connection */
+        DS_RELEASE_IDLE = 1,    /* the scraper was idle for idle_timeout */
+        DS_RELEASE_SURPLUS = 2, /* above its limit while others wait */
+};
+
+/* How many slots a scraper should give back now (SPEC 4.5), and why:
+ * everything it holds when idle release is on and it is idle; else its
+  * surplus above its limit, but no more than other scrapers' connects are
+ * starved (waiting, below their limit, with the pool full), less what its
+ * processes already promised; else 0. Nothing with idle release off. */
+uint32_t ds_policy_give_back(const struct ds_config *cfg, int active, uint32_t held, uint32_t limit,
+                             uint32_t pending, uint32_t starved, enum ds_release_reason *reason);
+
 #endif

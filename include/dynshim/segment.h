@@ -32,25 +32,28 @@ struct ds_proc {
          * dies or execs, which is how others learn of it, safe against PID
          * reuse. */
         pthread_mutex_t life;
-        int32_t pid;               /* 0: record free. Written last on register. */
-        uint32_t scraper;          /* index into the scraper table, < max_scrapers */
-        uint64_t since_ns;         /* CLOCK_MONOTONIC time of registration */
-        uint32_t held;             /* cache: HELD leases of this process */
-        uint32_t waiting;          /* cache: WAITING leases of this process */
-        _Atomic uint32_t inflight; /* libpq calls in flight (shim) */
-        uint32_t pad;
+        int32_t pid;                       /* 0: record free. Written last on register. */
+        uint32_t scraper;                  /* index into the scraper table, < max_scrapers */
+        uint64_t since_ns;                 /* CLOCK_MONOTONIC time of registration */
+        uint32_t held;                     /* cache: HELD leases of this process */
+        uint32_t waiting;                  /* cache: WAITING leases of this process */
+        _Atomic uint32_t inflight;         /* libpq calls in flight (shim) */
+        _Atomic uint32_t notify;           /* futex word: bumped to make the process
+                                              ask for release advice now */
         _Atomic uint64_t last_activity_ns; /* last libpq activity (shim) */
 } __attribute__((aligned(DS_ALIGN)));
 
 /* One slot held, or one connect waiting for a slot. */
 struct ds_lease {
         _Atomic uint32_t state; /* enum ds_lease_state; written last */
-        _Atomic uint32_t wake;  /* futex word: 0 while waiting, 1 once granted */
-        uint32_t proc;          /* index into the process table */
-        uint32_t scraper;       /* index into the scraper table */
-        uint64_t id;            /* unique for the segment's life; 0 when free */
-        uint64_t ticket;        /* arrival order (first come first served) */
-        uint64_t since_ns;      /* start of the wait, then time of the grant */
+        /* futex word of a wait: 0 waiting, 1 granted (set after state HELD),
+         * 2 abandoned by a waiter that could not take the lock */
+        _Atomic uint32_t wake;
+        uint32_t proc;     /* index into the process table */
+        uint32_t scraper;  /* index into the scraper table */
+        uint64_t id;       /* unique for the segment's life; 0 when free */
+        uint64_t ticket;   /* arrival order (first come first served) */
+        uint64_t since_ns; /* start of the wait, then time of the grant */
         uint64_t pad;
 };
 
@@ -62,7 +65,7 @@ struct ds_scraper {
         uint32_t procs;                    /* cache: live processes registered under it */
         uint32_t limit;                    /* limit from the last recomputation */
         uint32_t active;                   /* state from the last recomputation (0/1) */
-        uint32_t inflight;                 /* cache: sum of its processes' inflight */
+        _Atomic uint32_t inflight;         /* sum of its live processes' inflight */
         _Atomic uint64_t last_activity_ns; /* newest activity of any process */
         /* Statistics: monotonic, never decremented. */
         uint64_t connects;         /* slots granted */
@@ -79,6 +82,8 @@ struct ds_scraper {
         /* Scratch of the grant pass, valid only inside it (under the lock). */
         uint64_t oldest_ticket;
         uint32_t oldest_idx;
+        uint32_t surplus_pending; /* cache: surplus slots its processes promised
+                                     to give back; rebuilt as 0 */
 } __attribute__((aligned(DS_ALIGN)));
 
 struct ds_header {

@@ -134,3 +134,32 @@ Test(policy, may_grant_checks_pool_and_limit)
         cr_assert_not(ds_policy_may_grant(20, 20, 0, 10));
         cr_assert_not(ds_policy_may_grant(20, 5, 10, 10));
 }
+
+Test(policy, idle_scraper_gives_back_everything_it_holds)
+{
+        enum ds_release_reason why;
+        cr_assert_eq(ds_policy_give_back(&cfg, 0, 7, 15, 0, 0, &why), 7);
+        cr_assert_eq(why, DS_RELEASE_IDLE);
+        cr_assert_eq(ds_policy_give_back(&cfg, 0, 0, 15, 0, 0, &why), 0, "holds nothing");
+}
+
+Test(policy, active_scraper_gives_back_only_surplus_that_others_starve_for)
+{
+        enum ds_release_reason why;
+        cr_assert_eq(ds_policy_give_back(&cfg, 1, 15, 10, 0, 0, &why), 0, "nobody starves");
+        cr_assert_eq(ds_policy_give_back(&cfg, 1, 15, 10, 0, 3, &why), 3);
+        cr_assert_eq(why, DS_RELEASE_SURPLUS);
+        cr_assert_eq(ds_policy_give_back(&cfg, 1, 15, 10, 0, 9, &why), 5, "at most the surplus");
+        cr_assert_eq(ds_policy_give_back(&cfg, 1, 15, 10, 4, 9, &why), 1, "less what is promised");
+        cr_assert_eq(ds_policy_give_back(&cfg, 1, 15, 10, 5, 9, &why), 0);
+        cr_assert_eq(ds_policy_give_back(&cfg, 1, 10, 10, 0, 9, &why), 0, "at its limit");
+}
+
+Test(policy, idle_release_off_gives_back_nothing)
+{
+        enum ds_release_reason why;
+        cfg.idle_release = 0;
+        cr_assert_eq(ds_policy_give_back(&cfg, 0, 7, 15, 0, 0, &why), 0);
+        cr_assert_eq(ds_policy_give_back(&cfg, 1, 15, 10, 0, 5, &why), 0);
+        cr_assert_eq(why, DS_RELEASE_NORMAL);
+}

@@ -471,3 +471,147 @@ Test(pool, destroyed_segment_is_noticed_by_attached_processes)
         cr_assert_eq(ds_acquire(h, 0, &l, NULL, 0), -ESTALE);
         ds_detach(h);
 }
+
+Test(pool, concurrent_updates_of_different_keys_are_not_lost)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, NULL);
+        pid_t c = fork();
+        if (c == 0) {
+                ds_handle *k = NULL;
+                if (ds_attach(seg, 0, &k, NULL, 0))
+                        _exit(1);
+                for (int i = 0; i < 300; i++) {
+                        const char *kv[] = {i % 2 ? "warn_usage=70" : "warn_usage=71"};
+                        if (ds_update_config(k, kv, 1, NULL, NULL, 0))
+                                _exit(2);
+                }
+                const char *last[] = {"warn_usage=55"};
+                _exit(ds_update_config(k, last, 1, NULL, NULL, 0) ? 3 : 0);
+        }
+        for (int i = 0; i < 300; i++) {
+                const char *kv[] = {i % 2 ? "idle_timeout=7" : "idle_timeout=8"};
+                cr_assert_eq(ds_update_config(h, kv, 1, NULL, NULL, 0), 0);
+        }
+        const char *last[] = {"idle_timeout=9"};
+        cr_assert_eq(ds_update_config(h, last, 1, NULL, NULL, 0), 0);
+        int st;
+        cr_assert_eq(waitpid(c, &st, 0), c);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+        struct ds_config cfg;
+        cr_assert_eq(ds_get_config(h, &cfg), 0);
+        cr_assert_eq(cfg.warn_usage_pct, 55);
+        cr_assert_eq(cfg.idle_timeout_ms, 9000);
+        const char *bad[] = {"pool_size=30", "soft_limit=40"};
+        char err[200] = "";
+        cr_assert_eq(ds_update_config(h, bad, 2, NULL, err, sizeof(err)), -EINVAL);
+        cr_assert(strstr(err, "soft_limit 40 is above max_limit 15"), "%s", err);
+        cr_assert_eq(ds_get_config(h, &cfg), 0);
+        cr_assert_eq(cfg.pool_size, 20, "a refused update changes nothing");
+        ds_detach(h);
+}
+
+Test(pool, idle_scraper_is_advised_to_give_everything_back)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, "alpha");
+        const char *kv[] = {"idle_timeout=0.3"};
+        cr_assert_eq(ds_update_config(h, kv, 1, NULL, NULL, 0), 0);
+        struct ds_lease_ref l[3];
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(ds_acquire(h, 0, &l[i], NULL, 0), 0);
+        struct ds_advice a;
+        cr_assert_eq(ds_advise(h, &a), 0);
+        cr_assert_eq(a.give_back, 0, "just active");
+        cr_assert_eq(a.active, 1);
+        ds_inflight_add(h, 1); /* a long call in flight keeps it active */
+        tu_sleep_ms(400);
+        cr_assert_eq(ds_advise(h, &a), 0);
+        cr_assert_eq(a.give_back, 0, "a call is in flight");
+        ds_inflight_add(h, -1);
+        ds_inflight_add(h, -1); /* an unmatched end does not underflow */
+        cr_assert_eq(ds_advise(h, &a), 0);
+        cr_assert_eq(a.give_back, 3);
+        cr_assert_eq(a.reason, DS_RELEASE_IDLE);
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(ds_release_for(h, &l[i], DS_RELEASE_IDLE), 0);
+        struct ds_scraper_stats s = tu_scraper(h, "alpha");
+        cr_assert_eq(s.idle_releases, 3);
+        cr_assert_eq(s.releases, 0);
+        cr_assert_eq(s.active, 0, "an idle release is not activity");
+        ds_note_reconnect(h);
+        cr_assert_eq(tu_scraper(h, "alpha").reconnects, 1);
+        ds_detach(h);
+}
+
+struct advice_box {
+        ds_handle *h;
+        int fd;
+};
+
+/* The advice handler of the test's holder: give back the surplus. */
+static void give_back_surplus(void *arg)
+{
+        struct advice_box *b = arg;
+        struct ds_advice a;
+        if (ds_advise(b->h, &a) || a.reason != DS_RELEASE_SURPLUS || !a.give_back)
+                return;
+        /* the test releases the promised slot by hand */
+        uint64_t now = ds_now_ns();
+        if (write(b->fd, &now, sizeof(now)) != sizeof(now))
+                b->fd = -1;
+}
+
+Test(pool, scraper_above_its_limit_is_asked_promptly_to_give_back_surplus)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_lease_ref l[15];
+        for (int i = 0; i < 15; i++)
+                cr_assert_eq(ds_acquire(h, 0, &l[i], NULL, 0), 0);
+        int p[2], q[2];
+        cr_assert_eq(pipe(p), 0);
+        cr_assert_eq(pipe(q), 0);
+        struct advice_box box = {h, q[1]};
+        ds_set_advice_handler(h, give_back_surplus, &box, 60000); /* period: a minute */
+        /* beta takes the 5 free slots and queues for a 6th: the pool is full */
+        uint64_t t0 = ds_now_ns();
+        pid_t b = spawn_holder("beta", 6, 20000, 0, p[1]);
+        uint64_t asked;
+        cr_assert_eq(read(q[0], &asked, sizeof(asked)), (ssize_t)sizeof(asked));
+        cr_assert_lt(asked - t0, 2000000000ull, "asked after %llu ns, not on the starved connect",
+                     (unsigned long long)(asked - t0));
+        struct ds_scraper_stats sb = tu_scraper(h, "beta");
+        cr_assert_eq(sb.held, 5);
+        cr_assert_eq(sb.waiting, 1);
+        ds_set_advice_handler(h, NULL, NULL, 0);
+        struct ds_advice a;
+        cr_assert_eq(ds_advise(h, &a), 0);
+        cr_assert_eq(a.give_back, 0, "the handler's promise covers the one starved connect");
+        cr_assert_eq(a.limit, 10);
+        ds_advice_unused(h, 1); /* take the promise back: it is offered again */
+        cr_assert_eq(ds_advise(h, &a), 0);
+        cr_assert_eq(a.reason, DS_RELEASE_SURPLUS);
+        cr_assert_eq(a.give_back, 1, "one starved connect, not the whole surplus of 5");
+        cr_assert_eq(ds_release_for(h, &l[0], DS_RELEASE_SURPLUS), 0);
+        cr_assert_eq(read_int(p[0]), 6, "beta got the surplus slot");
+        reap(b);
+        cr_assert_eq(tu_scraper(h, "alpha").surplus_releases, 1);
+        ds_detach(h);
+}
+
+Test(pool, idle_release_off_never_advises_a_release)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, "alpha");
+        const char *kv[] = {"idle_timeout=0.1", "idle_release=off"};
+        cr_assert_eq(ds_update_config(h, kv, 2, NULL, NULL, 0), 0);
+        struct ds_lease_ref l;
+        cr_assert_eq(ds_acquire(h, 0, &l, NULL, 0), 0);
+        tu_sleep_ms(200);
+        struct ds_advice a;
+        cr_assert_eq(ds_advise(h, &a), 0);
+        cr_assert_eq(a.active, 0);
+        cr_assert_eq(a.give_back, 0);
+        ds_detach(h);
+}
