@@ -8,6 +8,7 @@
 #include <elf.h>
 #include <link.h>
 #include <pthread.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -75,7 +76,12 @@ static int find_obj(const void *addr, struct obj *o)
         return o->found ? 0 : -1;
 }
 
-static void bind_real(void)
+/* Runs inside the first dlsym/dlopen of the process, which may come from a
+ * sanitizer runtime's own initialisation: no instrumentation, no calls into
+ * anything a sanitizer intercepts. */
+#define DS_EARLY __attribute__((no_sanitize("address", "undefined")))
+
+DS_EARLY static void bind_real(void)
 {
         ds_real_dlsym_ptr = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
         if (!ds_real_dlsym_ptr)
@@ -83,14 +89,20 @@ static void bind_real(void)
         ds_real_dlopen_ptr = dlvsym(RTLD_NEXT, "dlopen", "GLIBC_2.34");
         if (!ds_real_dlopen_ptr)
                 ds_real_dlopen_ptr = dlvsym(RTLD_NEXT, "dlopen", "GLIBC_2.2.5");
+}
+
+static pthread_once_t self_once = PTHREAD_ONCE_INIT;
+
+static void find_self(void)
+{
         struct obj o;
-        if (find_obj((const void *)bind_real, &o) == 0) {
+        if (find_obj((const void *)find_self, &o) == 0) {
                 self_start = o.start;
                 self_end = o.end;
         }
 }
 
-static void ensure_real(void)
+DS_EARLY static void ensure_real(void)
 {
         pthread_once(&real_once, bind_real);
 }
@@ -109,6 +121,7 @@ void *ds_real_dlopen(const char *file, int mode)
 
 static int in_self(uintptr_t a)
 {
+        pthread_once(&self_once, find_self);
         return a >= self_start && a < self_end;
 }
 
@@ -432,13 +445,9 @@ struct ds_decision {
  * a libpq copy returns that copy's wrappers (ctypes, psycopg 3). Everything
  * else, RTLD_DEFAULT and RTLD_NEXT included, goes to the real dlsym as if
  * called directly. */
-__attribute__((used)) struct ds_decision ds_dlsym_decide(void *handle, const char *name)
+static struct ds_decision dlsym_intercepted(void *handle, const char *name)
 {
         struct ds_decision d = {NULL, 0};
-        ensure_real();
-        if (handle == RTLD_DEFAULT || handle == RTLD_NEXT || !name || name[0] != 'P' ||
-            name[1] != 'Q')
-                return d;
         int id = ds_fn_id(name);
         if (id < 0)
                 return d;
@@ -452,16 +461,74 @@ __attribute__((used)) struct ds_decision ds_dlsym_decide(void *handle, const cha
         return d;
 }
 
-/* dlopen(file, RTLD_DEEPBIND): done here, then the new objects' GOTs are
- * patched. A file name without '/' (searched along the caller's RPATH) or
- * with a '$' (expanded relative to the caller) is left to the real dlopen,
- * and so is every other dlopen. */
-__attribute__((used)) struct ds_decision ds_dlopen_decide(const char *file, int mode)
+/* A RTLD_DEEPBIND dlopen this thread left to the real dlopen (its file name
+ * is resolved relative to the caller): the name, to patch the module at
+ * this thread's next dlsym or dlopen, once the dlopen has returned. */
+static __thread char *pending_deepbind __attribute__((tls_model("initial-exec")));
+
+static void note_pending_deepbind(const char *file)
+{
+        free(pending_deepbind);
+        pending_deepbind = strdup(file);
+}
+
+struct root_query {
+        const struct link_map *lm;
+        struct obj o;
+};
+
+static int root_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+        (void)size;
+        struct root_query *q = arg;
+        if (info->dlpi_addr != q->lm->l_addr || strcmp(info->dlpi_name, q->lm->l_name) != 0)
+                return 0;
+        q->o.base = info->dlpi_addr;
+        obj_range(info, &q->o.start, &q->o.end);
+        q->o.name = info->dlpi_name;
+        q->o.phdr = info->dlpi_phdr;
+        q->o.phnum = info->dlpi_phnum;
+        q->o.found = 1;
+        return 1;
+}
+
+/* Patches the module of the pending RTLD_DEEPBIND dlopen (found by the
+ * name it was opened under; its dependencies are not patched). */
+static void patch_pending_deepbind(void)
+{
+        char *file = pending_deepbind;
+        pending_deepbind = NULL;
+        void *h = ds_real_dlopen(file, RTLD_NOLOAD | RTLD_LAZY);
+        struct root_query q = {.lm = NULL};
+        if (h && dlinfo(h, RTLD_DI_LINKMAP, &q.lm) == 0 && q.lm) {
+                dl_iterate_phdr(root_cb, &q);
+                if (q.o.found)
+                        patch_object(&q.o, h);
+        }
+        if (h)
+                dlclose(h);
+        free(file);
+}
+
+__attribute__((used)) DS_EARLY struct ds_decision ds_dlsym_decide(void *handle, const char *name)
+{
+        ensure_real();
+        if (pending_deepbind)
+                patch_pending_deepbind();
+        if (handle == RTLD_DEFAULT || handle == RTLD_NEXT || !name || name[0] != 'P' ||
+            name[1] != 'Q')
+                return (struct ds_decision){NULL, 0};
+        return dlsym_intercepted(handle, name);
+}
+
+/* dlopen(file, RTLD_DEEPBIND) with a path: done here, then the new
+ * objects' GOTs are patched. A file name without '/' (searched along the
+ * caller's RPATH) or with a '$' (expanded relative to the caller) is left
+ * to the real dlopen, and the module is patched at this thread's next dlsym
+ * or dlopen. Every other dlopen goes to the real one untouched. */
+static struct ds_decision dlopen_deepbind(const char *file, int mode)
 {
         struct ds_decision d = {NULL, 0};
-        ensure_real();
-        if (!(mode & RTLD_DEEPBIND) || !file || !strchr(file, '/') || strchr(file, '$'))
-                return d;
         static struct snapshot before; /* under deep_mutex; too big for small stacks */
         static struct fresh fresh;
         static pthread_mutex_t deep_mutex = PTHREAD_MUTEX_INITIALIZER;
@@ -479,6 +546,20 @@ __attribute__((used)) struct ds_decision ds_dlopen_decide(const char *file, int 
         }
         pthread_mutex_unlock(&deep_mutex);
         return d;
+}
+
+__attribute__((used)) DS_EARLY struct ds_decision ds_dlopen_decide(const char *file, int mode)
+{
+        ensure_real();
+        if (pending_deepbind)
+                patch_pending_deepbind();
+        if (!(mode & RTLD_DEEPBIND) || !file)
+                return (struct ds_decision){NULL, 0};
+        if (!strchr(file, '/') || strchr(file, '$')) {
+                note_pending_deepbind(file);
+                return (struct ds_decision){NULL, 0};
+        }
+        return dlopen_deepbind(file, mode);
 }
 
 /* The exported dlsym and dlopen: call the decision, then either return its

@@ -269,11 +269,8 @@ static void drop_lease(struct ds_conn *e)
 }
 
 /* Activity: a coarse timestamp, at most every 100 ms per process. */
-static void touch(void)
+static void touch(ds_handle *h)
 {
-        ds_handle *h = atomic_load_explicit(&coord, memory_order_relaxed);
-        if (!h)
-                return;
         static _Atomic uint64_t last;
         struct timespec ts;
         clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
@@ -425,10 +422,16 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         c->conn = conn;
         c->entry = NULL;
         c->leased = 0;
-        c->pending = NULL;
         c->out.conn = NULL;
+        /* A call made from inside a libpq copy is libpq using its own
+         * exports: nested, also when the application's outer call reached
+         * libpq without passing through the shim (then it is not counted
+         * at all, rather than counted without a matching finish). */
+        pthread_once(&env_once, read_env);
+        struct ds_lib *caller = slot < 0 ? ds_lib_for_caller(ra) : NULL;
+        if (caller && (uintptr_t)ra >= caller->start && (uintptr_t)ra < caller->end)
+                c->nested = 1;
         if (!c->nested) {
-                pthread_once(&env_once, read_env);
                 if (conn)
                         c->entry =
                             c->kind == DS_KIND_FINISH ? ds_conn_remove(conn) : ds_conn_find(conn);
@@ -438,12 +441,16 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         else if (slot >= 0)
                 c->lib = ds_lib_slot(slot);
         else
-                c->lib = ds_lib_for_caller(ra);
+                c->lib = caller;
         c->real = c->lib ? c->lib->fn[id] : NULL;
         if (!c->real) {
                 c->real = (void *)missing_function;
                 ds_log(DS_LOG_WARN, "no libpq definition of %s reachable from the caller",
                        ds_fn_names[id]);
+                if (c->kind != DS_KIND_ACTIVITY) {
+                        c->skip = 1; /* no pool, no record: nothing to connect with */
+                        return 0;
+                }
         }
         if (c->nested)
                 return 1;
@@ -460,7 +467,10 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                         neutralize_socket(c->entry);
                 return 1;
         case DS_KIND_ACTIVITY:
-                touch();
+                /* in flight: the scraper is active until the call returns */
+                c->coord = atomic_load_explicit(&coord, memory_order_relaxed);
+                if (c->coord)
+                        ds_inflight_add(c->coord, 1); /* the return touches the clock */
                 if (c->entry)
                         atomic_fetch_add_explicit(&c->entry->busy, 1, memory_order_relaxed);
                 return 1;
@@ -477,6 +487,44 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         return 1;
 }
 
+/* Copies the connect's parameters into e as keyword/value pairs: what a
+ * later transparent reconnect passes to PQconnectdbParams. A conninfo
+ * string becomes dbname=<conninfo> with expand_dbname, as libpq reads it. */
+static int keep_params(struct ds_conn *e, const struct ds_call *c)
+{
+        static const char *const setdb_keys[7] = {"host",   "port", "options", NULL,
+                                                  "dbname", "user", "password"};
+        const char *k[8], *v[8];
+        const char *const *keys = k, *const *vals = v;
+        size_t n = 0;
+        e->expand_dbname = 1;
+        if (c->id == DS_ID_PQconnectdb || c->id == DS_ID_PQconnectStart) {
+                k[0] = "dbname", v[0] = c->args.conninfo ? c->args.conninfo : "";
+                n = 1;
+        } else if (c->id == DS_ID_PQsetdbLogin) {
+                for (int i = 0; i < 7; i++)
+                        if (setdb_keys[i] && c->args.setdb[i])
+                                k[n] = setdb_keys[i], v[n++] = c->args.setdb[i];
+        } else if (c->args.keywords) {
+                keys = c->args.keywords;
+                vals = c->args.values;
+                e->expand_dbname = c->args.expand_dbname;
+                while (keys[n])
+                        n++;
+        }
+        e->keywords = calloc(n + 1, sizeof(char *));
+        e->values = calloc(n + 1, sizeof(char *));
+        if (!e->keywords || !e->values)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                e->keywords[i] = strdup(keys[i]);
+                e->values[i] = vals && vals[i] ? strdup(vals[i]) : NULL;
+                if (!e->keywords[i] || (vals && vals[i] && !e->values[i]))
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
 static void end_connect(struct ds_call *c)
 {
         PGconn *conn = c->out.conn;
@@ -484,6 +532,8 @@ static void end_connect(struct ds_call *c)
         if (conn) {
                 struct ds_conn *e = new_entry(c, conn);
                 if (e) {
+                        if (keep_params(e, c))
+                                ds_debug("out of memory keeping a connection's parameters");
                         e->leased = c->leased && !bad;
                         e->lease = c->lease;
                         ds_conn_add(e);
@@ -533,6 +583,10 @@ void ds_end(struct ds_call *c)
         case DS_KIND_ACTIVITY:
                 if (e)
                         atomic_fetch_sub_explicit(&e->busy, 1, memory_order_relaxed);
+                if (c->coord) {
+                        touch(c->coord);
+                        ds_inflight_add(c->coord, -1);
+                }
                 break;
         case DS_KIND_ERRMSG:
                 break;

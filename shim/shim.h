@@ -124,7 +124,15 @@ struct ds_call {
         struct ds_conn *entry;
         int leased;
         struct ds_lease_ref lease;
-        struct ds_conn *pending; /* record prepared for the connect's result */
+        ds_handle *coord; /* activity: the handle its in-flight mark went to */
+        /* A connect's arguments as the caller passed them (not copied; set
+         * by the wrapper before ds_begin, copied into the record by ds_end). */
+        struct {
+                const char *conninfo;
+                const char *const *keywords, *const *values;
+                int expand_dbname;
+                const char *setdb[7]; /* PQsetdbLogin's, in order */
+        } args;
         union {
                 PGconn *conn;
                 PostgresPollingStatusType poll;

@@ -12,9 +12,20 @@
 #define DS_FIRST(args)       DS_FIRST_ args
 #define DS_REAL(ret, params) ((ret(*) params)c.real)
 
+/* A connect's arguments, kept by the call record for the connection table. */
+#define DS_ARGS_PQconnectdb(ci)    c.args.conninfo = ci
+#define DS_ARGS_PQconnectStart(ci) c.args.conninfo = ci
+#define DS_ARGS_PQconnectdbParams(k, v, e)                                                         \
+        (c.args.keywords = k, c.args.values = v, c.args.expand_dbname = e)
+#define DS_ARGS_PQconnectStartParams DS_ARGS_PQconnectdbParams
+#define DS_ARGS_PQsetdbLogin(h, p, o, t, d, u, w)                                                  \
+        (c.args.setdb[0] = h, c.args.setdb[1] = p, c.args.setdb[2] = o, c.args.setdb[3] = t,       \
+         c.args.setdb[4] = d, c.args.setdb[5] = u, c.args.setdb[6] = w)
+
 /* One body per kind; `slot` is -1 for the exported interposers. */
 #define DS_BODY_CONNECT(ret, name, params, args, slot)                                             \
         struct ds_call c;                                                                          \
+        DS_ARGS_##name args;                                                                       \
         if (ds_begin(&c, DS_ID_##name, slot, DS_RA, NULL))                                         \
                 c.out.conn = DS_REAL(ret, params) args;                                            \
         ds_end(&c);                                                                                \
