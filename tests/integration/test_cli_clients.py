@@ -14,18 +14,19 @@ def psql_clients_beyond_pool_wait_and_all_succeed():
         c.start_sampler()
         t0 = time.monotonic()
         procs = [c.spawn(["psql", "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c",
-                          f"SELECT 'done {i}' FROM pg_sleep(0.3)"]) for i in range(15)]
+                          f"SELECT 'done {i}' FROM pg_sleep(0.5)"]) for i in range(15)]
         for i, p in enumerate(procs):
             out, err = p.communicate(timeout=90)
             check(p.returncode == 0 and out.strip() == f"done {i}",
                   f"psql #{i} exited {p.returncode} with {out!r}, stderr {err!r}")
         elapsed = time.monotonic() - t0
-        log(f"15 psql clients x 0.3 s over pool 5 took {elapsed:.2f} s")
+        log(f"15 psql clients x 0.5 s over pool 5 took {elapsed:.2f} s")
         c.check_pool_filled("15 psql clients")
         s = c.stats()
         sc = [x for x in s["scrapers"] if x["name"] == "psql"]
         check(sc and sc[0]["connects"] == 15,
               f"the pool counted {sc[0]['connects'] if sc else 0} connects for 15 psql runs")
+        check(sc[0]["waits"] >= 1, "no psql connect waited for a slot, so nothing contended")
         check(s["held"] == 0, f"{s['held']} slots are still held after every psql exited")
 
 

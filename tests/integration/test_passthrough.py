@@ -107,6 +107,7 @@ def corrupt_segment_closed_fails_connects_with_dynshim_error():
             r = c.run(["psql", "-X", "-Atc", "SELECT 1"], env=env)
             check(r.returncode == 2 and "dynshim:" in r.stderr,
                   f"psql exited {r.returncode} with {r.stderr!r}, not a dynshim error")
+        c.check_server_view()
         check(c.sampler.peak == 0,
               f"the server saw {c.sampler.peak} backends though every connect was refused")
 
