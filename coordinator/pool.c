@@ -90,7 +90,8 @@ static void rebuild_caches(ds_handle *h)
         for (uint32_t i = 0; i < c->max_scrapers; i++) {
                 struct ds_scraper *s = &h->scrapers[i];
                 s->name[DS_NAME_MAX - 1] = '\0';
-                s->held = s->waiting = s->procs = s->inflight = 0;
+                s->held = s->waiting = s->procs = 0;
+                atomic_store(&s->inflight, 0);
                 s->surplus_pending = 0;
                 if (s->name[0])
                         scraper_hwm = i + 1;
@@ -417,7 +418,9 @@ static void *life_main(void *arg)
 {
         ds_handle *h = arg;
         pthread_mutex_t *m = &h->procs[h->proc_idx].life;
-        int rc = pthread_mutex_lock(m);
+        /* The record was found free (register_proc): never wait here, under
+         * the segment's lock, for a holder that may never let go. */
+        int rc = pthread_mutex_trylock(m);
         if (rc == EOWNERDEAD) {
                 pthread_mutex_consistent(m);
                 rc = 0;
@@ -427,10 +430,16 @@ static void *life_main(void *arg)
         if (rc)
                 return NULL;
         /* Sleep on the record's notify word: bumped by the pool when it wants
-         * slots back, by ds_set_advice_handler and by stop_life. */
+         * slots back, by ds_set_advice_handler and by stop_life. The word is
+         * read before life_stop: a stop_life that stores life_stop after our
+         * check bumps the word after our read, so the wait returns at once
+         * (read the other way round, its wake could fall between the two
+         * reads and be lost, and ds_detach would join this thread forever). */
         _Atomic uint32_t *notify = &h->procs[h->proc_idx].notify;
-        while (atomic_load(&h->life_stop) == 0) {
+        for (;;) {
                 uint32_t seen = atomic_load(notify);
+                if (atomic_load(&h->life_stop))
+                        break;
                 void (*fn)(void *) = atomic_load(&h->advice_fn);
                 uint32_t period = atomic_load(&h->advice_period_ms);
                 struct timespec ts = {(time_t)(period / 1000), (long)(period % 1000) * 1000000L};
@@ -516,6 +525,25 @@ static long find_scraper(ds_handle *h, const char *name, uint64_t now)
         return i;
 }
 
+/* Whether the life lock of a free process record is free too. A busy one
+ * is still held by the life thread of a process that is leaving, or by a
+ * thread id that a corrupt segment names: taking that record would wait,
+ * under the segment's lock, for as long as that holder lives or forever. */
+static int life_lock_free(ds_handle *h, struct ds_proc *p)
+{
+        if (p->life.__data.__kind != h->mutex_kind)
+                return 1; /* reinitialised before use */
+        int rc = pthread_mutex_trylock(&p->life);
+        if (rc == EOWNERDEAD) {
+                pthread_mutex_consistent(&p->life);
+                rc = 0;
+        }
+        if (rc != 0)
+                return 0;
+        pthread_mutex_unlock(&p->life);
+        return 1;
+}
+
 /* Registers this process (under the lock and h->local). */
 static int register_proc(ds_handle *h, uint64_t now)
 {
@@ -527,7 +555,7 @@ static int register_proc(ds_handle *h, uint64_t now)
         long pi = -1;
         for (int pass = 0; pass < 2 && pi < 0; pass++) {
                 for (uint32_t i = 0; i < h->cap.max_procs; i++) {
-                        if (h->procs[i].pid == 0) {
+                        if (h->procs[i].pid == 0 && life_lock_free(h, &h->procs[i])) {
                                 pi = i;
                                 break;
                         }
@@ -719,6 +747,8 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
         }
         struct ds_lease *l = &h->leases[li];
         uint64_t id = H->next_lease_id++;
+        if (id == 0) /* 0 means "no lease": a corrupt counter must not hand it out */
+                id = H->next_lease_id++;
         l->proc = h->proc_idx;
         l->scraper = p->scraper;
         l->id = id;

@@ -143,4 +143,12 @@ size_t ds_layout_leases_off(const struct ds_capacity *cap);
 size_t ds_layout_scrapers_off(const struct ds_capacity *cap);
 size_t ds_layout_size(const struct ds_capacity *cap);
 
+/* Validates the header of a segment image: buf holds the segment's first
+ * `size` bytes (its whole mapping), aligned to DS_ALIGN; name is only used in
+ * the message. Checks the format signature, the capacity against size, the
+ * lock's kind, the configuration, the table bounds and the PID namespace;
+ * reads nothing beyond the header. 0, or -EPROTO (not a valid segment) or
+ * -EXDEV (another PID namespace) with one sentence in err. */
+int ds_segment_validate(const void *buf, size_t size, const char *name, char *err, size_t errlen);
+
 #endif

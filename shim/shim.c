@@ -1,0 +1,633 @@
+/* shim.c - the shim's decisions: configuration from the environment, the
+ * coordinator handle, and what happens around each kind of intercepted call
+ * (acquire before a connect, release on finish or failure, fork ownership,
+ * activity). Nothing runs at load time: state is built on the first libpq
+ * call, so processes that never use libpq are untouched. */
+#include "shim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- logging ---- */
+
+int ds_log_level = DS_LOG_WARN;
+static int log_fd = 2;
+
+void ds_log(int level, const char *fmt, ...)
+{
+        if (level > ds_log_level)
+                return;
+        int saved = errno;
+        static const char *const tag[] = {"warning", "info", "debug"};
+        char buf[1024];
+        int n = snprintf(buf, sizeof(buf), "dynshim[%d]: %s: ", (int)getpid(), tag[level]);
+        va_list ap;
+        va_start(ap, fmt);
+        int m = vsnprintf(buf + n, sizeof(buf) - (size_t)n - 1, fmt, ap);
+        va_end(ap);
+        size_t len = (size_t)n + (m < 0 ? 0 : (size_t)m);
+        if (len > sizeof(buf) - 2)
+                len = sizeof(buf) - 2;
+        buf[len++] = '\n';
+        ssize_t w = write(log_fd, buf, len);
+        (void)w;
+        errno = saved;
+}
+
+/* ---- configuration ---- */
+
+static struct {
+        const char *segment;
+        uint32_t timeout_ms; /* UINT32_MAX: the pool's wait_timeout */
+        int closed;          /* DYNSHIM_ON_ERROR=closed */
+        char scraper[DS_NAME_MAX];
+} cfg = {.timeout_ms = UINT32_MAX};
+
+static void read_log_env(void)
+{
+        const char *file = getenv("DYNSHIM_LOG_FILE");
+        if (file && *file) {
+                int fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+                if (fd >= 0)
+                        log_fd = fd;
+                else
+                        ds_log(DS_LOG_WARN,
+                               "cannot open DYNSHIM_LOG_FILE \"%s\": %s; logging to stderr", file,
+                               strerror(errno));
+        }
+        const char *v = getenv("DYNSHIM_LOG");
+        if (!v || !*v)
+                return;
+        if (!strcmp(v, "0") || !strcmp(v, "warn") || !strcmp(v, "warning"))
+                ds_log_level = DS_LOG_WARN;
+        else if (!strcmp(v, "1") || !strcmp(v, "info"))
+                ds_log_level = DS_LOG_INFO;
+        else if (!strcmp(v, "2") || !strcmp(v, "debug"))
+                ds_log_level = DS_LOG_DEBUG;
+        else
+                ds_log(
+                    DS_LOG_WARN,
+                    "DYNSHIM_LOG=\"%s\" is not one of warn, info, debug (or 0, 1, 2); using warn",
+                    v);
+}
+
+static int is_interpreter(const char *prog)
+{
+        static const char *const names[] = {"python", "ruby", "node", "php", "perl"};
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+                if (!strncmp(prog, names[i], strlen(names[i])))
+                        return 1;
+        return 0;
+}
+
+static const char *base_name(const char *p)
+{
+        const char *s = strrchr(p, '/');
+        return s ? s + 1 : p;
+}
+
+/* SPEC 3: for an interpreter, the script's base name without extension
+ * (python -m pkg.mod: the module's last component); else the program's
+ * base name. */
+static void derive_scraper(char *out, size_t len)
+{
+        static char buf[4096];
+        snprintf(out, len, "unknown");
+        int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+                return;
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (n <= 0)
+                return;
+        buf[n] = '\0';
+        const char *argv[64];
+        int argc = 0;
+        for (char *p = buf; p < buf + n && argc < 64; p += strlen(p) + 1)
+                argv[argc++] = p;
+        const char *prog = base_name(argv[0]);
+        snprintf(out, len, "%s", prog[0] ? prog : "unknown");
+        if (!is_interpreter(prog))
+                return;
+        for (int i = 1; i < argc; i++) {
+                const char *a = argv[i];
+                if (!strcmp(a, "-m") && i + 1 < argc) {
+                        const char *dot = strrchr(argv[i + 1], '.');
+                        snprintf(out, len, "%s", dot ? dot + 1 : argv[i + 1]);
+                        return;
+                }
+                if (!strcmp(a, "-c") || !strcmp(a, "-e") || !strcmp(a, "-r") || !strcmp(a, "-"))
+                        return; /* inline code: the interpreter's own name */
+                if (a[0] == '-')
+                        continue;
+                const char *b = base_name(a);
+                size_t l = strcspn(b, ".");
+                if (l == 0)
+                        return;
+                if (l >= len)
+                        l = len - 1;
+                memcpy(out, b, l);
+                out[l] = '\0';
+                return;
+        }
+}
+
+static pthread_mutex_t attach_mutex;
+
+static void fork_prepare(void)
+{
+        pthread_mutex_lock(&attach_mutex);
+        ds_libs_lock();
+        ds_conns_lock();
+}
+
+static void fork_release(void)
+{
+        ds_conns_unlock();
+        ds_libs_unlock();
+        pthread_mutex_unlock(&attach_mutex);
+}
+
+static pthread_once_t env_once = PTHREAD_ONCE_INIT;
+
+static void read_env(void)
+{
+        read_log_env();
+        cfg.segment = ds_segment_name(NULL);
+        const char *v = getenv("DYNSHIM_WAIT_TIMEOUT");
+        if (v && *v && ds_parse_duration_ms(v, &cfg.timeout_ms) != 0) {
+                cfg.timeout_ms = UINT32_MAX;
+                ds_log(
+                    DS_LOG_WARN,
+                    "DYNSHIM_WAIT_TIMEOUT=\"%s\" is not a duration (seconds such as 30 or 0.5, or "
+                    "500ms); using the pool's wait_timeout",
+                    v);
+        }
+        v = getenv("DYNSHIM_ON_ERROR");
+        if (v && *v) {
+                if (!strcmp(v, "closed"))
+                        cfg.closed = 1;
+                else if (strcmp(v, "open") != 0)
+                        ds_log(DS_LOG_WARN,
+                               "DYNSHIM_ON_ERROR=\"%s\" is not open or closed; using open", v);
+        }
+        v = getenv("DYNSHIM_SCRAPER");
+        if (v && *v)
+                snprintf(cfg.scraper, sizeof(cfg.scraper), "%s", v);
+        else
+                derive_scraper(cfg.scraper, sizeof(cfg.scraper));
+        pthread_atfork(fork_prepare, fork_release, fork_release);
+}
+
+/* ---- the coordinator ---- */
+
+static pthread_mutex_t attach_mutex = PTHREAD_MUTEX_INITIALIZER;
+static ds_handle *_Atomic coord; /* the segment connects go to; NULL: unusable */
+static char unusable[400];       /* why there is none (under attach_mutex) */
+static uint64_t next_attach_ns;  /* no new attempt before (under attach_mutex) */
+
+/* How often a process without a usable segment looks again (a segment
+ * repaired with dyncoord --init --force is picked up within this). */
+#define REATTACH_NS (1000ull * 1000 * 1000)
+
+static ds_handle *attach(void)
+{
+        char err[300] = "";
+        ds_handle *h = NULL;
+        int rc = ds_attach(cfg.segment, DS_ATTACH_CREATE, &h, err, sizeof(err));
+        if (rc == 0)
+                rc = ds_set_scraper(h, cfg.scraper);
+        if (rc) {
+                snprintf(unusable, sizeof(unusable), "segment \"%s\" is unusable: %s", cfg.segment,
+                         err[0] ? err : strerror(-rc));
+                if (h)
+                        ds_detach(h);
+                return NULL;
+        }
+        ds_debug("attached to segment \"%s\" as scraper \"%s\"", cfg.segment, cfg.scraper);
+        return h;
+}
+
+/* The handle connects go to: attached on first use, looked for again at
+ * most every REATTACH_NS while there is none, and at once when stale is the
+ * current handle (its segment was destroyed or recreated). A replaced
+ * handle stays mapped: leases granted by it are given back to it. NULL with
+ * the reason in why. */
+static ds_handle *current_coord(ds_handle *stale, char *why, size_t whylen)
+{
+        ds_handle *h = atomic_load(&coord);
+        if (h && h != stale)
+                return h;
+        pthread_mutex_lock(&attach_mutex);
+        h = atomic_load(&coord);
+        uint64_t now = ds_now_ns();
+        if ((h && h == stale) || (!h && now >= next_attach_ns)) {
+                next_attach_ns = now + REATTACH_NS;
+                ds_handle *fresh = attach();
+                if (fresh || h == stale)
+                        atomic_store(&coord, fresh);
+                if (fresh && stale)
+                        ds_log(DS_LOG_INFO, "segment \"%s\" was recreated; using the new one",
+                               cfg.segment);
+                h = fresh;
+        }
+        if (!h)
+                snprintf(why, whylen, "%s", unusable);
+        pthread_mutex_unlock(&attach_mutex);
+        return h;
+}
+
+/* Warns once per process that connections pass through uncounted. */
+static void warn_open(const char *why)
+{
+        static _Atomic pid_t warned;
+        pid_t me = getpid();
+        if (atomic_exchange(&warned, me) != me)
+                ds_log(DS_LOG_WARN, "%s; passing connections through (DYNSHIM_ON_ERROR=open)", why);
+}
+
+enum { GRANTED = 0, PASS = 1, REFUSED = -1 };
+
+/* Takes a slot for a connect. GRANTED (c->lease), PASS (no pool to ask,
+ * DYNSHIM_ON_ERROR=open) or REFUSED with the message in msg. */
+static int acquire(struct ds_call *c, char *msg, size_t len)
+{
+        char why[512] = "";
+        ds_handle *h = current_coord(NULL, why, sizeof(why));
+        int rc = h ? ds_acquire(h, cfg.timeout_ms, &c->lease.ref, why, sizeof(why)) : -ENOENT;
+        if (rc == -ESTALE) {
+                h = current_coord(h, why, sizeof(why));
+                rc = h ? ds_acquire(h, cfg.timeout_ms, &c->lease.ref, why, sizeof(why)) : -ENOENT;
+        }
+        if (rc == 0) {
+                c->lease.h = h;
+                c->leased = 1;
+                return GRANTED;
+        }
+        if (rc == -ETIMEDOUT) {
+                snprintf(msg, len, "dynshim: %s", why);
+                return REFUSED;
+        }
+        if (h)
+                snprintf(why, sizeof(why), "cannot take a connection slot from segment \"%s\": %s",
+                         cfg.segment, strerror(-rc));
+        if (cfg.closed) {
+                snprintf(msg, len, "dynshim: %s (DYNSHIM_ON_ERROR=closed)", why);
+                return REFUSED;
+        }
+        warn_open(why);
+        return PASS;
+}
+
+static void release(const struct ds_slot *lease)
+{
+        int rc = ds_release(lease->h, &lease->ref);
+        if (rc)
+                ds_debug("lease %u/%llu was not released: %s", lease->ref.idx,
+                         (unsigned long long)lease->ref.id, strerror(-rc));
+}
+
+/* Hands a lease held for a connection back, once. */
+static void drop_lease(struct ds_conn *e)
+{
+        ds_conns_lock();
+        int had = e->leased && e->owner == getpid();
+        struct ds_slot l = e->lease;
+        e->leased = 0;
+        ds_conns_unlock();
+        if (had)
+                release(&l);
+}
+
+/* Activity: a coarse timestamp, at most every 100 ms per process. */
+static void touch(ds_handle *h)
+{
+        static _Atomic uint64_t last;
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        uint64_t prev = atomic_load_explicit(&last, memory_order_relaxed);
+        if (now - prev < 100000000ull)
+                return;
+        atomic_store_explicit(&last, now, memory_order_relaxed);
+        ds_touch(h, now);
+}
+
+/* ---- connections ---- */
+
+static struct ds_conn *new_entry(struct ds_call *c, PGconn *conn)
+{
+        struct ds_conn *e = calloc(1, sizeof(*e));
+        if (!e)
+                return NULL;
+        e->conn = conn;
+        e->lib = c->lib;
+        e->owner = getpid();
+        return e;
+}
+
+/* A real PGconn of the caller's library that failed without touching the
+ * network (an invalid option), whose PQerrorMessage is msg. */
+static PGconn *refused_conn(struct ds_call *c, const char *msg)
+{
+        PGconn *(*start)(const char *) = c->lib ? c->lib->fn[DS_ID_PQconnectStart] : NULL;
+        PGconn *conn = start ? start("dynshim_refused=1") : NULL;
+        if (!conn)
+                return NULL;
+        struct ds_conn *e = new_entry(c, conn);
+        size_t len = strlen(msg);
+        char *err = malloc(len + 2);
+        if (!e || !err) {
+                free(e);
+                free(err);
+                return conn; /* still a failed connection, with libpq's message */
+        }
+        memcpy(err, msg, len);
+        memcpy(err + len, "\n", 2);
+        e->error = err;
+        ds_conn_add(e);
+        ds_log(DS_LOG_INFO, "%s", msg);
+        return conn;
+}
+
+/* In a process that does not own conn (a forked child), makes the real
+ * close act on /dev/null instead of the parent's server socket: libpq's
+ * Terminate message would otherwise end the parent's session. */
+static void neutralize_socket(struct ds_conn *e)
+{
+        int fd = e->lib->socket ? e->lib->socket(e->conn) : -1;
+        if (fd < 0)
+                return;
+        int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
+        if (nul < 0 || dup3(nul, fd, O_CLOEXEC) < 0)
+                ds_log(DS_LOG_WARN, "cannot detach an inherited connection's socket %d: %s", fd,
+                       strerror(errno));
+        if (nul >= 0)
+                close(nul);
+        ds_debug("inherited connection %p closed without touching the parent's session",
+                 (void *)e->conn);
+}
+
+static int status_bad(struct ds_call *c, const PGconn *conn)
+{
+        return !conn || (c->lib->status && c->lib->status(conn) == CONNECTION_BAD);
+}
+
+/* ---- begin / end ---- */
+
+static __thread int depth __attribute__((tls_model("initial-exec")));
+
+static long missing_function(void)
+{
+        errno = ENOSYS;
+        return 0;
+}
+
+static int begin_connect(struct ds_call *c)
+{
+        char msg[600];
+        int a = acquire(c, msg, sizeof(msg));
+        if (a != REFUSED)
+                return 1;
+        if (c->kind == DS_KIND_PING) {
+                c->out.ping = PQPING_REJECT;
+                ds_log(DS_LOG_INFO, "%s", msg);
+        } else {
+                c->out.conn = refused_conn(c, msg);
+        }
+        c->skip = 1;
+        return 0;
+}
+
+/* PQreset/PQresetStart: an inherited connection becomes this process's
+ * own (on a new slot); a connection whose slot was given back takes one. */
+static int begin_reset(struct ds_call *c)
+{
+        struct ds_conn *e = c->entry;
+        if (!e)
+                return 1;
+        if (e->owner != getpid()) {
+                neutralize_socket(e);
+                ds_conns_lock();
+                e->owner = getpid();
+                e->leased = 0;
+                ds_conns_unlock();
+        }
+        if (e->leased)
+                return 1;
+        char msg[600];
+        int a = acquire(c, msg, sizeof(msg));
+        if (a == REFUSED) {
+                size_t len = strlen(msg);
+                char *err = malloc(len + 2);
+                if (err) {
+                        memcpy(err, msg, len);
+                        memcpy(err + len, "\n", 2);
+                }
+                ds_conns_lock();
+                free(e->error);
+                e->error = err;
+                ds_conns_unlock();
+                c->out.i = 0;
+                c->skip = 1;
+                return 0;
+        }
+        ds_conns_lock();
+        free(e->error);
+        e->error = NULL;
+        if (a == GRANTED) {
+                e->leased = 1;
+                e->lease = c->lease;
+        }
+        ds_conns_unlock();
+        return 1;
+}
+
+int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *conn)
+{
+        c->id = id;
+        c->kind = ds_fn_kinds[id];
+        c->nested = depth++ > 0;
+        c->skip = 0;
+        c->ra = ra;
+        c->conn = conn;
+        c->entry = NULL;
+        c->leased = 0;
+        c->coord = NULL;
+        c->out.conn = NULL;
+        /* A call made from inside a libpq copy is libpq using its own
+         * exports: nested, also when the application's outer call reached
+         * libpq without passing through the shim (then it is not counted
+         * at all, rather than counted without a matching finish). */
+        pthread_once(&env_once, read_env);
+        struct ds_lib *caller = slot < 0 ? ds_lib_for_caller(ra) : NULL;
+        if (caller && (uintptr_t)ra >= caller->start && (uintptr_t)ra < caller->end)
+                c->nested = 1;
+        if (!c->nested) {
+                if (conn)
+                        c->entry =
+                            c->kind == DS_KIND_FINISH ? ds_conn_remove(conn) : ds_conn_find(conn);
+        }
+        if (c->entry)
+                c->lib = c->entry->lib;
+        else if (slot >= 0)
+                c->lib = ds_lib_slot(slot);
+        else
+                c->lib = caller;
+        c->real = c->lib ? c->lib->fn[id] : NULL;
+        if (!c->real) {
+                c->real = (void *)missing_function;
+                ds_log(DS_LOG_WARN, "no libpq definition of %s reachable from the caller",
+                       ds_fn_names[id]);
+                if (c->kind != DS_KIND_ACTIVITY) {
+                        c->skip = 1; /* no pool, no record: nothing to connect with */
+                        return 0;
+                }
+        }
+        if (c->nested)
+                return 1;
+        switch (c->kind) {
+        case DS_KIND_CONNECT:
+        case DS_KIND_START:
+        case DS_KIND_PING:
+                return begin_connect(c);
+        case DS_KIND_RESET:
+        case DS_KIND_RESET_START:
+                return begin_reset(c);
+        case DS_KIND_FINISH:
+                if (c->entry && c->entry->owner != getpid())
+                        neutralize_socket(c->entry);
+                return 1;
+        case DS_KIND_ACTIVITY:
+                /* in flight: the scraper is active until the call returns */
+                c->coord = atomic_load_explicit(&coord, memory_order_relaxed);
+                if (c->coord)
+                        ds_inflight_add(c->coord, 1); /* the return touches the clock */
+                if (c->entry)
+                        atomic_fetch_add_explicit(&c->entry->busy, 1, memory_order_relaxed);
+                return 1;
+        case DS_KIND_ERRMSG:
+                if (c->entry && c->entry->error) {
+                        c->out.str = c->entry->error;
+                        c->skip = 1;
+                        return 0;
+                }
+                return 1;
+        case DS_KIND_POLL:
+                return 1;
+        }
+        return 1;
+}
+
+/* Copies the connect's parameters into e as keyword/value pairs: what a
+ * later transparent reconnect passes to PQconnectdbParams. A conninfo
+ * string becomes dbname=<conninfo> with expand_dbname, as libpq reads it. */
+static int keep_params(struct ds_conn *e, const struct ds_call *c)
+{
+        static const char *const setdb_keys[7] = {"host",   "port", "options", NULL,
+                                                  "dbname", "user", "password"};
+        const char *k[8], *v[8];
+        const char *const *keys = k, *const *vals = v;
+        size_t n = 0;
+        e->expand_dbname = 1;
+        if (c->id == DS_ID_PQconnectdb || c->id == DS_ID_PQconnectStart) {
+                k[0] = "dbname", v[0] = c->args.conninfo ? c->args.conninfo : "";
+                n = 1;
+        } else if (c->id == DS_ID_PQsetdbLogin) {
+                for (int i = 0; i < 7; i++)
+                        if (setdb_keys[i] && c->args.setdb[i])
+                                k[n] = setdb_keys[i], v[n++] = c->args.setdb[i];
+        } else if (c->args.keywords) {
+                keys = c->args.keywords;
+                vals = c->args.values;
+                e->expand_dbname = c->args.expand_dbname;
+                while (keys[n])
+                        n++;
+        }
+        e->keywords = calloc(n + 1, sizeof(char *));
+        e->values = calloc(n + 1, sizeof(char *));
+        if (!e->keywords || !e->values)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                e->keywords[i] = strdup(keys[i]);
+                e->values[i] = vals && vals[i] ? strdup(vals[i]) : NULL;
+                if (!e->keywords[i] || (vals && vals[i] && !e->values[i]))
+                        return -ENOMEM;
+        }
+        return 0;
+}
+
+static void end_connect(struct ds_call *c)
+{
+        PGconn *conn = c->out.conn;
+        int bad = status_bad(c, conn);
+        if (conn) {
+                struct ds_conn *e = new_entry(c, conn);
+                if (e) {
+                        if (keep_params(e, c))
+                                ds_debug("out of memory keeping a connection's parameters");
+                        e->leased = c->leased && !bad;
+                        e->lease = c->lease;
+                        ds_conn_add(e);
+                }
+        }
+        if (bad && c->leased)
+                release(&c->lease);
+        ds_debug("%s via %s: %s", ds_fn_names[c->id], c->lib ? c->lib->path : "nothing",
+                 bad ? "failed" : (c->leased ? "slot held" : "not counted"));
+}
+
+void ds_end(struct ds_call *c)
+{
+        depth--;
+        if (c->nested || c->skip)
+                return;
+        struct ds_conn *e = c->entry;
+        switch (c->kind) {
+        case DS_KIND_CONNECT:
+        case DS_KIND_START:
+                end_connect(c);
+                break;
+        case DS_KIND_PING:
+                if (c->leased)
+                        release(&c->lease);
+                break;
+        case DS_KIND_POLL:
+                if (e && c->out.poll == PGRES_POLLING_FAILED)
+                        drop_lease(e);
+                break;
+        case DS_KIND_RESET:
+                if (e && status_bad(c, c->conn))
+                        drop_lease(e);
+                break;
+        case DS_KIND_RESET_START:
+                if (e && c->out.i == 0)
+                        drop_lease(e);
+                break;
+        case DS_KIND_FINISH:
+                if (e) {
+                        if (e->leased && e->owner == getpid())
+                                release(&e->lease);
+                        ds_debug("PQfinish via %s", e->lib->path);
+                        ds_conn_free(e);
+                }
+                break;
+        case DS_KIND_ACTIVITY:
+                if (e)
+                        atomic_fetch_sub_explicit(&e->busy, 1, memory_order_relaxed);
+                if (c->coord) {
+                        touch(c->coord);
+                        ds_inflight_add(c->coord, -1);
+                }
+                break;
+        case DS_KIND_ERRMSG:
+                break;
+        }
+}

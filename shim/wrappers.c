@@ -1,0 +1,144 @@
+/* wrappers.c - the thin wrappers, generated from intercept.def: the exported
+ * interposers (routed by caller or by connection) and one set of wrappers per
+ * libpq copy (for dlsym(handle, ...) callers and patched GOT entries). They
+ * only translate and forward; every decision is in shim.c. */
+#include "shim.h"
+
+#include <string.h>
+
+#define DS_EXPORT            __attribute__((visibility("default")))
+#define DS_RA                __builtin_return_address(0)
+#define DS_FIRST_(a, ...)    a
+#define DS_FIRST(args)       DS_FIRST_ args
+#define DS_REAL(ret, params) ((ret(*) params)c.real)
+
+/* A connect's arguments, kept by the call record for the connection table. */
+#define DS_ARGS_PQconnectdb(ci)    c.args.conninfo = ci
+#define DS_ARGS_PQconnectStart(ci) c.args.conninfo = ci
+#define DS_ARGS_PQconnectdbParams(k, v, e)                                                         \
+        (c.args.keywords = k, c.args.values = v, c.args.expand_dbname = e)
+#define DS_ARGS_PQconnectStartParams DS_ARGS_PQconnectdbParams
+#define DS_ARGS_PQsetdbLogin(h, p, o, t, d, u, w)                                                  \
+        (c.args.setdb[0] = h, c.args.setdb[1] = p, c.args.setdb[2] = o, c.args.setdb[3] = t,       \
+         c.args.setdb[4] = d, c.args.setdb[5] = u, c.args.setdb[6] = w)
+
+/* One body per kind; `slot` is -1 for the exported interposers. */
+#define DS_BODY_CONNECT(ret, name, params, args, slot)                                             \
+        struct ds_call c;                                                                          \
+        DS_ARGS_##name args;                                                                       \
+        if (ds_begin(&c, DS_ID_##name, slot, DS_RA, NULL))                                         \
+                c.out.conn = DS_REAL(ret, params) args;                                            \
+        ds_end(&c);                                                                                \
+        return c.out.conn;
+#define DS_BODY_START DS_BODY_CONNECT
+#define DS_BODY_POLL(ret, name, params, args, slot)                                                \
+        struct ds_call c;                                                                          \
+        if (ds_begin(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args)))                               \
+                c.out.poll = DS_REAL(ret, params) args;                                            \
+        ds_end(&c);                                                                                \
+        return c.out.poll;
+#define DS_BODY_RESET(ret, name, params, args, slot)                                               \
+        struct ds_call c;                                                                          \
+        if (ds_begin(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args)))                               \
+                DS_REAL(ret, params) args;                                                         \
+        ds_end(&c);
+#define DS_BODY_FINISH DS_BODY_RESET
+#define DS_BODY_RESET_START(ret, name, params, args, slot)                                         \
+        struct ds_call c;                                                                          \
+        if (ds_begin(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args)))                               \
+                c.out.i = DS_REAL(ret, params) args;                                               \
+        ds_end(&c);                                                                                \
+        return c.out.i;
+#define DS_BODY_PING(ret, name, params, args, slot)                                                \
+        struct ds_call c;                                                                          \
+        if (ds_begin(&c, DS_ID_##name, slot, DS_RA, NULL))                                         \
+                c.out.ping = DS_REAL(ret, params) args;                                            \
+        ds_end(&c);                                                                                \
+        return c.out.ping;
+#define DS_BODY_ACTIVITY(ret, name, params, args, slot)                                            \
+        struct ds_call c;                                                                          \
+        ds_begin(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args));                                   \
+        ret r = DS_REAL(ret, params) args;                                                         \
+        ds_end(&c);                                                                                \
+        return r;
+#define DS_BODY_ERRMSG(ret, name, params, args, slot)                                              \
+        struct ds_call c;                                                                          \
+        if (ds_begin(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args)))                               \
+                c.out.str = DS_REAL(ret, params) args;                                             \
+        ds_end(&c);                                                                                \
+        return c.out.str;
+
+/* The exported interposers. */
+#define DS_FN(kind, ret, name, params, args)                                                       \
+        DS_EXPORT ret name params                                                                  \
+        {                                                                                          \
+                DS_BODY_##kind(ret, name, params, args, -1)                                        \
+        }
+#include "intercept.def"
+#undef DS_FN
+
+/* The per-library wrappers, for slots 0..DS_MAX_LIBS-1. */
+#define DS_SLOT_FN(kind, ret, name, params, args, k)                                               \
+        static ret ds_s##k##_##name params                                                         \
+        {                                                                                          \
+                DS_BODY_##kind(ret, name, params, args, k)                                         \
+        }
+#define DS_FN(kind, ret, name, params, args) DS_SLOT_FN(kind, ret, name, params, args, 0)
+#include "intercept.def"
+#undef DS_FN
+#define DS_FN(kind, ret, name, params, args) DS_SLOT_FN(kind, ret, name, params, args, 1)
+#include "intercept.def"
+#undef DS_FN
+#define DS_FN(kind, ret, name, params, args) DS_SLOT_FN(kind, ret, name, params, args, 2)
+#include "intercept.def"
+#undef DS_FN
+#define DS_FN(kind, ret, name, params, args) DS_SLOT_FN(kind, ret, name, params, args, 3)
+#include "intercept.def"
+#undef DS_FN
+
+_Static_assert(DS_MAX_LIBS == 4, "one DS_SLOT_FN expansion per library slot");
+
+void *const ds_slot_fns[DS_MAX_LIBS][DS_ID_COUNT] = {
+#define DS_FN(kind, ret, name, params, args) (void *)ds_s0_##name,
+    {
+#include "intercept.def"
+    },
+#undef DS_FN
+#define DS_FN(kind, ret, name, params, args) (void *)ds_s1_##name,
+    {
+#include "intercept.def"
+    },
+#undef DS_FN
+#define DS_FN(kind, ret, name, params, args) (void *)ds_s2_##name,
+    {
+#include "intercept.def"
+    },
+#undef DS_FN
+#define DS_FN(kind, ret, name, params, args) (void *)ds_s3_##name,
+    {
+#include "intercept.def"
+    },
+#undef DS_FN
+};
+
+const char *const ds_fn_names[DS_ID_COUNT] = {
+#define DS_FN(kind, ret, name, params, args) #name,
+#include "intercept.def"
+#undef DS_FN
+};
+
+const enum ds_kind ds_fn_kinds[DS_ID_COUNT] = {
+#define DS_FN(kind, ret, name, params, args) DS_KIND_##kind,
+#include "intercept.def"
+#undef DS_FN
+};
+
+int ds_fn_id(const char *name)
+{
+        if (name[0] != 'P' || name[1] != 'Q')
+                return -1;
+        for (int i = 0; i < DS_ID_COUNT; i++)
+                if (strcmp(ds_fn_names[i], name) == 0)
+                        return i;
+        return -1;
+}
