@@ -243,7 +243,8 @@ int ds_config_set_kv(struct ds_config *cfg, const char *kv, char *why, size_t wh
                 return 0;
         }
         WHY("unknown key '%.*s' (keys: pool_size, soft_limit, max_limit, idle_timeout, "
-            "realloc_interval, wait_timeout, warn_usage, idle_release)",
+            "realloc_interval, wait_timeout, warn_usage, idle_release, and "
+            "scraper.NAME.max, .reserve, .weight, .idle_release)",
             (int)klen, kv);
         return -EINVAL;
 }

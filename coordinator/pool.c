@@ -1254,9 +1254,19 @@ int ds_check(ds_handle *h, char *why, size_t whylen)
             H->scraper_hwm > c->max_scrapers)
                 FAIL("table bounds out of range (%u/%u/%u)", H->lease_hwm, H->proc_hwm,
                      H->scraper_hwm);
-        for (uint32_t i = 0; i < c->max_scrapers; i++)
+        uint64_t reserves = 0;
+        for (uint32_t i = 0; i < c->max_scrapers; i++) {
                 if (memchr(h->scrapers[i].name, 0, DS_NAME_MAX) == NULL)
                         FAIL("scraper %u has an unterminated name", i);
+                char ovwhy[160];
+                if (ds_override_validate(&h->scrapers[i].ov, h->scrapers[i].name, ovwhy,
+                                         sizeof(ovwhy)))
+                        FAIL("%s", ovwhy);
+                reserves += ds_override_reserve(&h->scrapers[i].ov);
+        }
+        if (reserves >= H->cfg.pool_size)
+                FAIL("the reserves of all scrapers add up to %llu, not below pool_size %u",
+                     (unsigned long long)reserves, H->cfg.pool_size);
         for (uint32_t i = 0; i < c->max_procs; i++) {
                 const struct ds_proc *p = &h->procs[i];
                 if (p->pid == 0)

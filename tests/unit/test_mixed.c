@@ -496,3 +496,36 @@ Test(mixed, invalid_overrides_are_refused_with_the_reason_and_change_nothing)
         cr_assert_eq(tu_scraper(h, "viewer").ov.weight_milli, 125);
         ds_detach(h);
 }
+
+Test(mixed, check_reports_overrides_that_no_update_could_have_written)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, NULL);
+        const char *kv[] = {"scraper.viewer.max=5", "scraper.viewer.reserve=2"};
+        set_or_fail(h, kv, 2);
+        tu_assert_consistent(h);
+        struct ds_header *H = ds_handle_header(h);
+        struct ds_scraper *s = (struct ds_scraper *)((char *)H + ds_layout_scrapers_off(&H->cap));
+        long vi = -1;
+        for (uint32_t i = 0; i < H->cap.max_scrapers; i++)
+                if (strcmp(s[i].name, "viewer") == 0)
+                        vi = i;
+        cr_assert_geq(vi, 0);
+        char why[256] = "";
+        s[vi].ov.reserve = 6;
+        cr_assert_eq(ds_check(h, why, sizeof(why)), -EPROTO);
+        cr_assert(strstr(why, "reserve 6 is above its max 5"), "%s", why);
+        s[vi].ov.flags &= ~DS_OV_MAX;
+        s[vi].ov.reserve = 25;
+        cr_assert_eq(ds_check(h, why, sizeof(why)), -EPROTO);
+        cr_assert(strstr(why, "add up to 25, not below pool_size 20"), "%s", why);
+        /* the limits stay sane all the same: never above the pool */
+        struct ds_lease_ref l;
+        ds_handle *k = tu_attach(seg, "viewer");
+        cr_assert_eq(ds_acquire(k, 0, &l, NULL, 0), 0);
+        cr_assert_leq(tu_scraper(h, "viewer").limit, 20);
+        ds_detach(k);
+        s[vi].ov.reserve = 2;
+        tu_assert_consistent(h);
+        ds_detach(h);
+}
