@@ -139,7 +139,7 @@ static inline const unsigned char *tu_map_segment(const char *name, size_t *size
  * `name`, or -1 if there is none. Fails the test if it cannot read it. */
 static inline long tu_segment_find(const char *name, const char *marker)
 {
-        size_t size;
+        size_t size = 0;
         const unsigned char *m = tu_map_segment(name, &size);
         cr_assert_not_null(m, "cannot map segment %s", name);
         const void *at = memmem(m, size, marker, strlen(marker));
@@ -155,7 +155,7 @@ static inline long tu_segment_find(const char *name, const char *marker)
 static inline int tu_segment_foreign_strings(const char *name, size_t min_len, char *what,
                                              size_t whatlen)
 {
-        size_t size;
+        size_t size = 0;
         const unsigned char *m = tu_map_segment(name, &size);
         cr_assert_not_null(m, "cannot map segment %s", name);
         const struct ds_header *H = (const struct ds_header *)m;
