@@ -243,7 +243,8 @@ int ds_config_set_kv(struct ds_config *cfg, const char *kv, char *why, size_t wh
                 return 0;
         }
         WHY("unknown key '%.*s' (keys: pool_size, soft_limit, max_limit, idle_timeout, "
-            "realloc_interval, wait_timeout, warn_usage, idle_release)",
+            "realloc_interval, wait_timeout, warn_usage, idle_release, and "
+            "scraper.NAME.max, .reserve, .weight, .idle_release)",
             (int)klen, kv);
         return -EINVAL;
 }
@@ -267,4 +268,230 @@ int ds_config_format(const struct ds_config *cfg, char *buf, size_t len)
                         "realloc_interval=%s\nwait_timeout=%s\nwarn_usage=%u\nidle_release=%s\n",
                         cfg->pool_size, cfg->soft_limit, cfg->max_limit, it, ri, wt,
                         cfg->warn_usage_pct, cfg->idle_release ? "on" : "off");
+}
+
+/* ---- per-scraper overrides ---- */
+
+uint32_t ds_override_weight(const struct ds_override *ov)
+{
+        if (!(ov->flags & DS_OV_WEIGHT) || ov->weight_milli < DS_WEIGHT_MIN)
+                return DS_WEIGHT_ONE;
+        return ov->weight_milli > DS_WEIGHT_MAX ? DS_WEIGHT_MAX : ov->weight_milli;
+}
+
+uint32_t ds_override_reserve(const struct ds_override *ov)
+{
+        return ov->flags & DS_OV_RESERVE ? ov->reserve : 0;
+}
+
+uint32_t ds_override_cap(const struct ds_override *ov)
+{
+        if (!(ov->flags & DS_OV_MAX))
+                return UINT32_MAX;
+        return ov->max ? ov->max : 1;
+}
+
+uint32_t ds_override_idle_release(const struct ds_override *ov, const struct ds_config *cfg)
+{
+        return ov->flags & DS_OV_IDLE_RELEASE ? ov->idle_release != 0 : cfg->idle_release != 0;
+}
+
+static const struct {
+        const char *name;
+        uint32_t flag;
+} ov_fields[] = {
+    {"max", DS_OV_MAX},
+    {"reserve", DS_OV_RESERVE},
+    {"weight", DS_OV_WEIGHT},
+    {"idle_release", DS_OV_IDLE_RELEASE},
+};
+
+#define OV_PREFIX "scraper."
+
+int ds_override_parse_key(const char *key, size_t keylen, int allow_all, char *name,
+                          uint32_t *field, char *why, size_t whylen)
+{
+        size_t plen = strlen(OV_PREFIX);
+        if (keylen < plen || strncmp(key, OV_PREFIX, plen) != 0)
+                return -ENOENT;
+        const char *rest = key + plen;
+        size_t rlen = keylen - plen;
+        const char *dot = NULL;
+        for (size_t i = 0; i < rlen; i++)
+                if (rest[i] == '.')
+                        dot = rest + i;
+        size_t nlen = rlen;
+        *field = 0;
+        if (dot) {
+                size_t flen = rlen - (size_t)(dot + 1 - rest);
+                for (size_t i = 0; i < sizeof(ov_fields) / sizeof(ov_fields[0]); i++)
+                        if (strlen(ov_fields[i].name) == flen &&
+                            strncmp(ov_fields[i].name, dot + 1, flen) == 0) {
+                                *field = ov_fields[i].flag;
+                                nlen = (size_t)(dot - rest);
+                        }
+        }
+        if (*field == 0) {
+                if (!allow_all) {
+                        WHY("'%.*s' does not end in a scraper setting (scraper.NAME.max, .reserve, "
+                            ".weight or .idle_release)",
+                            (int)keylen, key);
+                        return -EINVAL;
+                }
+                *field = DS_OV_ALL;
+        }
+        if (nlen == 0) {
+                WHY("'%.*s' names no scraper (scraper.NAME.KEY)", (int)keylen, key);
+                return -EINVAL;
+        }
+        if (nlen >= DS_NAME_MAX) {
+                WHY("scraper name '%.*s' is longer than %d bytes", (int)nlen, rest,
+                    DS_NAME_MAX - 1);
+                return -EINVAL;
+        }
+        memcpy(name, rest, nlen);
+        name[nlen] = '\0';
+        return 0;
+}
+
+/* A decimal with up to 3 decimals ("0.5", "2", "1.25") in thousandths. */
+static int parse_milli(const char *s, uint32_t *out)
+{
+        uint64_t whole = 0, frac = 0;
+        int nd = 0, nf = 0, dot = 0;
+        if (!s || !*s)
+                return -EINVAL;
+        for (const char *p = s; *p; p++) {
+                if (*p >= '0' && *p <= '9') {
+                        if (dot) {
+                                if (++nf > 3)
+                                        return -EINVAL;
+                                frac = frac * 10 + (uint64_t)(*p - '0');
+                        } else {
+                                whole = whole * 10 + (uint64_t)(*p - '0');
+                                if (whole > DS_WEIGHT_MAX)
+                                        return -EINVAL;
+                                nd++;
+                        }
+                } else if (*p == '.' && !dot) {
+                        dot = 1;
+                } else {
+                        return -EINVAL;
+                }
+        }
+        if ((nd == 0 && nf == 0) || (dot && nf == 0))
+                return -EINVAL;
+        while (nf++ < 3)
+                frac *= 10;
+        uint64_t v = whole * 1000 + frac;
+        if (v > UINT32_MAX)
+                return -EINVAL;
+        *out = (uint32_t)v;
+        return 0;
+}
+
+int ds_override_set(struct ds_override *ov, uint32_t field, const char *name, const char *value,
+                    char *why, size_t whylen)
+{
+        uint32_t v;
+        switch (field) {
+        case DS_OV_MAX:
+                if (ds_parse_u32(value, 1, DS_CAP_LEASES_MAX, &v)) {
+                        WHY("scraper.%s.max: '%s' is not a whole number from 1 to %u", name, value,
+                            DS_CAP_LEASES_MAX);
+                        return -EINVAL;
+                }
+                ov->max = v;
+                break;
+        case DS_OV_RESERVE:
+                if (ds_parse_u32(value, 0, DS_CAP_LEASES_MAX, &v)) {
+                        WHY("scraper.%s.reserve: '%s' is not a whole number from 0 to %u", name,
+                            value, DS_CAP_LEASES_MAX);
+                        return -EINVAL;
+                }
+                ov->reserve = v;
+                break;
+        case DS_OV_WEIGHT:
+                if (parse_milli(value, &v) || v < DS_WEIGHT_MIN || v > DS_WEIGHT_MAX) {
+                        WHY("scraper.%s.weight: '%s' is not a number from 0.001 to 1000 (at most "
+                            "3 decimals)",
+                            name, value);
+                        return -EINVAL;
+                }
+                ov->weight_milli = v;
+                break;
+        case DS_OV_IDLE_RELEASE:
+                if (ds_parse_onoff(value, &v)) {
+                        WHY("scraper.%s.idle_release: '%s' is not on or off", name, value);
+                        return -EINVAL;
+                }
+                ov->idle_release = v;
+                break;
+        default:
+                WHY("scraper.%s: no such setting", name);
+                return -EINVAL;
+        }
+        ov->flags |= field;
+        return 0;
+}
+
+int ds_override_validate(const struct ds_override *ov, const char *name, char *why, size_t whylen)
+{
+        if (ov->flags & ~DS_OV_ALL) {
+                WHY("scraper \"%s\" has unknown override flags 0x%x", name, ov->flags);
+                return -EINVAL;
+        }
+        if ((ov->flags & DS_OV_MAX) && (ov->max < 1 || ov->max > DS_CAP_LEASES_MAX)) {
+                WHY("scraper \"%s\": max %u is out of range (1..%u)", name, ov->max,
+                    DS_CAP_LEASES_MAX);
+                return -EINVAL;
+        }
+        if ((ov->flags & DS_OV_RESERVE) && ov->reserve > DS_CAP_LEASES_MAX) {
+                WHY("scraper \"%s\": reserve %u is out of range (0..%u)", name, ov->reserve,
+                    DS_CAP_LEASES_MAX);
+                return -EINVAL;
+        }
+        if ((ov->flags & DS_OV_WEIGHT) &&
+            (ov->weight_milli < DS_WEIGHT_MIN || ov->weight_milli > DS_WEIGHT_MAX)) {
+                WHY("scraper \"%s\": weight %u.%03u is out of range (0.001..1000)", name,
+                    ov->weight_milli / 1000, ov->weight_milli % 1000);
+                return -EINVAL;
+        }
+        if ((ov->flags & DS_OV_IDLE_RELEASE) && ov->idle_release > 1) {
+                WHY("scraper \"%s\": idle_release must be on or off", name);
+                return -EINVAL;
+        }
+        if ((ov->flags & DS_OV_MAX) && (ov->flags & DS_OV_RESERVE) && ov->reserve > ov->max) {
+                WHY("scraper \"%s\": reserve %u is above its max %u", name, ov->reserve, ov->max);
+                return -EINVAL;
+        }
+        return 0;
+}
+
+int ds_override_format(const struct ds_override *ov, char *buf, size_t len)
+{
+        int n = 0;
+        if (len)
+                buf[0] = '\0';
+#define APPEND(...)                                                                                \
+        n += snprintf(buf + ((size_t)n < len ? (size_t)n : len),                                   \
+                      (size_t)n < len ? len - (size_t)n : 0, __VA_ARGS__)
+        if (ov->flags & DS_OV_MAX)
+                APPEND("%smax=%u", n ? " " : "", ov->max);
+        if (ov->flags & DS_OV_RESERVE)
+                APPEND("%sreserve=%u", n ? " " : "", ov->reserve);
+        if (ov->flags & DS_OV_WEIGHT) {
+                char w[24];
+                snprintf(w, sizeof(w), "%u.%03u", ov->weight_milli / 1000, ov->weight_milli % 1000);
+                char *e = w + strlen(w) - 1;
+                while (*e == '0')
+                        *e-- = '\0';
+                if (*e == '.')
+                        *e = '\0';
+                APPEND("%sweight=%s", n ? " " : "", w);
+        }
+        if (ov->flags & DS_OV_IDLE_RELEASE)
+                APPEND("%sidle_release=%s", n ? " " : "", ov->idle_release ? "on" : "off");
+#undef APPEND
+        return n;
 }

@@ -40,6 +40,7 @@ static const char *const command_names[] = {
     [CMD_VERSION] = "--version",
     [CMD_RUN] = "--run",
     [CMD_WATCHDOG] = "--watchdog",
+    [CMD_UNSET] = "--unset",
 };
 
 enum option_id {
@@ -48,6 +49,7 @@ enum option_id {
         OPT_SEGMENT = 256,
         OPT_INIT,
         OPT_SET,
+        OPT_UNSET,
         OPT_STATS,
         OPT_HEALTH,
         OPT_DESTROY,
@@ -85,6 +87,7 @@ static const struct option long_options[] = {
     {"segment", required_argument, NULL, OPT_SEGMENT},
     {"init", no_argument, NULL, OPT_INIT},
     {"set", optional_argument, NULL, OPT_SET},
+    {"unset", optional_argument, NULL, OPT_UNSET},
     {"stats", no_argument, NULL, OPT_STATS},
     {"health", no_argument, NULL, OPT_HEALTH},
     {"destroy", no_argument, NULL, OPT_DESTROY},
@@ -205,7 +208,10 @@ static void print_usage(FILE *f)
               "  --init                 create the pool's segment\n"
               "  --set KEY=VALUE...     change the live configuration (keys: pool_size,\n"
               "                         soft_limit, max_limit, idle_timeout, realloc_interval,\n"
-              "                         wait_timeout, warn_usage, idle_release)\n"
+              "                         wait_timeout, warn_usage, idle_release; and per scraper\n"
+              "                         scraper.NAME.max, .reserve, .weight, .idle_release)\n"
+              "  --unset KEY...         remove scraper overrides (scraper.NAME.KEY, or\n"
+              "                         scraper.NAME for all of them)\n"
               "  --stats [--json|--prometheus] [--watch S]\n"
               "                         show the pool and every scraper (--watch: live view)\n"
               "  --health [--conninfo STR]\n"
@@ -416,8 +422,9 @@ static int parse_option(int c, struct options *o, char *const argv[])
                 return 0;
         case OPT_INIT:
                 return set_command(o, CMD_INIT);
-        case OPT_SET: {
-                int rc = set_command(o, CMD_SET);
+        case OPT_SET:
+        case OPT_UNSET: {
+                int rc = set_command(o, c == OPT_SET ? CMD_SET : CMD_UNSET);
                 if (!rc && optarg)
                         o->pairs[o->n_pairs++] = optarg;
                 return rc;
@@ -538,6 +545,8 @@ static int check_command_options(struct options *o)
                 return usage_error("--json and --prometheus are two output formats: choose one");
         if (o->cmd == CMD_SET && o->n_pairs == 0)
                 return usage_error("--set needs at least one KEY=VALUE pair");
+        if (o->cmd == CMD_UNSET && o->n_pairs == 0)
+                return usage_error("--unset needs at least one scraper.NAME or scraper.NAME.KEY");
         if (o->cmd == CMD_RUN && (!o->command || !o->command[0]))
                 return usage_error("--run needs a command after -- (dyncoord --run NAME -- CMD "
                                    "[ARGS...])");
@@ -582,7 +591,7 @@ static int parse_args(int argc, char *argv[], struct options *o)
                         return rc;
         }
         for (int i = optind; i < argc; i++) {
-                if (o->cmd == CMD_SET)
+                if (o->cmd == CMD_SET || o->cmd == CMD_UNSET)
                         o->pairs[o->n_pairs++] = argv[i];
                 else if (!o->stray)
                         o->stray = argv[i];
@@ -747,26 +756,88 @@ static int cmd_init(const struct options *o)
         return 0;
 }
 
+/* Checks every KEY=VALUE of --set (or KEY of --unset) before the segment
+ * is touched. */
+static int check_pairs(const struct options *o)
+{
+        char why[512] = "", name[DS_NAME_MAX];
+        struct ds_config cfg;
+        struct ds_override ov;
+        uint32_t field;
+        ds_config_defaults(&cfg);
+        for (size_t i = 0; i < o->n_pairs; i++) {
+                const char *kv = o->pairs[i];
+                if (o->cmd == CMD_UNSET) {
+                        int rc = ds_override_parse_key(kv, strlen(kv), 1, name, &field, why,
+                                                       sizeof(why));
+                        if (rc == -ENOENT)
+                                return usage_error("--unset: '%s' cannot be unset: only scraper "
+                                                   "settings can (scraper.NAME or "
+                                                   "scraper.NAME.KEY)",
+                                                   kv);
+                        if (rc)
+                                return usage_error("--unset: %s", why);
+                        continue;
+                }
+                const char *eq = strchr(kv, '=');
+                int rc = eq ? ds_override_parse_key(kv, (size_t)(eq - kv), 0, name, &field, why,
+                                                    sizeof(why))
+                            : -ENOENT;
+                if (rc == 0) {
+                        memset(&ov, 0, sizeof(ov));
+                        rc = ds_override_set(&ov, field, name, eq + 1, why, sizeof(why));
+                } else if (rc == -ENOENT) {
+                        rc = ds_config_set_kv(&cfg, kv, why, sizeof(why));
+                }
+                if (rc)
+                        return usage_error("--set: %s", why);
+        }
+        return 0;
+}
+
+/* Prints every scraper's overrides after a change. */
+static void print_overrides(ds_handle *h, const char *segment)
+{
+        struct ds_stats st;
+        if (ds_stats_get(h, &st) != 0)
+                return;
+        char text[256], name[DS_NAME_MAX * 4 + 8];
+        for (size_t i = 0; i < st.n_scrapers; i++) {
+                const struct ds_scraper_stats *s = &st.scrapers[i];
+                if (!s->ov.flags)
+                        continue;
+                ds_override_format(&s->ov, text, sizeof(text));
+                display_name(s->name, name, sizeof(name));
+                printf("segment %s: scraper %s: %s (limit now %u)\n", segment, name, text,
+                       s->limit);
+        }
+        ds_stats_free(&st);
+}
+
 static int cmd_set(const struct options *o)
 {
         char why[512] = "";
         struct ds_config cfg;
         ds_handle *h = NULL;
         int rc;
+        const char *cmd = command_names[o->cmd];
         /* Every pair must parse before the segment is touched. */
-        ds_config_defaults(&cfg);
-        for (size_t i = 0; i < o->n_pairs; i++)
-                if (ds_config_set_kv(&cfg, o->pairs[i], why, sizeof(why)) != 0)
-                        return usage_error("--set: %s", why);
+        if ((rc = check_pairs(o)))
+                return rc;
         if ((rc = attach(o, &h)))
                 return rc;
         /* One change under the lock: validated as a whole, nothing written
          * unless valid, and no concurrent --set is lost. */
-        if ((rc = ds_update_config(h, o->pairs, o->n_pairs, &cfg, why, sizeof(why))) != 0) {
+        if (o->cmd == CMD_UNSET)
+                rc = ds_update(h, NULL, 0, o->pairs, o->n_pairs, &cfg, why, sizeof(why));
+        else
+                rc = ds_update(h, o->pairs, o->n_pairs, NULL, 0, &cfg, why, sizeof(why));
+        if (rc != 0) {
                 if (rc == -EINVAL)
-                        usage_error("--set: %s; nothing was changed", why);
+                        usage_error("%s: %s; nothing was changed", cmd, why);
                 else
-                        print_error("--set: %s; nothing was changed", why[0] ? why : strerror(-rc));
+                        print_error("%s: %s; nothing was changed", cmd,
+                                    why[0] ? why : strerror(-rc));
                 goto out;
         }
         char text[512];
@@ -774,6 +845,7 @@ static int cmd_set(const struct options *o)
         for (char *nl = strchr(text, '\n'); nl; nl = strchr(nl, '\n'))
                 *nl = nl[1] ? ' ' : '\0';
         printf("segment %s: %s\n", ds_segment_name(o->segment), text);
+        print_overrides(h, ds_segment_name(o->segment));
 out:
         ds_detach(h);
         return rc;
@@ -813,20 +885,45 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
                 if (w > col)
                         col = w;
         }
-        printf("%-*s  %-6s %5s %5s %7s %5s %9s %9s %9s %9s %10s %9s %13s %12s\n", (int)col,
+        printf("%-*s  %-6s %5s %5s %7s %5s %9s %9s %9s %9s %10s %9s %13s %12s  %s\n", (int)col,
                "SCRAPER", "STATE", "HELD", "LIMIT", "WAITING", "PROCS", "CONNECTS", "RELEASES",
-               "IDLE_REL", "SURPL_REL", "RECONNECTS", "TIMEOUTS", "WAIT_MEAN_MS", "WAIT_MAX_MS");
+               "IDLE_REL", "SURPL_REL", "RECONNECTS", "TIMEOUTS", "WAIT_MEAN_MS", "WAIT_MAX_MS",
+               "OVERRIDES");
         for (size_t i = 0; i < st->n_scrapers; i++) {
                 const struct ds_scraper_stats *s = &st->scrapers[i];
                 size_t w = display_name(s->name, name, sizeof(name));
+                char ov[128];
+                if (!s->ov.flags || ds_override_format(&s->ov, ov, sizeof(ov)) <= 0)
+                        snprintf(ov, sizeof(ov), "-");
                 printf("%s%*s  %-6s %5u %5u %7u %5u %9llu %9llu %9llu %9llu %10llu %9llu %13.3f "
-                       "%12.3f\n",
+                       "%12.3f  %s\n",
                        name, (int)(col - w), "", s->active ? "active" : "idle", s->held, s->limit,
                        s->waiting, s->procs, (unsigned long long)s->connects,
                        (unsigned long long)s->releases, (unsigned long long)s->idle_releases,
                        (unsigned long long)s->surplus_releases, (unsigned long long)s->reconnects,
-                       (unsigned long long)s->timeouts, wait_ms_mean(s), ms_of_ns(s->wait_ns_max));
+                       (unsigned long long)s->timeouts, wait_ms_mean(s), ms_of_ns(s->wait_ns_max),
+                       ov);
         }
+}
+
+/* A scraper's overrides in --json: "overrides" holds only the keys set;
+ * "weight", "reserve_claimed" and "scraper_idle_release" are the effective
+ * values. */
+static void print_overrides_json(const struct ds_scraper_stats *s)
+{
+        const struct ds_override *ov = &s->ov;
+        const char *sep = "";
+        printf(", \"overrides\": {");
+        if (ov->flags & DS_OV_MAX)
+                printf("%s\"max\": %u", sep, ov->max), sep = ", ";
+        if (ov->flags & DS_OV_RESERVE)
+                printf("%s\"reserve\": %u", sep, ov->reserve), sep = ", ";
+        if (ov->flags & DS_OV_WEIGHT)
+                printf("%s\"weight\": %.3f", sep, ov->weight_milli / 1000.0), sep = ", ";
+        if (ov->flags & DS_OV_IDLE_RELEASE)
+                printf("%s\"idle_release\": %s", sep, ov->idle_release ? "true" : "false");
+        printf("}, \"weight\": %.3f, \"reserve_claimed\": %u, \"scraper_idle_release\": %s",
+               ds_override_weight(ov) / 1000.0, s->claimed, s->idle_release ? "true" : "false");
 }
 
 static void print_stats_json(const char *segment, const struct ds_stats *st)
@@ -869,8 +966,10 @@ static void print_stats_json(const char *segment, const struct ds_stats *st)
                        (unsigned long long)s->surplus_releases, (unsigned long long)s->reconnects,
                        (unsigned long long)s->reclaimed, (unsigned long long)s->timeouts,
                        (unsigned long long)s->waits);
-                printf(", \"wait_ms_mean\": %.3f, \"wait_ms_max\": %.3f}", wait_ms_mean(s),
+                printf(", \"wait_ms_mean\": %.3f, \"wait_ms_max\": %.3f", wait_ms_mean(s),
                        ms_of_ns(s->wait_ns_max));
+                print_overrides_json(s);
+                printf("}");
         }
         printf("]}\n");
 }
@@ -926,6 +1025,19 @@ PROM_FIELD(reconnects)
 PROM_FIELD(reclaimed)
 PROM_FIELD(timeouts)
 
+PROM_FIELD(claimed)
+PROM_FIELD(idle_release)
+
+static double prom_reserve(const struct ds_scraper_stats *s)
+{
+        return (double)ds_override_reserve(&s->ov);
+}
+
+static double prom_weight(const struct ds_scraper_stats *s)
+{
+        return ds_override_weight(&s->ov) / 1000.0;
+}
+
 static double prom_wait_max(const struct ds_scraper_stats *s)
 {
         return (double)s->wait_ns_max / 1e9;
@@ -952,6 +1064,13 @@ static const struct prom_scraper_metric prom_scraper_metrics[] = {
     {"dynshim_scraper_timeouts_total", "counter",
      "Connects that waited wait_timeout for a slot in vain.", prom_timeouts},
     {"dynshim_scraper_wait_seconds_max", "gauge", "Longest wait for a slot so far.", prom_wait_max},
+    {"dynshim_scraper_reserve", "gauge", "Slots guaranteed to the scraper (its reserve; 0: none).",
+     prom_reserve},
+    {"dynshim_scraper_reserve_claimed", "gauge",
+     "Slots set aside for the scraper now (its reserve while it claims it).", prom_claimed},
+    {"dynshim_scraper_weight", "gauge", "The scraper's relative share (default 1).", prom_weight},
+    {"dynshim_scraper_idle_release", "gauge",
+     "1 if the scraper's idle and surplus connections are released.", prom_idle_release},
 };
 
 /* Wait times: the segment keeps a count, a sum and a maximum per scraper,
@@ -1001,6 +1120,13 @@ static void print_stats_prometheus(const char *segment, const struct ds_stats *s
                         prom_sample(f, pm->name, segment, st->scrapers[i].name,
                                     pm->value(&st->scrapers[i]));
         }
+        /* a cap exists only for the scrapers that have one */
+        prom_family(f, "dynshim_scraper_max", "gauge",
+                    "The scraper's hard cap on slots (only scrapers with one).");
+        for (size_t i = 0; i < st->n_scrapers; i++)
+                if (st->scrapers[i].ov.flags & DS_OV_MAX)
+                        prom_sample(f, "dynshim_scraper_max", segment, st->scrapers[i].name,
+                                    (double)st->scrapers[i].ov.max);
         prom_family(f, "dynshim_scraper_wait_seconds", "summary",
                     "Time connects waited for a slot (granted or timed out).");
         for (size_t i = 0; i < st->n_scrapers; i++) {
@@ -1097,8 +1223,12 @@ static void render_frame(FILE *f, const struct options *o, const struct ds_stats
                 fprintf(f, "%s%*s %-6s ", name, w < 24 ? (int)(24 - w) : 0, "",
                         s->active ? "active" : "idle");
                 draw_bar(f, s->held, s->waiting, s->limit, bar);
-                fprintf(f, "  %llu connects, %llu timeouts\n", (unsigned long long)s->connects,
+                fprintf(f, "  %llu connects, %llu timeouts", (unsigned long long)s->connects,
                         (unsigned long long)s->timeouts);
+                char ov[128];
+                if (s->ov.flags && ds_override_format(&s->ov, ov, sizeof(ov)) > 0)
+                        fprintf(f, "  [%s]", ov);
+                fputc('\n', f);
         }
 }
 
@@ -1316,6 +1446,7 @@ static int run_command(const struct options *o)
         case CMD_INIT:
                 return cmd_init(o);
         case CMD_SET:
+        case CMD_UNSET:
                 return cmd_set(o);
         case CMD_STATS:
                 return cmd_stats(o);

@@ -33,6 +33,7 @@ enum command {
         CMD_VERSION,
         CMD_RUN,
         CMD_WATCHDOG,
+        CMD_UNSET,
 };
 
 struct options {
@@ -51,7 +52,7 @@ struct options {
         const char *run_only;      /* first option only --run takes */
         const char *watchdog_only; /* first option only --watchdog takes */
         const char *conninfo_opt;  /* "--conninfo" if given (health, watchdog) */
-        const char **pairs;        /* KEY=VALUE arguments of --set */
+        const char **pairs;        /* KEY=VALUE arguments of --set, keys of --unset */
         size_t n_pairs;
         const char *stray; /* first other non-option argument */
         /* --run */

@@ -25,6 +25,27 @@ int ds_policy_may_grant(uint32_t pool_size, uint32_t held_total, uint32_t scrape
         return held_total < pool_size && scraper_held < limit;
 }
 
+int ds_policy_may_grant_reserved(uint32_t pool_size, uint32_t held_total, uint32_t unfilled_others,
+                                 uint32_t scraper_held, uint32_t limit)
+{
+        return (uint64_t)held_total + unfilled_others < pool_size && scraper_held < limit;
+}
+
+int ds_policy_prefer_reserved(const struct ds_pick_entry *a, uint32_t ra,
+                              const struct ds_pick_entry *b, uint32_t rb)
+{
+        int a_short = a->held < ra, b_short = b->held < rb;
+        if (a_short != b_short)
+                return a_short;
+        if (a_short) {
+                uint64_t l = (uint64_t)a->held * rb, r = (uint64_t)b->held * ra;
+                if (l != r)
+                        return l < r;
+                return a->oldest_ticket < b->oldest_ticket;
+        }
+        return ds_policy_prefer(a, b);
+}
+
 int ds_policy_prefer(const struct ds_pick_entry *a, const struct ds_pick_entry *b)
 {
         uint64_t lhs = (uint64_t)a->held * b->limit;
@@ -44,7 +65,7 @@ uint32_t ds_policy_give_back(const struct ds_config *cfg, int active, uint32_t h
                 *reason = DS_RELEASE_IDLE;
                 return held;
         }
-                if (held <= limit || starved == 0)
+        if (held <= limit || starved == 0)
                 return 0;
         /* the promised slots already go to starved connects */
         uint32_t want = held - limit < starved ? held - limit : starved;
@@ -57,15 +78,197 @@ uint32_t ds_policy_give_back(const struct ds_config *cfg, int active, uint32_t h
 long ds_policy_pick(const struct ds_pick_entry *e, size_t n, uint32_t pool_size,
                     uint32_t held_total)
 {
+        return ds_policy_pick_reserved(e, NULL, n, pool_size, held_total);
+}
+
+long ds_policy_pick_reserved(const struct ds_pick_entry *e, const uint32_t *reserve, size_t n,
+                             uint32_t pool_size, uint32_t held_total)
+{
         long best = -1;
+        uint64_t unfilled = 0;
+#define R(i) (reserve ? reserve[i] : 0u)
         if (held_total >= pool_size)
                 return -1;
+        for (size_t i = 0; i < n; i++)
+                if (e[i].held < R(i))
+                        unfilled += R(i) - e[i].held;
         for (size_t i = 0; i < n; i++) {
+                uint64_t own = e[i].held < R(i) ? R(i) - e[i].held : 0;
+                uint64_t others = unfilled - own;
                 if (e[i].waiting == 0 ||
-                    !ds_policy_may_grant(pool_size, held_total, e[i].held, e[i].limit))
+                    !ds_policy_may_grant_reserved(
+                        pool_size, held_total, others > UINT32_MAX ? UINT32_MAX : (uint32_t)others,
+                        e[i].held, e[i].limit))
                         continue;
-                if (best < 0 || ds_policy_prefer(&e[i], &e[best]))
+                if (best < 0 || ds_policy_prefer_reserved(&e[i], R(i), &e[best], R(best)))
                         best = (long)i;
         }
         return best;
+#undef R
+}
+
+int ds_policy_claims_reserve(const struct ds_config *cfg, const struct ds_override *ov, int active)
+{
+        if (ds_override_reserve(ov) == 0)
+                return 0;
+        return active || !ds_override_idle_release(ov, cfg);
+}
+
+static uint64_t min64(uint64_t a, uint64_t b)
+{
+        return a < b ? a : b;
+}
+
+uint32_t ds_policy_limit_for(const struct ds_config *cfg, const struct ds_limit_ctx *ctx,
+                             const struct ds_override *ov, int active, int claimed_now)
+{
+        uint64_t n = ctx->n_active, wsum = ctx->weight_sum, claimed = ctx->claimed;
+        uint64_t w = ds_override_weight(ov), r = ds_override_reserve(ov), cap = ds_override_cap(ov);
+        uint64_t pool = cfg->pool_size;
+        if (!active) {
+                n++;
+                wsum += w;
+                if (!claimed_now)
+                        claimed += r;
+        }
+        if (n == 0)
+                n = 1;
+        if (wsum == 0)
+                wsum = w;
+        uint64_t base = min64(n <= 1 ? cfg->max_limit : cfg->soft_limit, pool);
+        uint64_t limit = w * n == wsum ? base : (2 * base * w * n + wsum) / (2 * wsum);
+        if (limit < 1)
+                limit = 1;
+        limit = min64(limit, pool);
+        /* the reserves the others claim are not part of this scraper's room */
+        uint64_t others = claimed > r ? claimed - r : 0;
+        limit = min64(limit, others < pool ? pool - others : 1);
+        limit = min64(limit, cap);
+        uint64_t floor = min64(min64(r, cap), pool);
+        if (limit < floor)
+                limit = floor;
+        return (uint32_t)limit;
+}
+
+int ds_policy_reserve_starved(uint32_t held, uint32_t waiting, uint32_t claimed)
+{
+        return waiting > 0 && held < claimed;
+}
+
+#define AT(e, i) ((struct ds_share *)((char *)(e) + (i)*stride))
+#define PS(e, i) ((struct ds_policy_scraper *)((char *)(e) + (i)*stride))
+
+static uint64_t share_at(const struct ds_share *s, uint64_t level)
+{
+        uint64_t floor = s->floor < s->cap ? s->floor : s->cap;
+        uint64_t v = (uint64_t)s->weight * level / DS_WEIGHT_ONE;
+        return v < floor ? floor : v > s->cap ? s->cap : v;
+}
+
+static uint64_t fill_sum(struct ds_share *e, size_t n, size_t stride, uint64_t level)
+{
+        uint64_t sum = 0;
+        for (size_t i = 0; i < n; i++)
+                if (AT(e, i)->weight)
+                        sum += share_at(AT(e, i), level);
+        return sum;
+}
+
+void ds_policy_fill(struct ds_share *e, size_t n, size_t stride, uint32_t pool)
+{
+        uint64_t hi = 0;
+        for (size_t i = 0; i < n; i++) {
+                struct ds_share *s = AT(e, i);
+                s->alloc = 0;
+                if (!s->weight)
+                        continue;
+                /* at this level every entry is at its cap */
+                uint64_t top = ((uint64_t)s->cap + 1) * DS_WEIGHT_ONE / s->weight + 1;
+                if (top > hi)
+                        hi = top;
+        }
+        uint64_t lo = 0;
+        if (fill_sum(e, n, stride, 0) >= pool) {
+                hi = 0; /* the floors alone use the pool: floors */
+        } else if (fill_sum(e, n, stride, hi) <= pool) {
+                lo = hi; /* everyone fits at the cap */
+        } else {
+                /* invariant: sum(lo) <= pool < sum(hi) */
+                while (hi - lo > 1) {
+                        uint64_t mid = lo + (hi - lo) / 2;
+                        if (fill_sum(e, n, stride, mid) <= pool)
+                                lo = mid;
+                        else
+                                hi = mid;
+                }
+        }
+        uint64_t sum = 0;
+        for (size_t i = 0; i < n; i++)
+                if (AT(e, i)->weight) {
+                        AT(e, i)->alloc = (uint32_t)share_at(AT(e, i), lo);
+                        sum += AT(e, i)->alloc;
+                }
+        /* the slots left over go one each, in entry order, to the entries
+         * that grow at the next level (sum(lo + 1) > pool: it ends) */
+        int grew = 1;
+        while (sum < pool && lo != hi && grew) {
+                grew = 0;
+                for (size_t i = 0; i < n && sum < pool; i++) {
+                        struct ds_share *s = AT(e, i);
+                        if (s->weight && share_at(s, lo + 1) > s->alloc) {
+                                s->alloc++;
+                                sum++;
+                                grew = 1;
+                        }
+                }
+        }
+}
+
+uint32_t ds_policy_limits(const struct ds_config *cfg, struct ds_policy_scraper *e, size_t n,
+                          size_t stride, int *pressure)
+{
+        struct ds_limit_ctx ctx = {0, 0, 0};
+        for (size_t i = 0; i < n; i++) {
+                struct ds_policy_scraper *s = PS(e, i);
+                s->claimed = 0;
+                if (!s->used)
+                        continue;
+                if (ds_policy_claims_reserve(cfg, &s->ov, (int)s->active)) {
+                        uint32_t r = ds_override_reserve(&s->ov), cap = ds_override_cap(&s->ov);
+                        s->claimed = r < cap ? r : cap;
+                }
+                ctx.claimed += s->claimed;
+                if (s->active) {
+                        ctx.n_active++;
+                        ctx.weight_sum += ds_override_weight(&s->ov);
+                }
+        }
+        uint64_t unfilled = 0;
+        int starved = 0;
+        for (size_t i = 0; i < n; i++) {
+                struct ds_policy_scraper *s = PS(e, i);
+                if (!s->used)
+                        continue;
+                s->limit = ds_policy_limit_for(cfg, &ctx, &s->ov, (int)s->active, s->claimed != 0);
+                if (s->held < s->claimed) {
+                        unfilled += s->claimed - s->held;
+                        starved |= ds_policy_reserve_starved(s->held, s->waiting, s->claimed);
+                }
+        }
+        if (starved) {
+                for (size_t i = 0; i < n; i++) {
+                        struct ds_policy_scraper *s = PS(e, i);
+                        int part = s->used && (s->active || s->claimed);
+                        s->share.weight = part ? ds_override_weight(&s->ov) : 0;
+                        s->share.floor = s->active ? (s->claimed > 1 ? s->claimed : 1) : s->claimed;
+                        s->share.cap = s->active ? s->limit : s->claimed;
+                }
+                ds_policy_fill(&e->share, n, stride, cfg->pool_size);
+                for (size_t i = 0; i < n; i++)
+                        if (PS(e, i)->used && PS(e, i)->active)
+                                PS(e, i)->limit = PS(e, i)->share.alloc;
+        }
+        if (pressure)
+                *pressure = starved;
+        return unfilled > UINT32_MAX ? UINT32_MAX : (uint32_t)unfilled;
 }

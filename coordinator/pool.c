@@ -90,7 +90,8 @@ static void rebuild_caches(ds_handle *h)
         for (uint32_t i = 0; i < c->max_scrapers; i++) {
                 struct ds_scraper *s = &h->scrapers[i];
                 s->name[DS_NAME_MAX - 1] = '\0';
-                s->held = s->waiting = s->procs = s->inflight = 0;
+                s->held = s->waiting = s->procs = 0;
+                atomic_store(&s->inflight, 0);
                 s->surplus_pending = 0;
                 if (s->name[0])
                         scraper_hwm = i + 1;
@@ -267,12 +268,41 @@ static int sweep_dead(ds_handle *h)
 
 /* ---- limits and grants (under the lock) ---- */
 
-static void recompute_limits(ds_handle *h, uint64_t now)
+/* Limits when some scraper has overrides (ds_policy_limits). Returns the
+ * claimed reserves still unfilled. */
+static uint32_t recompute_custom(ds_handle *h, uint32_t shwm)
+{
+        struct ds_header *H = h->hdr;
+        for (uint32_t i = 0; i < shwm; i++) {
+                struct ds_scraper *s = &h->scrapers[i];
+                s->pol.ov = s->ov;
+                s->pol.used = s->name[0] != '\0';
+                s->pol.active = s->active;
+                s->pol.held = s->held;
+                s->pol.waiting = s->waiting;
+        }
+        uint32_t unfilled = ds_policy_limits(&H->cfg, shwm ? &h->scrapers[0].pol : NULL, shwm,
+                                             sizeof(struct ds_scraper), NULL);
+        for (uint32_t i = 0; i < shwm; i++) {
+                struct ds_scraper *s = &h->scrapers[i];
+                if (s->pol.used) {
+                        s->limit = s->pol.limit;
+                        s->claimed = s->pol.claimed;
+                } else {
+                        s->claimed = 0;
+                }
+        }
+        return unfilled;
+}
+
+/* Recomputes every scraper's state and limit. Returns the reserves claimed
+ * but not yet filled: slots no other scraper may be granted. */
+static uint32_t recompute_limits(ds_handle *h, uint64_t now)
 {
         struct ds_header *H = h->hdr;
         uint32_t shwm =
             H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
-        uint32_t n_active = 0;
+        uint32_t n_active = 0, custom = 0;
         for (uint32_t i = 0; i < shwm; i++) {
                 struct ds_scraper *s = &h->scrapers[i];
                 s->active =
@@ -282,14 +312,27 @@ static void recompute_limits(ds_handle *h, uint64_t now)
                         atomic_load_explicit(&s->inflight, memory_order_relaxed),
                         atomic_load_explicit(&s->last_activity_ns, memory_order_relaxed), now);
                 n_active += s->active;
+                custom |= s->ov.flags;
         }
+        H->n_active = n_active;
+        H->last_realloc_ns = now;
+        if (custom)
+                return recompute_custom(h, shwm);
         for (uint32_t i = 0; i < shwm; i++) {
                 struct ds_scraper *s = &h->scrapers[i];
                 /* an idle scraper is shown the limit it would get on waking */
                 s->limit = ds_policy_limit(&H->cfg, s->active ? n_active : n_active + 1);
+                if (s->claimed)
+                        s->claimed = 0;
         }
-        H->n_active = n_active;
-        H->last_realloc_ns = now;
+        return 0;
+}
+
+/* Slots set aside for the unfilled reserves of others than s. */
+static uint32_t unfilled_others(const struct ds_scraper *s, uint32_t unfilled)
+{
+        uint32_t own = s->held < s->claimed ? s->claimed - s->held : 0;
+        return unfilled > own ? unfilled - own : 0;
 }
 
 static void free_lease(ds_handle *h, uint32_t i);
@@ -300,6 +343,10 @@ static void grant_waiters(ds_handle *h, uint64_t now)
         struct ds_header *H = h->hdr;
         uint32_t shwm =
             H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
+        uint32_t unfilled = 0;
+        for (uint32_t i = 0; i < shwm; i++)
+                if (h->scrapers[i].held < h->scrapers[i].claimed)
+                        unfilled += h->scrapers[i].claimed - h->scrapers[i].held;
         while (H->waiting > 0 && H->held < H->cfg.pool_size) {
                 for (uint32_t i = 0; i < shwm; i++)
                         h->scrapers[i].oldest_ticket = UINT64_MAX;
@@ -319,16 +366,20 @@ static void grant_waiters(ds_handle *h, uint64_t now)
                 }
                 long best = -1;
                 struct ds_pick_entry be = {0};
+                uint32_t bres = 0;
                 for (uint32_t i = 0; i < shwm; i++) {
                         struct ds_scraper *s = &h->scrapers[i];
                         if (s->oldest_ticket == UINT64_MAX)
                                 continue;
                         struct ds_pick_entry e = {s->held, s->limit, 1, s->oldest_ticket};
-                        if (!ds_policy_may_grant(H->cfg.pool_size, H->held, e.held, e.limit))
+                        if (!ds_policy_may_grant_reserved(H->cfg.pool_size, H->held,
+                                                          unfilled_others(s, unfilled), e.held,
+                                                          e.limit))
                                 continue;
-                        if (best < 0 || ds_policy_prefer(&e, &be)) {
+                        if (best < 0 || ds_policy_prefer_reserved(&e, s->claimed, &be, bres)) {
                                 best = (long)i;
                                 be = e;
+                                bres = s->claimed;
                         }
                 }
                 if (best < 0)
@@ -345,6 +396,8 @@ static void grant_waiters(ds_handle *h, uint64_t now)
                         free_lease(h, s->oldest_idx); /* its waiter gave up */
                         continue;
                 }
+                if (s->held < s->claimed)
+                        unfilled--;
                 H->held++, s->held++, p->held++;
                 s->connects++, H->grants++;
                 s->waits++;
@@ -365,7 +418,9 @@ static void *life_main(void *arg)
 {
         ds_handle *h = arg;
         pthread_mutex_t *m = &h->procs[h->proc_idx].life;
-        int rc = pthread_mutex_lock(m);
+        /* The record was found free (register_proc): never wait here, under
+         * the segment's lock, for a holder that may never let go. */
+        int rc = pthread_mutex_trylock(m);
         if (rc == EOWNERDEAD) {
                 pthread_mutex_consistent(m);
                 rc = 0;
@@ -375,10 +430,16 @@ static void *life_main(void *arg)
         if (rc)
                 return NULL;
         /* Sleep on the record's notify word: bumped by the pool when it wants
-         * slots back, by ds_set_advice_handler and by stop_life. */
+         * slots back, by ds_set_advice_handler and by stop_life. The word is
+         * read before life_stop: a stop_life that stores life_stop after our
+         * check bumps the word after our read, so the wait returns at once
+         * (read the other way round, its wake could fall between the two
+         * reads and be lost, and ds_detach would join this thread forever). */
         _Atomic uint32_t *notify = &h->procs[h->proc_idx].notify;
-        while (atomic_load(&h->life_stop) == 0) {
+        for (;;) {
                 uint32_t seen = atomic_load(notify);
+                if (atomic_load(&h->life_stop))
+                        break;
                 void (*fn)(void *) = atomic_load(&h->advice_fn);
                 uint32_t period = atomic_load(&h->advice_period_ms);
                 struct timespec ts = {(time_t)(period / 1000), (long)(period % 1000) * 1000000L};
@@ -448,7 +509,7 @@ static long find_scraper(ds_handle *h, const char *name, uint64_t now)
                 }
                 if (strncmp(s->name, name, DS_NAME_MAX) == 0)
                         return i;
-                if (s->procs == 0 && s->held == 0 && s->waiting == 0 &&
+                if (s->procs == 0 && s->held == 0 && s->waiting == 0 && s->ov.flags == 0 &&
                     (recycle < 0 || s->last_used_ns < h->scrapers[recycle].last_used_ns))
                         recycle = i;
         }
@@ -464,6 +525,25 @@ static long find_scraper(ds_handle *h, const char *name, uint64_t now)
         return i;
 }
 
+/* Whether the life lock of a free process record is free too. A busy one
+ * is still held by the life thread of a process that is leaving, or by a
+ * thread id that a corrupt segment names: taking that record would wait,
+ * under the segment's lock, for as long as that holder lives or forever. */
+static int life_lock_free(ds_handle *h, struct ds_proc *p)
+{
+        if (p->life.__data.__kind != h->mutex_kind)
+                return 1; /* reinitialised before use */
+        int rc = pthread_mutex_trylock(&p->life);
+        if (rc == EOWNERDEAD) {
+                pthread_mutex_consistent(&p->life);
+                rc = 0;
+        }
+        if (rc != 0)
+                return 0;
+        pthread_mutex_unlock(&p->life);
+        return 1;
+}
+
 /* Registers this process (under the lock and h->local). */
 static int register_proc(ds_handle *h, uint64_t now)
 {
@@ -475,7 +555,7 @@ static int register_proc(ds_handle *h, uint64_t now)
         long pi = -1;
         for (int pass = 0; pass < 2 && pi < 0; pass++) {
                 for (uint32_t i = 0; i < h->cap.max_procs; i++) {
-                        if (h->procs[i].pid == 0) {
+                        if (h->procs[i].pid == 0 && life_lock_free(h, &h->procs[i])) {
                                 pi = i;
                                 break;
                         }
@@ -667,12 +747,16 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
         }
         struct ds_lease *l = &h->leases[li];
         uint64_t id = H->next_lease_id++;
+        if (id == 0) /* 0 means "no lease": a corrupt counter must not hand it out */
+                id = H->next_lease_id++;
         l->proc = h->proc_idx;
         l->scraper = p->scraper;
         l->id = id;
         l->since_ns = now;
-        recompute_limits(h, now);
-        if (H->waiting == 0 && ds_policy_may_grant(H->cfg.pool_size, H->held, s->held, s->limit)) {
+        uint32_t unfilled = recompute_limits(h, now);
+        if (H->waiting == 0 &&
+            ds_policy_may_grant_reserved(H->cfg.pool_size, H->held, unfilled_others(s, unfilled),
+                                         s->held, s->limit)) {
                 /* fast path: nobody waits, a slot is free */
                 atomic_store(&l->wake, 1);
                 atomic_store(&l->state, DS_LEASE_HELD);
@@ -899,32 +983,177 @@ int ds_set_config(ds_handle *h, const struct ds_config *cfg, char *err, size_t e
         return 0;
 }
 
-int ds_update_config(ds_handle *h, const char *const *pairs, size_t n, struct ds_config *out,
-                     char *err, size_t errlen)
+/* The record named name, or -1 (under the lock). */
+static long lookup_scraper(ds_handle *h, const char *name)
 {
-        char why[300];
+        uint32_t shwm =
+            h->hdr->scraper_hwm <= h->cap.max_scrapers ? h->hdr->scraper_hwm : h->cap.max_scrapers;
+        for (uint32_t i = 0; i < shwm; i++)
+                if (h->scrapers[i].name[0] && strncmp(h->scrapers[i].name, name, DS_NAME_MAX) == 0)
+                        return i;
+        return -1;
+}
+
+/* One scraper's overrides as an update would leave them. */
+struct staged {
+        char name[DS_NAME_MAX];
+        struct ds_override ov;
+        long idx;    /* its record, -1 if none yet */
+        int created; /* 1: its record was created by this update */
+};
+
+static struct staged *stage(ds_handle *h, struct staged *st, size_t *n, const char *name)
+{
+        for (size_t i = 0; i < *n; i++)
+                if (strcmp(st[i].name, name) == 0)
+                        return &st[i];
+        struct staged *e = &st[(*n)++];
+        snprintf(e->name, sizeof(e->name), "%s", name);
+        e->idx = lookup_scraper(h, name);
+        if (e->idx >= 0)
+                e->ov = h->scrapers[e->idx].ov;
+        else
+                memset(&e->ov, 0, sizeof(e->ov));
+        return e;
+}
+
+/* Parses and applies every pair to cfg and the staged overrides (under the
+ * lock); validates the result as a whole. */
+static int stage_update(ds_handle *h, const char *const *set, size_t nset, const char *const *unset,
+                        size_t nunset, struct ds_config *cfg, struct staged *st, size_t *nst,
+                        char *why, size_t whylen)
+{
+        char name[DS_NAME_MAX];
+        uint32_t field;
+        int rc;
+        for (size_t i = 0; i < nset; i++) {
+                const char *kv = set[i], *eq = kv ? strchr(kv, '=') : NULL;
+                rc = eq ? ds_override_parse_key(kv, (size_t)(eq - kv), 0, name, &field, why, whylen)
+                        : -ENOENT;
+                if (rc == -ENOENT)
+                        rc = ds_config_set_kv(cfg, kv, why, whylen);
+                else if (rc == 0)
+                        rc = ds_override_set(&stage(h, st, nst, name)->ov, field, name, eq + 1, why,
+                                             whylen);
+                if (rc)
+                        return rc;
+        }
+        for (size_t i = 0; i < nunset; i++) {
+                const char *k = unset[i] ? unset[i] : "";
+                rc = ds_override_parse_key(k, strlen(k), 1, name, &field, why, whylen);
+                if (rc == -ENOENT) {
+                        snprintf(why, whylen,
+                                 "'%s' cannot be unset: only scraper settings can "
+                                 "(scraper.NAME or scraper.NAME.KEY)",
+                                 k);
+                        return -EINVAL;
+                }
+                if (rc)
+                        return rc;
+                struct ds_override *ov = &stage(h, st, nst, name)->ov;
+                ov->flags &= ~field;
+                if (field & DS_OV_MAX)
+                        ov->max = 0;
+                if (field & DS_OV_RESERVE)
+                        ov->reserve = 0;
+                if (field & DS_OV_WEIGHT)
+                        ov->weight_milli = 0;
+                if (field & DS_OV_IDLE_RELEASE)
+                        ov->idle_release = 0;
+        }
+        if ((rc = ds_config_validate(cfg, &h->cap, why, whylen)))
+                return rc;
+        uint64_t reserves = 0;
+        for (size_t i = 0; i < *nst; i++) {
+                if ((rc = ds_override_validate(&st[i].ov, st[i].name, why, whylen)))
+                        return rc;
+                reserves += ds_override_reserve(&st[i].ov);
+        }
+        uint32_t shwm =
+            h->hdr->scraper_hwm <= h->cap.max_scrapers ? h->hdr->scraper_hwm : h->cap.max_scrapers;
+        for (uint32_t i = 0; i < shwm; i++) {
+                int staged = 0;
+                for (size_t j = 0; j < *nst; j++)
+                        staged |= st[j].idx == (long)i;
+                if (h->scrapers[i].name[0] && !staged)
+                        reserves += ds_override_reserve(&h->scrapers[i].ov);
+        }
+        if (reserves >= cfg->pool_size) {
+                snprintf(why, whylen,
+                         "the reserves of all scrapers would add up to %llu, which must stay "
+                         "below pool_size %u",
+                         (unsigned long long)reserves, cfg->pool_size);
+                return -EINVAL;
+        }
+        return 0;
+}
+
+int ds_update(ds_handle *h, const char *const *set, size_t nset, const char *const *unset,
+              size_t nunset, struct ds_config *out, char *err, size_t errlen)
+{
+        char why[300] = "";
+        struct staged *st = calloc(nset + nunset + 1, sizeof(*st));
+        if (!st) {
+                ERR("out of memory");
+                return -ENOMEM;
+        }
+        size_t nst = 0;
         int rc = ds_lock(h);
         if (rc) {
                 ERR("could not lock segment %s: %s", h->name, strerror(-rc));
+                free(st);
                 return rc;
         }
-        struct ds_config cfg = h->hdr->cfg;
-        for (size_t i = 0; i < n && rc == 0; i++)
-                rc = ds_config_set_kv(&cfg, pairs[i], why, sizeof(why));
-        if (rc == 0)
-                rc = ds_config_validate(&cfg, &h->cap, why, sizeof(why));
-        if (rc == 0) {
-                uint64_t now = ds_now_ns();
-                h->hdr->cfg = cfg;
-                recompute_limits(h, now);
-                grant_waiters(h, now);
-                if (out)
-                        *out = cfg;
-        } else {
-                ERR("%s", why);
+        struct ds_header *H = h->hdr;
+        struct ds_config cfg = H->cfg;
+        uint64_t now = ds_now_ns();
+        rc = stage_update(h, set, nset, unset, nunset, &cfg, st, &nst, why, sizeof(why));
+        /* create the records named for the first time; undone on failure */
+        for (size_t i = 0; rc == 0 && i < nst; i++) {
+                if (st[i].idx >= 0 || st[i].ov.flags == 0)
+                        continue;
+                long idx = find_scraper(h, st[i].name, now);
+                if (idx < 0) {
+                        snprintf(why, sizeof(why),
+                                 "no room for scraper \"%s\": the segment remembers at most %u "
+                                 "scrapers and every record is in use",
+                                 st[i].name, h->cap.max_scrapers);
+                        rc = -ENOSPC;
+                        break;
+                }
+                st[i].idx = idx;
+                st[i].created = 1;
+                /* not recyclable by the next creation of this update */
+                h->scrapers[idx].ov = st[i].ov;
         }
+        if (rc) {
+                for (size_t i = 0; i < nst; i++)
+                        if (st[i].created)
+                                memset(&h->scrapers[st[i].idx], 0, sizeof(struct ds_scraper));
+                while (H->scraper_hwm > 0 && !h->scrapers[H->scraper_hwm - 1].name[0])
+                        H->scraper_hwm--;
+                ERR("%s", why);
+                goto out;
+        }
+        H->cfg = cfg;
+        for (size_t i = 0; i < nst; i++)
+                if (st[i].idx >= 0)
+                        h->scrapers[st[i].idx].ov = st[i].ov;
+        recompute_limits(h, now);
+        grant_waiters(h, now);
+        notify_surplus(h);
+        if (out)
+                *out = cfg;
+out:
         ds_unlock(h);
+        free(st);
         return rc;
+}
+
+int ds_update_config(ds_handle *h, const char *const *pairs, size_t n, struct ds_config *out,
+                     char *err, size_t errlen)
+{
+        return ds_update(h, pairs, n, NULL, 0, out, err, errlen);
 }
 
 /* ---- statistics and checks ---- */
@@ -983,6 +1212,9 @@ int ds_stats_get(ds_handle *h, struct ds_stats *out)
                 o->reconnects = s->reconnects, o->reclaimed = s->reclaimed;
                 o->timeouts = s->timeouts, o->waits = s->waits;
                 o->wait_ns_total = s->wait_ns_total, o->wait_ns_max = s->wait_ns_max;
+                o->ov = s->ov;
+                o->claimed = s->claimed;
+                o->idle_release = (int)ds_override_idle_release(&s->ov, &H->cfg);
         }
         ds_unlock(h);
         qsort(v, n, sizeof(*v), by_name);
@@ -1022,9 +1254,19 @@ int ds_check(ds_handle *h, char *why, size_t whylen)
             H->scraper_hwm > c->max_scrapers)
                 FAIL("table bounds out of range (%u/%u/%u)", H->lease_hwm, H->proc_hwm,
                      H->scraper_hwm);
-        for (uint32_t i = 0; i < c->max_scrapers; i++)
+        uint64_t reserves = 0;
+        for (uint32_t i = 0; i < c->max_scrapers; i++) {
                 if (memchr(h->scrapers[i].name, 0, DS_NAME_MAX) == NULL)
                         FAIL("scraper %u has an unterminated name", i);
+                char ovwhy[160];
+                if (ds_override_validate(&h->scrapers[i].ov, h->scrapers[i].name, ovwhy,
+                                         sizeof(ovwhy)))
+                        FAIL("%s", ovwhy);
+                reserves += ds_override_reserve(&h->scrapers[i].ov);
+        }
+        if (reserves >= H->cfg.pool_size)
+                FAIL("the reserves of all scrapers add up to %llu, not below pool_size %u",
+                     (unsigned long long)reserves, H->cfg.pool_size);
         for (uint32_t i = 0; i < c->max_procs; i++) {
                 const struct ds_proc *p = &h->procs[i];
                 if (p->pid == 0)
@@ -1085,27 +1327,37 @@ out:
 
 /* ---- release advice (idle and surplus release) ---- */
 
-/* Connects waiting that could be served but for a full pool (under the lock). */
+/* Connects waiting that could be served but for a full pool, at most as
+ * many per scraper as its limit leaves room for; with free slots, those of
+ * scrapers short of their claimed reserve, which only others' slots can
+ * serve (under the lock, after a grant pass). */
 static uint32_t count_starved(ds_handle *h)
 {
         struct ds_header *H = h->hdr;
-        if (H->held < H->cfg.pool_size)
-                return 0;
+        int full = H->held >= H->cfg.pool_size;
         uint32_t n = 0;
         uint32_t shwm =
             H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
-        for (uint32_t i = 0; i < shwm; i++)
-                if (h->scrapers[i].waiting && h->scrapers[i].held < h->scrapers[i].limit)
-                        n += h->scrapers[i].waiting;
+        for (uint32_t i = 0; i < shwm; i++) {
+                const struct ds_scraper *s = &h->scrapers[i];
+                if (!s->waiting)
+                        continue;
+                uint32_t room = 0;
+                if (full && s->held < s->limit)
+                        room = s->limit - s->held;
+                else if (!full && s->held < s->claimed)
+                        room = s->claimed - s->held;
+                n += s->waiting < room ? s->waiting : room;
+        }
         return n;
 }
 
-/* Asks the processes of scrapers above their limit to look at their advice
- * now, when others starve (under the lock). */
+/* Asks the processes of scrapers above their limit (with idle release on)
+ * to look at their advice now, when others starve (under the lock). */
 static void notify_surplus(ds_handle *h)
 {
         struct ds_header *H = h->hdr;
-        if (!H->cfg.idle_release || count_starved(h) == 0)
+        if (count_starved(h) == 0)
                 return;
         uint32_t phwm = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
         for (uint32_t i = 0; i < phwm; i++) {
@@ -1113,7 +1365,8 @@ static void notify_surplus(ds_handle *h)
                 if (p->pid == 0 || p->held == 0 || p->scraper >= h->cap.max_scrapers)
                         continue;
                 const struct ds_scraper *s = &h->scrapers[p->scraper];
-                if (s->held > s->limit + s->surplus_pending)
+                if (s->held > s->limit + s->surplus_pending &&
+                    ds_override_idle_release(&s->ov, &H->cfg))
                         poke_proc(p);
         }
 }
@@ -1134,7 +1387,9 @@ int ds_advise(ds_handle *h, struct ds_advice *out)
         struct ds_scraper *s = &h->scrapers[p->scraper];
         recompute_limits(h, ds_now_ns());
         enum ds_release_reason why;
-        uint32_t n = ds_policy_give_back(&h->hdr->cfg, (int)s->active, s->held, s->limit,
+        struct ds_config cfg = h->hdr->cfg;
+        cfg.idle_release = ds_override_idle_release(&s->ov, &cfg);
+        uint32_t n = ds_policy_give_back(&cfg, (int)s->active, s->held, s->limit,
                                          s->surplus_pending, count_starved(h), &why);
         if (n > p->held)
                 n = p->held;

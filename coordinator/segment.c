@@ -231,11 +231,13 @@ fail:
         return rc;
 }
 
-/* Validates a mapped header of `size` bytes. 0, or -EPROTO/-EXDEV with the
- * reason in err. */
-static int validate_header(const struct ds_header *h, size_t size, const char *name, char *err,
-                           size_t errlen)
+int ds_segment_validate(const void *buf, size_t size, const char *name, char *err, size_t errlen)
 {
+        const struct ds_header *h = buf;
+        if (size < sizeof(struct ds_header)) {
+                ERR("segment %s is %zu bytes, too small for a header", name, size);
+                return -EPROTO;
+        }
         uint64_t magic = __atomic_load_n(&h->magic, __ATOMIC_ACQUIRE);
 #define CHECK(cond, ...)                                                                           \
         do {                                                                                       \
@@ -293,6 +295,26 @@ static int validate_header(const struct ds_header *h, size_t size, const char *n
         return 0;
 }
 
+/* Whether a segment owned by another user was shared on purpose with a
+ * group this process is in (dyncoord --mode 0660 --group G): the group may
+ * read and write it, and others may not touch it. A segment open to everyone
+ * ("other" bits) is not that: anyone could have created it. */
+static int shared_with_my_group(const struct stat *st)
+{
+        if ((st->st_mode & 0060) != 0060 || (st->st_mode & 0007) != 0)
+                return 0;
+        if (st->st_gid == getegid())
+                return 1;
+        int n = getgroups(0, NULL), found = 0;
+        gid_t *groups = n > 0 ? calloc((size_t)n, sizeof(gid_t)) : NULL;
+        if (groups)
+                n = getgroups(n, groups);
+        for (int i = 0; groups && i < n && !found; i++)
+                found = groups[i] == st->st_gid;
+        free(groups);
+        return found;
+}
+
 /* Maps and validates an existing segment into h. */
 static int attach_existing(ds_handle *h, const char *name, char *err, size_t errlen)
 {
@@ -317,9 +339,10 @@ static int attach_existing(ds_handle *h, const char *name, char *err, size_t err
                         ERR("could not stat segment %s: %s", name, strerror(-rc));
                         goto out;
                 }
-                if (st.st_uid != geteuid() && st.st_uid != 0) {
-                        ERR("segment %s is owned by uid %u, not by this user (uid %u) or root: "
-                            "refusing to use it",
+                if (st.st_uid != geteuid() && st.st_uid != 0 && !shared_with_my_group(&st)) {
+                        ERR("segment %s is owned by uid %u, not by this user (uid %u) or root, "
+                            "and is not shared read-write with a group of this user: refusing "
+                            "to use it",
                             name, (unsigned)st.st_uid, (unsigned)geteuid());
                         rc = -EACCES;
                         goto out;
@@ -358,7 +381,7 @@ static int attach_existing(ds_handle *h, const char *name, char *err, size_t err
                 goto out;
         }
         h->hdr = h->map;
-        rc = validate_header(h->hdr, h->size, name, err, errlen);
+        rc = ds_segment_validate(h->hdr, h->size, name, err, errlen);
         if (rc) {
                 munmap(h->map, h->size);
                 h->map = NULL;

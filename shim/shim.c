@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -317,6 +318,100 @@ static void drop_lease(struct ds_conn *e)
                 release(&l);
 }
 
+/* ---- a slot goes back only when its backend is gone ---- */
+
+/* The server counts a backend until it exits, which can be after PQfinish
+ * returns (and much later if it was running a query). A slot given back
+ * earlier lets the next client's backend start beside it: more backends
+ * than pool_size on the server. PostgreSQL removes a backend from
+ * pg_stat_activity before its socket closes, so end-of-file on a duplicate
+ * of the client's socket proves the backend is gone. A finish waits for that
+ * briefly; a backend still busy then is left to drain, and its slot goes
+ * back at a later connect (or with the process, through the pool's reclaim). */
+#define GONE_WAIT_MS 200
+#define MAX_DRAINS   64
+
+static pthread_mutex_t drain_mutex = PTHREAD_MUTEX_INITIALIZER;
+static struct drain {
+        int fd;
+        struct ds_slot lease;
+} drains[MAX_DRAINS];
+static int n_drains;
+
+/* 1 once the peer of fd has closed (or the socket failed), else 0; waits up
+ * to timeout_ms. Reads and discards whatever the backend still sends. */
+static int backend_gone(int fd, int timeout_ms)
+{
+        char buf[512];
+        for (;;) {
+                struct pollfd p = {fd, POLLIN | POLLRDHUP, 0};
+                int n = poll(&p, 1, timeout_ms);
+                if (n < 0 && errno == EINTR)
+                        continue;
+                if (n <= 0)
+                        return n < 0;
+                ssize_t r = recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+                if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+                        return 1;
+                if (r < 0)
+                        return 0;
+                timeout_ms = timeout_ms > 5 ? 5 : timeout_ms; /* drained some: look again */
+        }
+}
+
+/* Gives back the slots of drained connections whose backend is gone. */
+static void reap_drains(void)
+{
+        if (__atomic_load_n(&n_drains, __ATOMIC_RELAXED) == 0)
+                return;
+        struct ds_slot done[MAX_DRAINS];
+        int n_done = 0;
+        pthread_mutex_lock(&drain_mutex);
+        for (int i = 0; i < n_drains;) {
+                if (backend_gone(drains[i].fd, 0)) {
+                        close(drains[i].fd);
+                        done[n_done++] = drains[i].lease;
+                        drains[i] = drains[--n_drains];
+                } else {
+                        i++;
+                }
+        }
+        pthread_mutex_unlock(&drain_mutex);
+        for (int i = 0; i < n_done; i++)
+                release(&done[i]);
+}
+
+/* Releases lease once the backend behind fd (a duplicate of the finished
+ * connection's socket) is gone; closes fd. */
+static void release_when_gone(int fd, const struct ds_slot *lease)
+{
+        int save = errno;
+        /* our duplicate must not keep the backend's read side open */
+        shutdown(fd, SHUT_WR);
+        if (backend_gone(fd, GONE_WAIT_MS)) {
+                close(fd);
+                release(lease);
+                errno = save;
+                return;
+        }
+        pthread_mutex_lock(&drain_mutex);
+        if (n_drains < MAX_DRAINS) {
+                drains[n_drains].fd = fd;
+                drains[n_drains].lease = *lease;
+                n_drains++;
+                fd = -1;
+        }
+        pthread_mutex_unlock(&drain_mutex);
+        if (fd >= 0) {
+                /* too many draining at once: wait for this one */
+                backend_gone(fd, -1);
+                close(fd);
+                release(lease);
+        }
+        ds_debug("a finished connection's backend is still running; its slot waits for it");
+        errno = save;
+}
+
 static uint64_t coarse_now(void)
 {
         struct timespec ts;
@@ -528,6 +623,10 @@ static void note_pins(struct ds_call *c, struct ds_conn *e)
 
 static char empty_message[1];
 
+/* How long the life thread waits for a released connection's idle backend
+ * to exit before it gives the slot back all the same. */
+#define RELEASE_GONE_WAIT_MS 2000
+
 /* Waits while another thread releases or reconnects e; OPEN or RELEASED. */
 static int settle(struct ds_conn *e)
 {
@@ -644,6 +743,10 @@ static int release_conn(struct ds_conn *e, int reason)
         }
         e->nonblocking = isnb(conn);
         e->encoding = enc(conn);
+        /* a duplicate of the socket shows when the backend is gone: only
+         * then does the slot go back (the server never sees more backends
+         * than pool_size) */
+        int gone_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
         /* libpq sends Terminate (and TLS close_notify), closes the socket
          * (a placeholder takes its number) and fails its new attempt at
          * socket(): the PGconn stays, CONNECTION_BAD, with its parameters. */
@@ -666,6 +769,8 @@ static int release_conn(struct ds_conn *e, int reason)
                 int (*setnb)(PGconn *, int) = lib->fn[DS_ID_PQsetnonblocking];
                 if (e->nonblocking && setnb)
                         setnb(conn, 1);
+                if (gone_fd >= 0)
+                        close(gone_fd);
                 lib->no_release = 1;
                 ds_log(DS_LOG_WARN,
                        "connections of %s cannot be released while idle (its socket calls do not "
@@ -680,6 +785,13 @@ static int release_conn(struct ds_conn *e, int reason)
         e->leased = 0;
         ds_conns_unlock();
         atomic_store(&e->rstate, DS_CONN_RELEASED);
+        if (gone_fd >= 0) {
+                shutdown(gone_fd, SHUT_WR);
+                if (!backend_gone(gone_fd, RELEASE_GONE_WAIT_MS))
+                        ds_debug("a released connection's backend is still there after %d ms",
+                                 RELEASE_GONE_WAIT_MS);
+                close(gone_fd);
+        }
         int rc = ds_release_for(l.h, &l.ref, reason);
         ds_debug("connection %p released (%s), fd %d %s: %s", (void *)conn,
                  reason == DS_RELEASE_IDLE      ? "idle"
@@ -849,6 +961,7 @@ static long missing_function(void)
 static int begin_connect(struct ds_call *c)
 {
         char msg[600];
+        reap_drains();
         int a = acquire(c, msg, sizeof(msg));
         if (a != REFUSED)
                 return 1;
@@ -926,6 +1039,7 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         c->leased = 0;
         c->coord = NULL;
         c->busy = 0;
+        c->gone_fd = -1;
         c->out.conn = NULL;
         /* A call made from inside a libpq copy is libpq using its own
          * exports: nested, also when the application's outer call reached
@@ -975,8 +1089,13 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                         if (e->fd >= 0 && (st == DS_CONN_RELEASED || !e->lib->socket ||
                                            e->lib->socket(e->conn) != e->fd))
                                 c->out.i = e->fd; /* the placeholder, closed after */
-                        if (e->owner != getpid())
+                        if (e->owner != getpid()) {
                                 neutralize_socket(e);
+                        } else if (e->leased && e->lib->socket) {
+                                int fd = e->lib->socket(e->conn);
+                                if (fd >= 0)
+                                        c->gone_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+                        }
                 }
                 return 1;
         case DS_KIND_ACTIVITY:
@@ -1139,8 +1258,14 @@ void ds_end(struct ds_call *c)
                 break;
         case DS_KIND_FINISH:
                 if (e) {
-                        if (e->leased && e->owner == getpid())
-                                release(&e->lease);
+                        if (e->leased && e->owner == getpid()) {
+                                if (c->gone_fd >= 0)
+                                        release_when_gone(c->gone_fd, &e->lease);
+                                else
+                                        release(&e->lease);
+                        } else if (c->gone_fd >= 0) {
+                                close(c->gone_fd);
+                        }
                         ds_debug("PQfinish via %s", e->lib->path);
                         ds_conn_free(e);
                         if (c->out.i >= 0)

@@ -166,6 +166,7 @@ struct ds_call {
         struct ds_slot lease;
         ds_handle *coord; /* activity: the handle its in-flight mark went to */
         int busy;         /* entry->busy was raised for this call */
+        int gone_fd;      /* finish: a duplicate of the socket, to see the backend go */
         /* A connect's arguments as the caller passed them (not copied; set
          * by the wrapper before ds_begin, copied into the record by ds_end). */
         struct {

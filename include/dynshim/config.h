@@ -62,6 +62,57 @@ int ds_parse_u32(const char *s, uint32_t min, uint32_t max, uint32_t *out);
 int ds_parse_duration_ms(const char *s, uint32_t *out_ms);
 int ds_parse_onoff(const char *s, uint32_t *out);
 
+/* ---- per-scraper overrides (dyncoord --set scraper.NAME.KEY=VALUE) ---- */
+
+#define DS_OV_MAX          (1u << 0) /* `max` is set */
+#define DS_OV_RESERVE      (1u << 1) /* `reserve` is set */
+#define DS_OV_WEIGHT       (1u << 2) /* `weight` is set */
+#define DS_OV_IDLE_RELEASE (1u << 3) /* `idle_release` is set */
+#define DS_OV_ALL          (DS_OV_MAX | DS_OV_RESERVE | DS_OV_WEIGHT | DS_OV_IDLE_RELEASE)
+
+/* A weight is kept in thousandths: 1000 is the default weight 1. */
+#define DS_WEIGHT_ONE 1000u
+#define DS_WEIGHT_MIN 1u       /* 0.001 */
+#define DS_WEIGHT_MAX 1000000u /* 1000 */
+
+/* The overrides of one scraper. A field counts only when its flag is set;
+ * unset fields are 0. Validated (ds_override_validate) before written. */
+struct ds_override {
+        uint32_t flags;        /* DS_OV_* */
+        uint32_t max;          /* hard cap on slots held, >= 1 */
+        uint32_t reserve;      /* slots guaranteed whenever it asks */
+        uint32_t weight_milli; /* relative share, in thousandths */
+        uint32_t idle_release; /* 0/1: replaces the pool's idle_release */
+};
+
+/* The effective values of an override (defaults where unset). */
+uint32_t ds_override_weight(const struct ds_override *ov);
+uint32_t ds_override_reserve(const struct ds_override *ov);
+uint32_t ds_override_cap(const struct ds_override *ov); /* UINT32_MAX: none */
+uint32_t ds_override_idle_release(const struct ds_override *ov, const struct ds_config *cfg);
+
+/* Splits "scraper.NAME.FIELD" into the scraper name (copied into name, at
+ * most DS_NAME_MAX-1 bytes) and the field's DS_OV_* flag. With allow_all,
+ * "scraper.NAME" (no known field last) gives DS_OV_ALL. The field is the
+ * last dot-separated part, so a name may itself contain dots. 0, -ENOENT if
+ * key does not start with "scraper.", or -EINVAL with the reason. */
+int ds_override_parse_key(const char *key, size_t keylen, int allow_all, char *name,
+                          uint32_t *field, char *why, size_t whylen);
+
+/* Applies "scraper.NAME.FIELD=VALUE" to ov (name is checked by the caller
+ * through ds_override_parse_key). 0 or -EINVAL with the reason. */
+int ds_override_set(struct ds_override *ov, uint32_t field, const char *name, const char *value,
+                    char *why, size_t whylen);
+
+/* 0 if the override of scraper name is consistent in itself (reserve <= max
+ * when both are set, max >= 1, weight in range), else -EINVAL. The sum of
+ * all reserves is checked against pool_size by the pool. */
+int ds_override_validate(const struct ds_override *ov, const char *name, char *why, size_t whylen);
+
+/* Writes the set fields as "max=5 reserve=2 weight=0.5 idle_release=off"
+ * ("" when none). Returns the length snprintf would have written. */
+int ds_override_format(const struct ds_override *ov, char *buf, size_t len);
+
 /* Writes "key=value" lines for cfg (for --stats and docs). Returns the length
  * snprintf would have written. */
 int ds_config_format(const struct ds_config *cfg, char *buf, size_t len);

@@ -128,6 +128,17 @@ int ds_set_config(ds_handle *h, const struct ds_config *cfg, char *err, size_t e
 int ds_update_config(ds_handle *h, const char *const *pairs, size_t n, struct ds_config *out,
                      char *err, size_t errlen);
 
+/* ds_update_config with per-scraper overrides: set holds "key=value" pairs,
+ * pool keys or "scraper.NAME.KEY=VALUE" (KEY: max, reserve, weight,
+ * idle_release); unset holds "scraper.NAME.KEY" or "scraper.NAME" (all of
+ * its overrides). Everything is applied as one change under the lock and
+ * validated as a whole (each override in itself, the sum of all reserves
+ * below pool_size); nothing changes on error: -EINVAL with the reason, or
+ * -ENOSPC when a new scraper record does not fit. An override may name a
+ * scraper no process uses yet: its record is created and kept. */
+int ds_update(ds_handle *h, const char *const *set, size_t nset, const char *const *unset,
+              size_t nunset, struct ds_config *out, char *err, size_t errlen);
+
 /* Reclaims the leases of dead processes and recomputes limits. Returns the
  * number of processes reclaimed, or a negative errno. */
 int ds_reclaim(ds_handle *h);
@@ -139,6 +150,9 @@ struct ds_scraper_stats {
         uint32_t held, limit, waiting, procs;
         uint64_t connects, releases, idle_releases, surplus_releases, reconnects, reclaimed;
         uint64_t timeouts, waits, wait_ns_total, wait_ns_max;
+        struct ds_override ov; /* its overrides (ov.flags 0: none) */
+        uint32_t claimed;      /* the reserve it claims now (0: none) */
+        int idle_release;      /* its effective idle_release */
 };
 
 struct ds_stats {

@@ -31,9 +31,23 @@ struct ds_pick_entry {
 int ds_policy_may_grant(uint32_t pool_size, uint32_t held_total, uint32_t scraper_held,
                         uint32_t limit);
 
+/* 1 if one more slot may be granted to a scraper holding scraper_held of
+ * limit, with held_total of pool_size in use, when other scrapers' claimed
+ * reserves are still unfilled_others slots short: the grant may not take a
+ * slot set aside for them. With unfilled_others 0 this is
+ * ds_policy_may_grant. */
+int ds_policy_may_grant_reserved(uint32_t pool_size, uint32_t held_total, uint32_t unfilled_others,
+                                 uint32_t scraper_held, uint32_t limit);
+
 /* 1 if a should be served before b: a smaller share of its limit
  * (held/limit), or an equal share and an older waiter. */
 int ds_policy_prefer(const struct ds_pick_entry *a, const struct ds_pick_entry *b);
+
+/* ds_policy_prefer with the reserves a and b claim (ra, rb; 0: none): a
+ * scraper below its reserve goes first (the smaller share of its reserve,
+ * then the older waiter); between others, ds_policy_prefer. */
+int ds_policy_prefer_reserved(const struct ds_pick_entry *a, uint32_t ra,
+                              const struct ds_pick_entry *b, uint32_t rb);
 
 /* The scraper that gets the next free slot: among those with a waiter and
  * below their limit, the one holding the smallest share of its limit
@@ -41,6 +55,13 @@ int ds_policy_prefer(const struct ds_pick_entry *a, const struct ds_pick_entry *
  * no slot may be granted (pool full or nobody eligible). */
 long ds_policy_pick(const struct ds_pick_entry *e, size_t n, uint32_t pool_size,
                     uint32_t held_total);
+
+/* ds_policy_pick with reserve[i] the reserve entry i claims (NULL: none):
+ * among those with a waiter, below their limit and not taking a slot set
+ * aside for another's unfilled reserve (ds_policy_may_grant_reserved), the
+ * first by ds_policy_prefer_reserved. */
+long ds_policy_pick_reserved(const struct ds_pick_entry *e, const uint32_t *reserve, size_t n,
+                             uint32_t pool_size, uint32_t held_total);
 
 enum ds_release_reason {
         DS_RELEASE_NORMAL = 0,  /* the program finished the connection */
@@ -50,10 +71,83 @@ enum ds_release_reason {
 
 /* How many slots a scraper should give back now (SPEC 4.5), and why:
  * everything it holds when idle release is on and it is idle; else its
-  * surplus above its limit, but no more than other scrapers' connects are
+ * surplus above its limit, but no more than other scrapers' connects are
  * starved (waiting, below their limit, with the pool full), less what its
  * processes already promised; else 0. Nothing with idle release off. */
 uint32_t ds_policy_give_back(const struct ds_config *cfg, int active, uint32_t held, uint32_t limit,
                              uint32_t pending, uint32_t starved, enum ds_release_reason *reason);
+
+/* ---- limits with per-scraper overrides (docs/configuration.md) ---- */
+
+/* What a scraper's limit depends on, of the whole pool. */
+struct ds_limit_ctx {
+        uint32_t n_active;   /* active scrapers */
+        uint64_t weight_sum; /* sum of the weights (thousandths) of the active ones */
+        uint64_t claimed;    /* sum of the reserves claimed now */
+};
+
+/* 1 if a scraper with override ov claims its reserve now: it has one and is
+ * active, or it has one and its idle release is off (a static allocation,
+ * whose connections are never taken back, keeps its slots set aside). */
+int ds_policy_claims_reserve(const struct ds_config *cfg, const struct ds_override *ov, int active);
+
+/* The nominal limit of a scraper with override ov. An active one must be
+ * counted in ctx (its weight in weight_sum, its claimed reserve in
+ * claimed); an idle one is shown the limit it would get on waking, as if
+ * counted (claimed_now: its reserve is already in ctx->claimed).
+ *   base  = max_limit with one active scraper, soft_limit with two or more
+ *   limit = round(base * w * n_active / weight_sum), at least 1
+ *   then at most pool_size minus the reserves claimed by the others,
+ *   at most its max, and at least its reserve.
+ * Without overrides this is ds_policy_limit. */
+uint32_t ds_policy_limit_for(const struct ds_config *cfg, const struct ds_limit_ctx *ctx,
+                             const struct ds_override *ov, int active, int claimed_now);
+
+/* 1 if a scraper is reserve-starved: it claims a reserve, holds less and
+ * has a connect waiting. While any is, limits are strict (ds_policy_fill). */
+int ds_policy_reserve_starved(uint32_t held, uint32_t waiting, uint32_t claimed);
+
+/* One scraper in a strict division of the pool. */
+struct ds_share {
+        uint32_t floor;  /* at least this: its claimed reserve, and 1 */
+        uint32_t cap;    /* at most this: its nominal limit */
+        uint32_t weight; /* thousandths; 0: not part of the division */
+        uint32_t alloc;  /* out: its strict limit (0 when weight is 0) */
+};
+
+/* Divides pool slots among the n entries (at e, e + stride bytes, ...) by
+ * weight, each between its floor and its cap (water-filling: the largest
+ * level t such that the sum of clamp(w * t, floor, cap) fits, the slots
+ * left over going one each in entry order). The sum of alloc is at most
+ * pool, unless the floors alone exceed it (then alloc = floor). */
+void ds_policy_fill(struct ds_share *e, size_t n, size_t stride, uint32_t pool);
+
+/* One scraper record for ds_policy_limits. */
+struct ds_policy_scraper {
+        struct ds_override ov; /* in: its overrides */
+        uint32_t used;         /* in: 0 for a free record (ignored) */
+        uint32_t active;       /* in: its state */
+        uint32_t held;         /* in: slots it holds */
+        uint32_t waiting;      /* in: connects it has waiting */
+        uint32_t limit;        /* out: its limit */
+        uint32_t claimed;      /* out: the reserve it claims (0: none) */
+        struct ds_share share; /* scratch */
+};
+
+/* Every limit of a pool whose scrapers may have overrides, for the n
+ * records at e, e + stride bytes, ... (docs/configuration.md):
+ *  1. a scraper claims its reserve (at most its max) by
+ *     ds_policy_claims_reserve;
+ *  2. each gets ds_policy_limit_for;
+ *  3. while one is reserve-starved (ds_policy_reserve_starved), the
+ *     limits of the active ones become ds_policy_fill's strict division of
+ *     pool_size (floors: claimed reserve and 1; caps: the limits of step 2;
+ *     a claiming idle scraper takes its reserve out of the division).
+ * Returns the claimed reserves still unfilled (sum of claimed - held where
+ * positive): slots ds_policy_may_grant_reserved keeps for them. *pressure
+ * (if not NULL) is set to 1 in case 3, else 0. Without overrides the limits
+ * are ds_policy_limit's. */
+uint32_t ds_policy_limits(const struct ds_config *cfg, struct ds_policy_scraper *e, size_t n,
+                          size_t stride, int *pressure);
 
 #endif

@@ -14,9 +14,10 @@
 #include <stdint.h>
 
 #include "dynshim/config.h"
+#include "dynshim/policy.h"
 
 #define DS_MAGIC          UINT64_C(0x314d4853594e4444) /* "DDNYSHM1" */
-#define DS_LAYOUT_VERSION 1u
+#define DS_LAYOUT_VERSION 2u
 #define DS_ALIGN          64u
 
 enum ds_lease_state {
@@ -59,12 +60,18 @@ struct ds_lease {
 
 /* One scraper: a named group of processes, and its statistics. */
 struct ds_scraper {
-        char name[DS_NAME_MAX];            /* NUL-terminated; "" means the record is free */
-        uint32_t held;                     /* cache: HELD leases of its processes */
-        uint32_t waiting;                  /* cache: WAITING leases */
-        uint32_t procs;                    /* cache: live processes registered under it */
-        uint32_t limit;                    /* limit from the last recomputation */
-        uint32_t active;                   /* state from the last recomputation (0/1) */
+        char name[DS_NAME_MAX]; /* NUL-terminated; "" means the record is free */
+        uint32_t held;          /* cache: HELD leases of its processes */
+        uint32_t waiting;       /* cache: WAITING leases */
+        uint32_t procs;         /* cache: live processes registered under it */
+        uint32_t limit;         /* limit from the last recomputation */
+        uint32_t active;        /* state from the last recomputation (0/1) */
+        /* Configuration: set by dyncoord --set scraper.NAME.KEY=VALUE,
+         * validated (alone and with every other record's reserve) before it
+         * is written. A record with flags != 0 is never recycled. Kept in
+         * the same cache line as the fields every acquire reads. */
+        struct ds_override ov;
+        uint32_t claimed;                  /* reserve claimed at the last recomputation (0: none) */
         _Atomic uint32_t inflight;         /* sum of its live processes' inflight */
         _Atomic uint64_t last_activity_ns; /* newest activity of any process */
         /* Statistics: monotonic, never decremented. */
@@ -84,6 +91,8 @@ struct ds_scraper {
         uint32_t oldest_idx;
         uint32_t surplus_pending; /* cache: surplus slots its processes promised
                                      to give back; rebuilt as 0 */
+        /* Scratch of the recomputation with overrides (ds_policy_limits). */
+        struct ds_policy_scraper pol;
 } __attribute__((aligned(DS_ALIGN)));
 
 struct ds_header {
@@ -133,5 +142,13 @@ size_t ds_layout_procs_off(void);
 size_t ds_layout_leases_off(const struct ds_capacity *cap);
 size_t ds_layout_scrapers_off(const struct ds_capacity *cap);
 size_t ds_layout_size(const struct ds_capacity *cap);
+
+/* Validates the header of a segment image: buf holds the segment's first
+ * `size` bytes (its whole mapping), aligned to DS_ALIGN; name is only used in
+ * the message. Checks the format signature, the capacity against size, the
+ * lock's kind, the configuration, the table bounds and the PID namespace;
+ * reads nothing beyond the header. 0, or -EPROTO (not a valid segment) or
+ * -EXDEV (another PID namespace) with one sentence in err. */
+int ds_segment_validate(const void *buf, size_t size, const char *name, char *err, size_t errlen);
 
 #endif

@@ -669,6 +669,146 @@ Test(cli, stats_warns_when_usage_is_above_warn_usage)
         client_stop(&c);
 }
 
+/* ---- per-scraper overrides: --set scraper.NAME.KEY=VALUE, --unset ---- */
+
+/* Every scraper's overrides as --stats --json shows them: {name: overrides}. */
+#define OVERRIDES_OF "{s['name']: s['overrides'] for s in d['scrapers']}"
+
+Test(cli, set_applies_scraper_overrides_with_pool_keys_in_one_change)
+{
+        init_or_fail(NULL);
+        struct result r;
+        DYNCOORD(r, "--set", "pool_size=30", "scraper.viewer.max=5", "scraper.viewer.reserve=2",
+                 "scraper.batch.weight=0.5", "scraper.viewer.idle_release=off");
+        assert_exit(&r, 0);
+        assert_contains(r.out, "pool_size=30");
+        assert_contains(r.out, "scraper viewer: max=5 reserve=2 idle_release=off (limit now 5)");
+        assert_contains(r.out, "scraper batch: weight=0.5");
+        cr_assert_eq(read_config().pool_size, 30);
+        DYNCOORD(r, "--stats", "--json");
+        assert_exit(&r, 0);
+        assert_json(r.out, OVERRIDES_OF,
+                    "{'batch': {'weight': 0.5}, "
+                    "'viewer': {'max': 5, 'reserve': 2, 'idle_release': False}}");
+        assert_json(r.out,
+                    "[(s['name'], s['limit'], s['weight'], s['reserve_claimed'], "
+                    "s['scraper_idle_release']) for s in d['scrapers']]",
+                    "[('batch', 15, 0.5, 0, True), ('viewer', 5, 1.0, 2, False)]");
+        /* the existing keys are still there */
+        assert_json(r.out, "sorted(d['scrapers'][0].keys())[:4]",
+                    "['connects', 'held', 'idle_releases', 'limit']");
+        /* a scraper named this way keeps its settings when it runs */
+        struct client c = client_start("viewer", 6, 200);
+        for (int i = 0; i < 5; i++)
+                cr_assert_eq(client_result(&c), 'y');
+        cr_assert_eq(client_result(&c), 't', "a sixth slot above max=5");
+        DYNCOORD(r, "--stats");
+        assert_exit(&r, 0);
+        assert_contains(r.out, "OVERRIDES");
+        struct row row;
+        cr_assert(find_row(r.out, "viewer", &row), "no row for viewer in:\n%s", r.out);
+        cr_assert_eq(row.held, 5);
+        cr_assert_eq(row.limit, 5);
+        assert_contains(r.out, "max=5 reserve=2 idle_release=off\n");
+        DYNCOORD(r, "--stats", "--prometheus");
+        assert_exit(&r, 0);
+        char line[256];
+        snprintf(line, sizeof(line), "dynshim_scraper_max{segment=\"%s\",scraper=\"viewer\"} 5\n",
+                 segment);
+        assert_contains(r.out, line);
+        snprintf(line, sizeof(line),
+                 "dynshim_scraper_weight{segment=\"%s\",scraper=\"batch\"} 0.5\n", segment);
+        assert_contains(r.out, line);
+        snprintf(line, sizeof(line),
+                 "dynshim_scraper_reserve{segment=\"%s\",scraper=\"viewer\"} 2\n", segment);
+        assert_contains(r.out, line);
+        snprintf(line, sizeof(line),
+                 "dynshim_scraper_idle_release{segment=\"%s\",scraper=\"viewer\"} 0\n", segment);
+        assert_contains(r.out, line);
+        snprintf(line, sizeof(line), "dynshim_scraper_max{segment=\"%s\",scraper=\"batch\"}",
+                 segment);
+        cr_assert_null(strstr(r.out, line), "batch has no cap:\n%s", r.out);
+        client_stop(&c);
+}
+
+Test(cli, unset_removes_one_override_or_all_of_a_scrapers)
+{
+        init_or_fail(NULL);
+        struct result r;
+        DYNCOORD(r, "--set", "scraper.viewer.max=5", "scraper.viewer.reserve=2",
+                 "scraper.viewer.weight=3");
+        assert_exit(&r, 0);
+        DYNCOORD(r, "--unset", "scraper.viewer.max");
+        assert_exit(&r, 0);
+        assert_contains(r.out, "scraper viewer: reserve=2 weight=3");
+        DYNCOORD(r, "--stats", "--json");
+        assert_json(r.out, OVERRIDES_OF, "{'viewer': {'reserve': 2, 'weight': 3.0}}");
+        /* --unset=KEY works too; a name with dots is everything before the last one */
+        DYNCOORD(r, "--set", "scraper.app.v2.weight=0.25");
+        assert_exit(&r, 0);
+        DYNCOORD(r, "--unset=scraper.viewer");
+        assert_exit(&r, 0);
+        DYNCOORD(r, "--stats", "--json");
+        assert_json(r.out, OVERRIDES_OF, "{'app.v2': {'weight': 0.25}, 'viewer': {}}");
+        DYNCOORD(r, "--unset", "scraper.app.v2.weight", "scraper.nobody");
+        assert_exit(&r, 0);
+        DYNCOORD(r, "--stats", "--json");
+        assert_json(r.out, OVERRIDES_OF, "{'app.v2': {}, 'viewer': {}}");
+}
+
+Test(cli, refused_scraper_overrides_change_nothing_and_exit_2_with_the_reason)
+{
+        init_or_fail(NULL);
+        struct result r;
+        DYNCOORD(r, "--set", "scraper.viewer.reserve=4", "scraper.viewer.max=6");
+        assert_exit(&r, 0);
+        struct ds_config before = read_config();
+        static const struct refusal cases[] = {
+            {{"--set", "scraper.batch.reserve=16"},
+             "the reserves of all scrapers would add up to 20, which must stay below pool_size 20"},
+            {{"--set", "pool_size=12", "max_limit=12", "soft_limit=4", "scraper.b.reserve=8"},
+             "would add up to 12, which must stay below pool_size 12"},
+            {{"--set", "scraper.viewer.max=3"}, "scraper \"viewer\": reserve 4 is above its max 3"},
+            {{"--set", "scraper.viewer.max=0"},
+             "scraper.viewer.max: '0' is not a whole number from 1"},
+            {{"--set", "scraper.viewer.reserve=-1"},
+             "scraper.viewer.reserve: '-1' is not a whole number"},
+            {{"--set", "scraper.viewer.weight=0"},
+             "scraper.viewer.weight: '0' is not a number from 0.001 to 1000"},
+            {{"--set", "scraper.viewer.weight=heavy"}, "'heavy' is not a number from 0.001"},
+            {{"--set", "scraper.viewer.weight=0.0005"}, "'0.0005' is not a number from 0.001"},
+            {{"--set", "scraper.viewer.idle_release=sometimes"}, "'sometimes' is not on or off"},
+            {{"--set", "scraper.viewer.colour=red"},
+             "'scraper.viewer.colour' does not end in a scraper setting"},
+            {{"--set", "scraper.viewer=5"}, "'scraper.viewer' does not end in a scraper setting"},
+            {{"--set", "scraper..max=5"}, "'scraper..max' names no scraper"},
+            {{"--set",
+              "scraper.aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.max=1"},
+             "is longer than 63 bytes"},
+            {{"--unset", "pool_size"}, "'pool_size' cannot be unset"},
+            {{"--unset"}, "--unset needs at least one scraper.NAME"},
+            {{"--unset", "scraper."}, "names no scraper"},
+            {{"--unset", "scraper.viewer.max", "--set", "pool_size=5"}, "two commands given"},
+        };
+        expect_refusals(cases, sizeof(cases) / sizeof(cases[0]), 2);
+        struct ds_config after = read_config();
+        cr_assert_eq(memcmp(&before, &after, sizeof(before)), 0,
+                     "a refused --set changed the configuration");
+        DYNCOORD(r, "--stats", "--json");
+        assert_json(r.out, OVERRIDES_OF, "{'viewer': {'max': 6, 'reserve': 4}}");
+}
+
+Test(cli, set_of_a_scraper_on_a_missing_segment_exits_1)
+{
+        struct result r;
+        DYNCOORD(r, "--set", "scraper.viewer.max=5");
+        assert_exit(&r, 1);
+        assert_contains(r.err, "does not exist");
+        DYNCOORD(r, "--unset", "scraper.viewer");
+        assert_exit(&r, 1);
+        cr_assert(!segment_exists(), "--set created a segment");
+}
+
 /* ---- --health, --destroy and unusable segments ---- */
 
 Test(cli, health_of_a_good_segment_exits_0)

@@ -1,6 +1,9 @@
 /* test_policy.c - the pool's rules as pure functions (SPEC 3, 4.2). */
 #include <criterion/criterion.h>
 
+#include <stdlib.h>
+#include <string.h>
+
 #include "dynshim/policy.h"
 
 static struct ds_config cfg;
@@ -162,4 +165,491 @@ Test(policy, idle_release_off_gives_back_nothing)
         cr_assert_eq(ds_policy_give_back(&cfg, 0, 7, 15, 0, 0, &why), 0);
         cr_assert_eq(ds_policy_give_back(&cfg, 1, 15, 10, 0, 5, &why), 0);
         cr_assert_eq(why, DS_RELEASE_NORMAL);
+}
+
+/* ---- per-scraper overrides: max, reserve, weight, idle_release ---- */
+
+#define NS 8
+
+/* A pool of scrapers for ds_policy_limits. */
+struct pool_state {
+        struct ds_policy_scraper s[NS];
+        size_t n;
+};
+
+static void add(struct pool_state *p, int active, uint32_t held, uint32_t waiting)
+{
+        struct ds_policy_scraper *s = &p->s[p->n++];
+        memset(s, 0, sizeof(*s));
+        s->used = 1;
+        s->active = (uint32_t)active;
+        s->held = held;
+        s->waiting = waiting;
+}
+
+static void ov_max(struct pool_state *p, size_t i, uint32_t v)
+{
+        p->s[i].ov.flags |= DS_OV_MAX;
+        p->s[i].ov.max = v;
+}
+
+static void ov_reserve(struct pool_state *p, size_t i, uint32_t v)
+{
+        p->s[i].ov.flags |= DS_OV_RESERVE;
+        p->s[i].ov.reserve = v;
+}
+
+static void ov_weight(struct pool_state *p, size_t i, uint32_t milli)
+{
+        p->s[i].ov.flags |= DS_OV_WEIGHT;
+        p->s[i].ov.weight_milli = milli;
+}
+
+static void ov_idle_release(struct pool_state *p, size_t i, uint32_t on)
+{
+        p->s[i].ov.flags |= DS_OV_IDLE_RELEASE;
+        p->s[i].ov.idle_release = on;
+}
+
+static uint32_t limits(struct pool_state *p, int *pressure)
+{
+        return ds_policy_limits(&cfg, p->s, p->n, sizeof(p->s[0]), pressure);
+}
+
+Test(policy, without_overrides_every_limit_is_the_spec_limit)
+{
+        srand(1);
+        for (int round = 0; round < 2000; round++) {
+                cfg.pool_size = 1 + (uint32_t)(rand() % 60);
+                cfg.max_limit = 1 + (uint32_t)(rand() % (int)cfg.pool_size);
+                cfg.soft_limit = 1 + (uint32_t)(rand() % (int)cfg.max_limit);
+                struct pool_state p = {.n = 0};
+                uint32_t n_active = 0;
+                size_t n = 1 + (size_t)(rand() % NS);
+                for (size_t i = 0; i < n; i++) {
+                        int active = rand() % 2;
+                        add(&p, active, (uint32_t)(rand() % 10), (uint32_t)(rand() % 3));
+                        n_active += (uint32_t)active;
+                }
+                int pressure = -1;
+                cr_assert_eq(limits(&p, &pressure), 0, "no reserve is unfilled");
+                cr_assert_eq(pressure, 0);
+                for (size_t i = 0; i < n; i++)
+                        cr_assert_eq(p.s[i].limit,
+                                     ds_policy_limit(&cfg, p.s[i].active ? n_active : n_active + 1),
+                                     "round %d scraper %zu", round, i);
+        }
+}
+
+Test(policy, a_cap_holds_alone_and_among_others)
+{
+        struct pool_state p = {.n = 0};
+        add(&p, 1, 0, 0);
+        ov_max(&p, 0, 5);
+        limits(&p, NULL);
+        cr_assert_eq(p.s[0].limit, 5, "alone: max_limit 15 capped at 5");
+        add(&p, 1, 0, 0);
+        limits(&p, NULL);
+        cr_assert_eq(p.s[0].limit, 5);
+        cr_assert_eq(p.s[1].limit, 10, "the other keeps soft_limit");
+        ov_max(&p, 0, 12);
+        limits(&p, NULL);
+        cr_assert_eq(p.s[0].limit, 10, "a cap above the rule's limit changes nothing");
+}
+
+Test(policy, weights_divide_the_soft_limit_by_share)
+{
+        struct pool_state p = {.n = 0};
+        add(&p, 1, 0, 0);
+        add(&p, 1, 0, 0);
+        ov_weight(&p, 1, 500);
+        limits(&p, NULL);
+        /* base 10, n 2, weights 1 and 0.5: 10*1*2/1.5 = 13.3 and 10*0.5*2/1.5 = 6.7 */
+        cr_assert_eq(p.s[0].limit, 13);
+        cr_assert_eq(p.s[1].limit, 7);
+        p.s[0].active = 0;
+        limits(&p, NULL);
+        cr_assert_eq(p.s[1].limit, 15, "alone a weight changes nothing: max_limit");
+        cr_assert_eq(p.s[0].limit, 13, "the idle one is shown its limit on waking");
+        /* a weight of 3 against 1 with soft_limit 10: 15 and 5, the first capped by the pool */
+        cfg.pool_size = 14, cfg.max_limit = 14;
+        p.s[0].active = 1;
+        ov_weight(&p, 1, 1000);
+        ov_weight(&p, 0, 3000);
+        limits(&p, NULL);
+        cr_assert_eq(p.s[0].limit, 14);
+        cr_assert_eq(p.s[1].limit, 5);
+}
+
+Test(policy, a_tiny_weight_still_gets_one_slot)
+{
+        struct pool_state p = {.n = 0};
+        add(&p, 1, 0, 0);
+        add(&p, 1, 0, 0);
+        ov_weight(&p, 0, DS_WEIGHT_MIN);
+        ov_weight(&p, 1, DS_WEIGHT_MAX);
+        limits(&p, NULL);
+        cr_assert_eq(p.s[0].limit, 1);
+        cr_assert_eq(p.s[1].limit, 20, "20 by weight, capped by the pool");
+}
+
+Test(policy, an_active_scrapers_reserve_is_set_aside_and_an_idle_ones_is_not)
+{
+        cfg.max_limit = 20;
+        struct pool_state p = {.n = 0};
+        add(&p, 1, 0, 0); /* busy */
+        add(&p, 0, 0, 0); /* viewer, idle */
+        ov_reserve(&p, 1, 3);
+        cr_assert_eq(limits(&p, NULL), 0);
+        cr_assert_eq(p.s[1].claimed, 0, "idle with idle release on: nothing set aside");
+        cr_assert_eq(p.s[0].limit, 20, "busy alone may use the whole pool");
+        p.s[1].active = 1;
+        cr_assert_eq(limits(&p, NULL), 3, "3 slots set aside");
+        cr_assert_eq(p.s[1].claimed, 3);
+        cr_assert_eq(p.s[0].limit, 10);
+        cfg.soft_limit = 20;
+        limits(&p, NULL);
+        cr_assert_eq(p.s[0].limit, 17, "never reaches into the viewer's reserve");
+        cr_assert_eq(p.s[1].limit, 20);
+        p.s[1].held = 2;
+        cr_assert_eq(limits(&p, NULL), 1, "one still unfilled");
+}
+
+Test(policy, a_static_allocation_keeps_its_slots_while_idle)
+{
+        cfg.max_limit = 20;
+        cfg.soft_limit = 20;
+        struct pool_state p = {.n = 0};
+        add(&p, 1, 0, 0);
+        add(&p, 0, 0, 0);
+        ov_max(&p, 1, 5);
+        ov_reserve(&p, 1, 5);
+        ov_idle_release(&p, 1, 0);
+        cr_assert_eq(limits(&p, NULL), 5);
+        cr_assert_eq(p.s[1].claimed, 5, "idle release off: the reserve stays claimed");
+        cr_assert_eq(p.s[1].limit, 5);
+        cr_assert_eq(p.s[0].limit, 15);
+        p.s[1].active = 1;
+        limits(&p, NULL);
+        cr_assert_eq(p.s[1].limit, 5, "active, exactly its allocation");
+        cr_assert_eq(p.s[0].limit, 15);
+        enum ds_release_reason why;
+        struct ds_config c = cfg;
+        c.idle_release = ds_override_idle_release(&p.s[1].ov, &cfg);
+        cr_assert_eq(ds_policy_give_back(&c, 0, 5, 5, 0, 3, &why), 0, "never asked to give back");
+}
+
+Test(policy, a_starved_reserve_makes_the_limits_a_strict_division_of_the_pool)
+{
+        struct pool_state p = {.n = 0};
+        add(&p, 1, 10, 5); /* busy a */
+        add(&p, 1, 10, 5); /* busy b */
+        add(&p, 1, 0, 1);  /* viewer, waiting */
+        ov_max(&p, 2, 5);
+        ov_reserve(&p, 2, 2);
+        int pressure = 0;
+        cr_assert_eq(limits(&p, &pressure), 2);
+        cr_assert_eq(pressure, 1);
+        uint32_t sum = p.s[0].limit + p.s[1].limit + p.s[2].limit;
+        cr_assert_leq(sum, 20, "strict: %u", sum);
+        cr_assert_geq(p.s[2].limit, 2);
+        cr_assert_leq(p.s[2].limit, 5);
+        cr_assert_lt(p.s[0].limit, 10, "a is above its new limit: asked for surplus");
+        cr_assert_lt(p.s[1].limit, 10);
+        /* the viewer is counted as starved: surplus advice for a */
+        enum ds_release_reason why;
+        cr_assert_eq(ds_policy_give_back(&cfg, 1, 10, p.s[0].limit, 0, 1, &why), 1);
+        cr_assert_eq(why, DS_RELEASE_SURPLUS);
+        /* with its reserve filled the pressure ends: the SPEC limits again */
+        p.s[2].held = 2;
+        cr_assert_eq(limits(&p, &pressure), 0);
+        cr_assert_eq(pressure, 0);
+        cr_assert_eq(p.s[0].limit, 10);
+        cr_assert_eq(p.s[2].limit, 5);
+}
+
+Test(policy, fill_respects_floors_caps_and_weights)
+{
+        struct ds_share e[3] = {{1, 10, 1000, 0}, {1, 10, 1000, 0}, {2, 5, 1000, 0}};
+        ds_policy_fill(e, 3, sizeof(e[0]), 20);
+        cr_assert_eq(e[0].alloc + e[1].alloc + e[2].alloc, 20);
+        cr_assert_eq(e[2].alloc, 5);
+        cr_assert(e[0].alloc >= 7 && e[0].alloc <= 8 && e[1].alloc >= 7 && e[1].alloc <= 8);
+        struct ds_share w[2] = {{1, 100, 2000, 0}, {1, 100, 1000, 0}};
+        ds_policy_fill(w, 2, sizeof(w[0]), 30);
+        cr_assert_eq(w[0].alloc, 20, "weight 2 against 1");
+        cr_assert_eq(w[1].alloc, 10);
+        struct ds_share f[2] = {{4, 10, 1000, 0}, {4, 10, 0, 0}};
+        ds_policy_fill(f, 2, sizeof(f[0]), 3);
+        cr_assert_eq(f[0].alloc, 4, "the floors alone exceed the pool: floors");
+        cr_assert_eq(f[1].alloc, 0, "weight 0 takes no part");
+        struct ds_share c[2] = {{1, 3, 1000, 0}, {1, 4, 1000, 0}};
+        ds_policy_fill(c, 2, sizeof(c[0]), 20);
+        cr_assert_eq(c[0].alloc + c[1].alloc, 7, "everyone fits at the cap");
+}
+
+Test(policy, fill_never_exceeds_the_pool_over_random_entries)
+{
+        srand(2);
+        for (int round = 0; round < 5000; round++) {
+                struct ds_share e[NS];
+                size_t n = 1 + (size_t)(rand() % NS);
+                uint32_t pool = 1 + (uint32_t)(rand() % 100), floors = 0;
+                for (size_t i = 0; i < n; i++) {
+                        e[i].cap = 1 + (uint32_t)(rand() % 60);
+                        e[i].floor = (uint32_t)(rand() % 4);
+                        if (e[i].floor > e[i].cap)
+                                e[i].floor = e[i].cap;
+                        e[i].weight = rand() % 5 ? 1 + (uint32_t)(rand() % 5000) : 0;
+                        floors += e[i].weight ? e[i].floor : 0;
+                }
+                ds_policy_fill(e, n, sizeof(e[0]), pool);
+                uint32_t sum = 0, caps = 0;
+                for (size_t i = 0; i < n; i++) {
+                        if (!e[i].weight) {
+                                cr_assert_eq(e[i].alloc, 0);
+                                continue;
+                        }
+                        cr_assert_leq(e[i].alloc, e[i].cap);
+                        cr_assert_geq(e[i].alloc, e[i].floor);
+                        sum += e[i].alloc;
+                        caps += e[i].cap;
+                }
+                uint32_t want = caps < pool ? caps : pool;
+                if (floors <= pool)
+                        cr_assert_eq(sum, want, "round %d: %u of %u (caps %u)", round, sum, pool,
+                                     caps);
+                else
+                        cr_assert_eq(sum, floors);
+        }
+}
+
+Test(policy, a_scraper_below_its_reserve_is_served_first)
+{
+        /* viewer holds 0 of reserve 2 and waits after the busy one */
+        struct ds_pick_entry e[2] = {{0, 10, 5, 1}, {0, 5, 1, 9}};
+        uint32_t r[2] = {0, 2};
+        cr_assert_eq(ds_policy_pick_reserved(e, r, 2, 20, 10), 1);
+        cr_assert_eq(ds_policy_pick(e, 2, 20, 10), 0, "without reserves: the older waiter");
+        e[1].held = 2;
+        cr_assert_eq(ds_policy_pick_reserved(e, r, 2, 20, 12), 0, "reserve filled: by share");
+}
+
+Test(policy, a_grant_may_not_take_a_slot_set_aside_for_another)
+{
+        /* 18 of 20 held; the viewer (not waiting) claims 2 it does not hold */
+        struct ds_pick_entry e[2] = {{18, 20, 3, 1}, {0, 5, 0, 0}};
+        uint32_t r[2] = {0, 2};
+        cr_assert_eq(ds_policy_pick_reserved(e, r, 2, 20, 18), -1);
+        e[1].held = 1;
+        cr_assert_eq(ds_policy_pick_reserved(e, r, 2, 20, 19), -1);
+        cr_assert_eq(ds_policy_pick(e, 2, 20, 19), 0);
+        cr_assert(ds_policy_may_grant_reserved(20, 17, 2, 17, 20));
+        cr_assert_not(ds_policy_may_grant_reserved(20, 18, 2, 18, 20));
+        cr_assert(ds_policy_may_grant_reserved(20, 18, 0, 0, 5));
+}
+
+/* A random, valid set of overrides for n scrapers (reserves below the pool). */
+static void random_overrides(struct pool_state *p)
+{
+        uint32_t reserves = 0;
+        for (size_t i = 0; i < p->n; i++) {
+                struct ds_override *ov = &p->s[i].ov;
+                memset(ov, 0, sizeof(*ov));
+                if (rand() % 3 == 0) {
+                        ov->flags |= DS_OV_MAX;
+                        ov->max = 1 + (uint32_t)(rand() % (int)cfg.pool_size);
+                }
+                if (rand() % 3 == 0) {
+                        uint32_t r = (uint32_t)(rand() % 6);
+                        if (ov->flags & DS_OV_MAX && r > ov->max)
+                                r = ov->max;
+                        if (reserves + r < cfg.pool_size) {
+                                ov->flags |= DS_OV_RESERVE;
+                                ov->reserve = r;
+                                reserves += r;
+                        }
+                }
+                if (rand() % 3 == 0) {
+                        ov->flags |= DS_OV_WEIGHT;
+                        ov->weight_milli = 1 + (uint32_t)(rand() % 4000);
+                }
+                if (rand() % 4 == 0) {
+                        ov->flags |= DS_OV_IDLE_RELEASE;
+                        ov->idle_release = (uint32_t)(rand() % 2);
+                }
+                cr_assert_eq(ds_override_validate(ov, "x", NULL, 0), 0);
+        }
+}
+
+static void random_config(void)
+{
+        ds_config_defaults(&cfg);
+        cfg.pool_size = 2 + (uint32_t)(rand() % 59);
+        cfg.max_limit = 1 + (uint32_t)(rand() % (int)cfg.pool_size);
+        cfg.soft_limit = 1 + (uint32_t)(rand() % (int)cfg.max_limit);
+        cfg.idle_release = (uint32_t)(rand() % 4 != 0);
+}
+
+Test(policy, limits_hold_their_rules_over_random_configurations)
+{
+        srand(3);
+        for (int round = 0; round < 20000; round++) {
+                random_config();
+                struct pool_state p = {.n = 0};
+                size_t n = 1 + (size_t)(rand() % NS);
+                for (size_t i = 0; i < n; i++)
+                        add(&p, rand() % 3 != 0, (uint32_t)(rand() % 8), (uint32_t)(rand() % 3));
+                random_overrides(&p);
+                int pressure;
+                uint32_t unfilled = limits(&p, &pressure);
+                uint64_t claimed = 0, active_sum = 0, floors = 0, unf = 0;
+                for (size_t i = 0; i < n; i++) {
+                        claimed += p.s[i].claimed;
+                        if (p.s[i].held < p.s[i].claimed)
+                                unf += p.s[i].claimed - p.s[i].held;
+                }
+                cr_assert_eq(unfilled, unf);
+                cr_assert_lt(claimed, cfg.pool_size, "claimed reserves stay below the pool");
+                for (size_t i = 0; i < n; i++) {
+                        const struct ds_policy_scraper *s = &p.s[i];
+                        cr_assert_leq(s->limit, ds_override_cap(&s->ov), "round %d: cap", round);
+                        cr_assert_leq(s->limit, cfg.pool_size);
+                        cr_assert_geq(s->limit, 1, "round %d: nobody has a limit of 0", round);
+                        cr_assert_geq(s->limit, s->claimed, "round %d: below its reserve", round);
+                        cr_assert_leq(s->claimed, ds_override_reserve(&s->ov));
+                        if (s->active && ds_override_reserve(&s->ov))
+                                cr_assert_eq(s->claimed, ds_override_reserve(&s->ov));
+                        if (!s->active && ds_override_idle_release(&s->ov, &cfg))
+                                cr_assert_eq(s->claimed, 0, "an idle scraper's reserve is free");
+                        if (s->active) {
+                                active_sum += s->limit;
+                                floors += s->claimed > 1 ? s->claimed : 1;
+                        } else {
+                                floors += s->claimed;
+                        }
+                        if (!pressure && s->active)
+                                cr_assert_leq(s->limit + claimed - s->claimed, cfg.pool_size,
+                                              "round %d: a limit reaches into others' reserves",
+                                              round);
+                }
+                if (pressure && floors <= cfg.pool_size)
+                        cr_assert_leq(active_sum + claimed, cfg.pool_size + claimed, "round %d",
+                                      round);
+                if (pressure && floors <= cfg.pool_size) {
+                        uint64_t idle_claims = 0;
+                        for (size_t i = 0; i < n; i++)
+                                idle_claims += p.s[i].active ? 0 : p.s[i].claimed;
+                        cr_assert_leq(active_sum + idle_claims, cfg.pool_size,
+                                      "round %d: strict limits sum to %llu", round,
+                                      (unsigned long long)(active_sum + idle_claims));
+                }
+        }
+}
+
+/* Simulates a busy pool: every scraper always has connects waiting; each
+ * step either grants a slot by the policy, or (nothing grantable) the
+ * scrapers above their limit give back what the advice says, or else one
+ * random held slot is finished by its program. */
+Test(policy, simulated_grants_keep_caps_and_the_pool_honour_reserves_and_starve_nobody)
+{
+        srand(4);
+        for (int round = 0; round < 300; round++) {
+                random_config();
+                struct pool_state p = {.n = 0};
+                size_t n = 1 + (size_t)(rand() % NS);
+                for (size_t i = 0; i < n; i++)
+                        add(&p, 1, 0, 3);
+                random_overrides(&p);
+                uint64_t ticket[NS], next = 1;
+                uint32_t total = 0, since_grant[NS] = {0}, short_for[NS] = {0};
+                uint32_t worst_wait = 0, worst_short = 0;
+                for (size_t i = 0; i < n; i++)
+                        ticket[i] = next++;
+                for (int step = 0; step < 3000; step++) {
+                        limits(&p, NULL);
+                        struct ds_pick_entry e[NS];
+                        uint32_t r[NS];
+                        for (size_t i = 0; i < n; i++) {
+                                e[i] = (struct ds_pick_entry){p.s[i].held, p.s[i].limit,
+                                                              p.s[i].waiting, ticket[i]};
+                                r[i] = p.s[i].claimed;
+                        }
+                        long w = ds_policy_pick_reserved(e, r, n, cfg.pool_size, total);
+                        for (size_t i = 0; i < n; i++) {
+                                /* grants to others (other than filling a reserve, which
+                                 * goes first) while a waiting scraper holds nothing */
+                                if (w >= 0 && (long)i != w && p.s[i].held == 0 &&
+                                    p.s[w].held >= p.s[w].claimed)
+                                        since_grant[i]++;
+                                else if (p.s[i].held)
+                                        since_grant[i] = 0;
+                                if (p.s[i].held < p.s[i].claimed)
+                                        short_for[i]++;
+                                else
+                                        short_for[i] = 0;
+                                worst_wait =
+                                    since_grant[i] > worst_wait ? since_grant[i] : worst_wait;
+                                worst_short =
+                                    short_for[i] > worst_short ? short_for[i] : worst_short;
+                        }
+                        if (w >= 0) {
+                                cr_assert_lt(p.s[w].held, ds_override_cap(&p.s[w].ov));
+                                p.s[w].held++;
+                                total++;
+                                ticket[w] = next++;
+                                cr_assert_leq(total, cfg.pool_size);
+                                continue;
+                        }
+                        /* starved connects, as count_starved counts them */
+                        uint32_t starved = 0;
+                        for (size_t i = 0; i < n; i++) {
+                                uint32_t room = 0;
+                                if (total >= cfg.pool_size && p.s[i].held < p.s[i].limit)
+                                        room = p.s[i].limit - p.s[i].held;
+                                else if (total < cfg.pool_size && p.s[i].held < p.s[i].claimed)
+                                        room = p.s[i].claimed - p.s[i].held;
+                                starved += p.s[i].waiting < room ? p.s[i].waiting : room;
+                        }
+                        uint32_t given = 0;
+                        for (size_t i = 0; i < n && starved; i++) {
+                                struct ds_config c = cfg;
+                                c.idle_release = ds_override_idle_release(&p.s[i].ov, &cfg);
+                                enum ds_release_reason why;
+                                uint32_t g = ds_policy_give_back(&c, 1, p.s[i].held, p.s[i].limit,
+                                                                 0, starved, &why);
+                                p.s[i].held -= g;
+                                total -= g;
+                                given += g;
+                        }
+                        if (given || total == 0)
+                                continue;
+                        /* a program finishes one of its connections */
+                        uint32_t k = (uint32_t)(rand() % (int)total);
+                        for (size_t i = 0; i < n; i++) {
+                                if (k < p.s[i].held) {
+                                        p.s[i].held--;
+                                        total--;
+                                        break;
+                                }
+                                k -= p.s[i].held;
+                        }
+                }
+                int releases_on = 1;
+                for (size_t i = 0; i < n; i++)
+                        releases_on &= ds_override_idle_release(&p.s[i].ov, &cfg) != 0;
+                uint32_t reserves = 0;
+                for (size_t i = 0; i < n; i++)
+                        reserves += ds_override_reserve(&p.s[i].ov);
+                /* one holding nothing is passed over only by the others holding
+                 * nothing (oldest first) */
+                cr_assert_leq(worst_wait, (uint32_t)n - 1,
+                              "round %d: %u grants went to others while a scraper held nothing",
+                              round, worst_wait);
+                /* the reserves are filled one grant per step, from the start */
+                if (releases_on)
+                        cr_assert_leq(worst_short, reserves + 2 * (uint32_t)n + 2,
+                                      "round %d: a reserve stayed unfilled %u steps", round,
+                                      worst_short);
+        }
 }

@@ -413,3 +413,72 @@ Test(segment, process_in_another_pid_namespace_is_refused)
                 cr_skip_test("unshare(CLONE_NEWPID) is not permitted here");
         cr_assert_eq(rc, 0, "attach from a new PID namespace was not refused (%d)", rc);
 }
+
+Test(segment, validator_refuses_a_buffer_smaller_than_a_header)
+{
+        static struct ds_header hdr; /* zeroes: only the size is looked at */
+        char err[256] = "";
+        cr_assert_eq(ds_segment_validate(&hdr, sizeof(hdr) - 1, "/tiny", err, sizeof(err)),
+                     -EPROTO);
+        cr_assert(strstr(err, "/tiny") && strstr(err, "too small for a header"), "%s", err);
+}
+
+/* A free process record whose life lock is held (by a leaving process's life
+ * thread, or a thread id a corrupt segment names) used to be taken anyway:
+ * the new life thread then waited for that lock forever, with the segment's
+ * lock held, wedging the whole pool. It must be skipped. */
+Test(segment, free_process_record_with_a_held_life_lock_is_skipped_not_waited_on)
+{
+        tu_create(seg, 20, 10, 15);
+        size_t size;
+        unsigned char *m = map_raw(&size);
+        struct ds_proc *procs = (struct ds_proc *)(m + ds_layout_procs_off());
+        cr_assert_eq(procs[0].pid, 0);
+        procs[0].life.__data.__lock = 0x3ffffffe; /* held by a TID that does not exist */
+        pid_t c = fork();
+        cr_assert_neq(c, -1);
+        if (c == 0) {
+                alarm(10); /* the old behaviour: a hang */
+                ds_handle *h = NULL;
+                struct ds_lease_ref l;
+                if (ds_attach(seg, 0, &h, NULL, 0) || ds_set_scraper(h, "alpha"))
+                        _exit(2);
+                if (ds_acquire(h, 0, &l, NULL, 0) != 0)
+                        _exit(3);
+                if (procs[0].pid != 0 || procs[1].pid != getpid())
+                        _exit(4); /* registered in the record with the held lock */
+                if (ds_release(h, &l) != 0)
+                        _exit(5);
+                ds_detach(h);
+                _exit(0);
+        }
+        int st;
+        cr_assert_eq(waitpid(c, &st, 0), c);
+        cr_assert(WIFEXITED(st), "the client hung registering (signal %d)",
+                  WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+        cr_assert_eq(WEXITSTATUS(st), 0, "client failed at step %d", WEXITSTATUS(st));
+        ds_handle *h = tu_attach(seg, NULL);
+        tu_assert_consistent(h);
+        cr_assert_eq(tu_held(h), 0);
+        ds_detach(h);
+        munmap(m, size);
+}
+
+/* Lease id 0 means "no lease": a corrupt next_lease_id of 0 used to hand it
+ * out, and the slot so granted could never be given back (-EINVAL). */
+Test(segment, lease_id_counter_at_zero_never_hands_out_id_zero)
+{
+        tu_create(seg, 20, 10, 15);
+        ds_handle *h = tu_attach(seg, "alpha");
+        struct ds_header *H = ds_handle_header(h);
+        cr_assert_eq(ds_lock(h), 0);
+        H->next_lease_id = 0;
+        ds_unlock(h);
+        struct ds_lease_ref l;
+        cr_assert_eq(ds_acquire(h, 0, &l, NULL, 0), 0);
+        cr_assert_neq(l.id, 0);
+        cr_assert_eq(ds_release(h, &l), 0);
+        cr_assert_eq(tu_held(h), 0);
+        tu_assert_consistent(h);
+        ds_detach(h);
+}

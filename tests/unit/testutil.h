@@ -4,8 +4,12 @@
 
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -107,6 +111,88 @@ static inline void tu_assert_consistent(ds_handle *h)
 {
         char why[256] = "";
         cr_assert_eq(ds_check(h, why, sizeof(why)), 0, "invariant: %s", why);
+}
+
+/* ---- "no secrets": what the bytes of a segment may contain ---- */
+
+/* Maps the whole segment `name` read-only, bypassing validation; NULL if it
+ * cannot. */
+static inline const unsigned char *tu_map_segment(const char *name, size_t *size)
+{
+        char path[300];
+        snprintf(path, sizeof(path), "/dev/shm%s", name);
+        int fd = open(path, O_RDONLY);
+        if (fd < 0)
+                return NULL;
+        struct stat st;
+        void *m = MAP_FAILED;
+        if (fstat(fd, &st) == 0 && st.st_size > 0)
+                m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+        close(fd);
+        if (m == MAP_FAILED)
+                return NULL;
+        *size = (size_t)st.st_size;
+        return m;
+}
+
+/* The offset of the first occurrence of marker in any byte of segment
+ * `name`, or -1 if there is none. Fails the test if it cannot read it. */
+static inline long tu_segment_find(const char *name, const char *marker)
+{
+        size_t size = 0;
+        const unsigned char *m = tu_map_segment(name, &size);
+        cr_assert_not_null(m, "cannot map segment %s", name);
+        const void *at = memmem(m, size, marker, strlen(marker));
+        long off = at ? (long)((const unsigned char *)at - m) : -1;
+        munmap((void *)m, size);
+        return off;
+}
+
+/* Counts the runs of at least min_len printable bytes in segment `name` that
+ * are not a scraper's name (the only text a segment holds); the header's
+ * magic (which reads "DDNYSHM1") and its random generation are skipped. The first such run is
+ * described in what. */
+static inline int tu_segment_foreign_strings(const char *name, size_t min_len, char *what,
+                                             size_t whatlen)
+{
+        size_t size = 0;
+        const unsigned char *m = tu_map_segment(name, &size);
+        cr_assert_not_null(m, "cannot map segment %s", name);
+        const struct ds_header *H = (const struct ds_header *)m;
+        struct ds_capacity cap = H->cap;
+        size_t names_lo = ds_layout_scrapers_off(&cap);
+        size_t gen_lo = offsetof(struct ds_header, generation);
+        size_t gen_hi = gen_lo + sizeof(H->generation);
+        int n = 0;
+        if (what && whatlen)
+                what[0] = '\0';
+        for (size_t i = 0; i < size;) {
+                size_t j = i;
+                while (j < size && m[j] >= 0x20 && m[j] < 0x7f)
+                        j++;
+                if (j - i >= min_len) {
+                        int in_name = 0;
+                        if (i >= names_lo && ds_capacity_validate(&cap, NULL, 0) == 0) {
+                                size_t rec = (i - names_lo) / sizeof(struct ds_scraper);
+                                size_t field = names_lo + rec * sizeof(struct ds_scraper) +
+                                               offsetof(struct ds_scraper, name);
+                                in_name = rec < cap.max_scrapers && i >= field &&
+                                          j <= field + DS_NAME_MAX;
+                        }
+                        int in_gen = i < gen_hi && j > gen_lo; /* random bytes */
+                        int in_magic = i < sizeof(H->magic);   /* "DDNYSHM1" */
+                        if (!in_name && !in_gen && !in_magic) {
+                                if (n == 0 && what)
+                                        snprintf(what, whatlen, "'%.*s' at offset %zu",
+                                                 (int)(j - i > 80 ? 80 : j - i),
+                                                 (const char *)m + i, i);
+                                n++;
+                        }
+                }
+                i = j + 1;
+        }
+        munmap((void *)m, size);
+        return n;
 }
 
 #endif

@@ -1,0 +1,98 @@
+"""Failure behaviour: a connect that finds no slot in time fails with a
+dynshim error while the holder goes on; a SIGKILLed holder's slots return
+and a waiting client proceeds."""
+import os
+import signal
+import subprocess
+import time
+
+from harness import (Case, check, collect, log, main, native_clients_usable, read_line,
+                     result_of,
+                     scraper_stats)
+
+
+def wait_timeout_fails_with_dynshim_error_and_holder_unaffected():
+    with Case("timeout", pool_size=1) as c:
+        c.start_sampler()
+        holder = c.spawn_python("holder.py", 1, scraper="holder", stdin=subprocess.PIPE)
+        ready = read_line(holder, 30, "holder.py")
+        check(ready.startswith("ready "), f"holder.py said {ready!r}")
+        backend = ready.split()[1]
+
+        env = c.env("waiter", DYNSHIM_WAIT_TIMEOUT="1")
+        res = result_of(c.python("connect_once.py", env=env), "connect_once.py")
+        log(f"psycopg2 waiter: {res}")
+        check(not res["ok"], "a second client connected to a pool of 1 that was held")
+        check(res["error"].startswith("dynshim:"),
+              f"the error does not start with 'dynshim:': {res['error']!r}")
+        check(0.9 <= res["elapsed"] <= 4.0,
+              f"the connect failed after {res['elapsed']:.2f} s, not after "
+              f"DYNSHIM_WAIT_TIMEOUT=1 s")
+
+        n_timeouts = 1
+        if native_clients_usable():
+            t0 = time.monotonic()
+            r = c.run(["psql", "-X", "-Atc", "SELECT 1"], env=env)
+            elapsed = time.monotonic() - t0
+            log(f"psql waiter: exit {r.returncode} after {elapsed:.2f} s: {r.stderr.strip()}")
+            check(r.returncode == 2 and "dynshim:" in r.stderr,
+                  f"psql exited {r.returncode} with stderr {r.stderr!r}, not a dynshim error")
+            n_timeouts = 2
+        else:
+            log("psql part skipped: psql hangs at exit when libasan is preloaded")
+
+        holder.stdin.write("query\n")
+        holder.stdin.flush()
+        line = read_line(holder, 30, "holder.py after the timeouts")
+        check(line == f"pids {backend}",
+              f"the holder's session changed or failed: {line!r} (was backend {backend})")
+        sc = scraper_stats(c.stats(), "waiter")
+        check(sc["timeouts"] == n_timeouts,
+              f"the pool counted {sc['timeouts']} timeouts, not {n_timeouts}")
+        holder.stdin.write("exit\n")
+        holder.stdin.flush()
+        holder.wait(30)
+        check(holder.returncode == 0, f"holder.py exited {holder.returncode}")
+
+
+def killed_holder_slots_return_and_waiter_proceeds():
+    with Case("sigkill", pool_size=2) as c:
+        c.start_sampler()
+        victim = c.spawn_python("holder.py", 2, scraper="victim", stdin=subprocess.PIPE)
+        ready = read_line(victim, 30, "holder.py")
+        check(ready.startswith("ready "), f"holder.py said {ready!r}")
+
+        waiter = c.spawn_python("connect_once.py", env=c.env("waiter", DYNSHIM_WAIT_TIMEOUT=30))
+        end = time.monotonic() + 10
+        while True:
+            st = c.stats()
+            if st["waiting"] >= 1:
+                break
+            check(time.monotonic() < end and waiter.poll() is None,
+                  f"the waiter never waited for a slot (stats {st}, exit {waiter.poll()})")
+            time.sleep(0.05)
+
+        killed_at = time.time()
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        res = collect(waiter, "connect_once.py (waiter)", timeout=60)
+        latency = (res["connected_at"] or 0) - killed_at
+        log(f"waiter: {res}; connected {latency * 1000:.0f} ms after the SIGKILL")
+        check(res["ok"], f"the waiter failed: {res['error']}")
+        check(latency <= 3.0,
+              f"the waiter connected {latency:.2f} s after its slot's holder was killed")
+
+        st = c.stats()
+        check(st["held"] == 0, f"{st['held']} slots are still held after the kill and the waiter")
+        again = c.spawn_python("holder.py", 2, scraper="again", stdin=subprocess.PIPE,
+                               env=c.env("again", DYNSHIM_WAIT_TIMEOUT=5))
+        ready = read_line(again, 30, "a new holder of both slots")
+        check(ready.startswith("ready "), f"the new holder said {ready!r}")
+        again.stdin.write("exit\n")
+        again.stdin.flush()
+        again.wait(30)
+
+
+if __name__ == "__main__":
+    main({f.__name__: f for f in (wait_timeout_fails_with_dynshim_error_and_holder_unaffected,
+                                  killed_holder_slots_return_and_waiter_proceeds)})
