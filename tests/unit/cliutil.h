@@ -23,72 +23,6 @@
 
 #ifndef DYNCOORD_PATH
 #error "DYNCOORD_PATH must name the dyncoord binary"
-/* A program running in the background, stdin from /dev/null, its stdout
- * and stderr captured in memory files. */
-struct bg {
-        pid_t pid;
-        int out, err;
-};
-
-static inline struct bg bg_start(char *const argv[])
-{
-        struct bg b;
-        b.out = memfd_create("stdout", MFD_CLOEXEC);
-        b.err = memfd_create("stderr", MFD_CLOEXEC);
-        cr_assert(b.out >= 0 && b.err >= 0, "memfd_create: %s", strerror(errno));
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-        posix_spawn_file_actions_adddup2(&fa, b.out, 1);
-        posix_spawn_file_actions_adddup2(&fa, b.err, 2);
-        int rc = posix_spawn(&b.pid, argv[0], &fa, NULL, argv, environ);
-        posix_spawn_file_actions_destroy(&fa);
-        cr_assert_eq(rc, 0, "could not run %s: %s", argv[0], strerror(rc));
-        return b;
-}
-
-/* Waits up to timeout_ms for it to exit (killing it and failing if it does
- * not), then fills r with its exit status (128+N if killed by signal N)
- * and output. */
-static inline void bg_finish(struct bg *b, struct result *r, unsigned timeout_ms)
-{
-        int status = 0;
-        pid_t p = 0;
-        for (unsigned t = 0; t <= timeout_ms / 5 && (p = waitpid(b->pid, &status, WNOHANG)) == 0;
-             t++) {
-                struct timespec ts = {0, 5000000L};
-                nanosleep(&ts, NULL);
-        }
-        if (p == 0) {
-                kill(b->pid, SIGKILL);
-                waitpid(b->pid, &status, 0);
-        }
-        r->code = WIFEXITED(status)     ? WEXITSTATUS(status)
-                  : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
-                                        : -1;
-        read_back(b->out, r->out, sizeof(r->out));
-        read_back(b->err, r->err, sizeof(r->err));
-        close(b->out);
-        close(b->err);
-        cr_assert_neq(p, 0, "%s did not exit within %u ms\nstdout:\n%s\nstderr:\n%s", "the program",
-                      timeout_ms, r->out, r->err);
-}
-
-/* The background dyncoord with the given arguments. */
-static inline struct bg bg_dyncoord(const char *const *args)
-{
-        char *argv[64] = {(char *)DYNCOORD_PATH};
-        size_t n = 1;
-        for (; args[n - 1]; n++) {
-                cr_assert_lt(n, 63);
-                argv[n] = (char *)args[n - 1];
-        }
-        argv[n] = NULL;
-        return bg_start(argv);
-}
-
-#define BG_DYNCOORD(...) bg_dyncoord((const char *const[]){__VA_ARGS__, NULL})
-
 #endif
 
 #define PYTHON "/usr/bin/python3"
@@ -163,6 +97,19 @@ static inline void assert_exit(const struct result *r, int code)
 {
         cr_assert_eq(r->code, code, "exit status %d, expected %d\nstdout:\n%s\nstderr:\n%s",
                      r->code, code, r->out, r->err);
+}
+
+/* dyncoord --init with extra options (NULL-terminated); fails the test unless it exits 0. */
+static inline void init_or_fail(const char *const *extra)
+{
+        const char *args[32] = {"--init"};
+        size_t n = 1;
+        for (; extra && *extra; extra++)
+                args[n++] = *extra;
+        args[n] = NULL;
+        static struct result r;
+        run_dyncoord(&r, args);
+        assert_exit(&r, 0);
 }
 
 /* Runs a Python expression over the JSON document `json` (bound to d) and

@@ -76,18 +76,6 @@ static void shm_path(char *buf, size_t len, const char *name)
         snprintf(buf, len, "/dev/shm/%s", name + 1);
 }
 
-static void init_or_fail(const char *const *extra)
-{
-        const char *args[32] = {"--init"};
-        size_t n = 1;
-        for (; extra && *extra; extra++)
-                args[n++] = *extra;
-        args[n] = NULL;
-        static struct result r;
-        run_dyncoord(&r, args);
-        assert_exit(&r, 0);
-}
-
 /* ---- --init ---- */
 
 Test(cli, init_without_options_creates_a_pool_with_the_documented_defaults)

@@ -125,18 +125,6 @@ static void assert_dead(pid_t pid, const char *what)
                   (int)pid, buf);
 }
 
-static void init_or_fail(const char *const *extra)
-{
-        const char *args[32] = {"--init"};
-        size_t n = 1;
-        for (; extra && *extra; extra++)
-                args[n++] = *extra;
-        args[n] = NULL;
-        static struct result r;
-        run_dyncoord(&r, args);
-        assert_exit(&r, 0);
-}
-
 static uint64_t now_ms(void)
 {
         return ds_now_ns() / 1000000u;

@@ -378,7 +378,7 @@ Test(secrets, segment_holds_no_conninfo_and_no_text_but_scraper_names)
 Test(secrets, scan_finds_a_planted_marker_anywhere_and_nothing_otherwise)
 {
         tu_create(seg, 4, 2, 3);
-        ds_handle *h = tu_attach(seg, "alpha");
+        ds_handle *h = tu_attach(seg, "alphabetic");
         struct ds_lease_ref l;
         cr_assert_eq(ds_acquire(h, 0, &l, NULL, 0), 0);
         const char *marker = "password=planted-marker";
@@ -406,9 +406,10 @@ Test(secrets, scan_finds_a_planted_marker_anywhere_and_nothing_otherwise)
                 memcpy(base + spots[i], saved, strlen(marker));
                 cr_assert_eq(tu_segment_find(seg, marker), -1);
         }
-        /* a scraper name is the one place text belongs */
-        cr_assert_eq(tu_segment_foreign_strings(seg, 4, what, sizeof(what)), 0, "%s", what);
-        cr_assert_neq(tu_segment_find(seg, "alpha"), -1);
+        /* a scraper name is the one place text belongs (runs shorter than 6
+         * bytes occur in binary counters and timestamps by chance) */
+        cr_assert_eq(tu_segment_foreign_strings(seg, 6, what, sizeof(what)), 0, "%s", what);
+        cr_assert_neq(tu_segment_find(seg, "alphabetic"), -1);
         cr_assert_eq(ds_release(h, &l), 0);
         ds_detach(h);
 }

@@ -150,7 +150,8 @@ static inline long tu_segment_find(const char *name, const char *marker)
 
 /* Counts the runs of at least min_len printable bytes in segment `name` that
  * are not a scraper's name (the only text a segment holds); the header's
- * magic (which reads "DDNYSHM1") and its random generation are skipped. The first such run is
+ * magic (which reads "DDNYSHM1"), its random generation and runs inside a
+ * lock (thread ids, list pointers) are skipped. The first such run is
  * described in what. */
 static inline int tu_segment_foreign_strings(const char *name, size_t min_len, char *what,
                                              size_t whatlen)
@@ -180,8 +181,19 @@ static inline int tu_segment_foreign_strings(const char *name, size_t min_len, c
                                           j <= field + DS_NAME_MAX;
                         }
                         int in_gen = i < gen_hi && j > gen_lo; /* random bytes */
-                        int in_magic = i < sizeof(H->magic);   /* "DDNYSHM1" */
-                        if (!in_name && !in_gen && !in_magic) {
+                        /* a robust mutex holds thread ids and list pointers,
+                         * whose bytes may happen to be printable */
+                        size_t lock_lo = offsetof(struct ds_header, lock);
+                        int in_lock = i < lock_lo + sizeof(pthread_mutex_t) && j > lock_lo;
+                        size_t procs_lo = ds_layout_procs_off();
+                        size_t procs_hi = procs_lo + (size_t)cap.max_procs * sizeof(struct ds_proc);
+                        if (i >= procs_lo && i < procs_hi) {
+                                size_t rel = (i - procs_lo) % sizeof(struct ds_proc);
+                                in_lock |= rel < sizeof(pthread_mutex_t) &&
+                                           j - i <= sizeof(pthread_mutex_t) - rel;
+                        }
+                        int in_magic = i < sizeof(H->magic); /* "DDNYSHM1" */
+                        if (!in_name && !in_gen && !in_magic && !in_lock) {
                                 if (n == 0 && what)
                                         snprintf(what, whatlen, "'%.*s' at offset %zu",
                                                  (int)(j - i > 80 ? 80 : j - i),
