@@ -75,5 +75,31 @@ def idle_scraper_gives_back_and_busy_one_gets_more():
             f"{sa['surplus_releases']}, reconnects {sa['reconnects']}")
 
 
+def sqlalchemy_pool_keeps_working_across_an_idle_release():
+    with Case("idle_sqla", pool_size=10, soft_limit=5, max_limit=8, idle_timeout=1.5) as c:
+        r = subprocess.run([_binary("DYNSHIM_IT_DYNCOORD", "dyncoord"), "--segment", c.segment,
+                            "--set", "realloc_interval=1"], capture_output=True, text=True)
+        check(r.returncode == 0, f"dyncoord --set: {r.stderr}")
+        c.start_sampler()
+        p = c.spawn_python("sqlalchemy_idle.py", 5, 6, scraper="sqla")
+        first = read_line(p, 60, "sqlalchemy client")
+        check('"resting"' in first, f"unexpected first line {first!r}")
+        check(held(c, "sqla") == 5, f"the pool of 5 holds {held(c, 'sqla')} slots")
+        # resting with 5 idle connections in its QueuePool: they go back
+        t = until("the resting pool's slots released", lambda: held(c, "sqla") == 0, 5)
+        until("its backends gone", lambda: count_backends(c.admin_dsn(), c.db) == 0, 3)
+        log(f"QueuePool's idle connections released after {t:.2f} s")
+        res = collect(p, "sqlalchemy client")
+        check(not res["errors"] and res["ok"] == 10,
+              f"{res['ok']} of 10 checkouts worked: {res['errors']}")
+        check(res["fds_before"] == res["fds_after"],
+              f"fds changed across the release: {res['fds_before']} -> {res['fds_after']}")
+        sa = scraper_stats(c.stats(), "sqla")
+        check(sa["idle_releases"] == 5 and sa["reconnects"] == 5,
+              f"idle releases {sa['idle_releases']}, reconnects {sa['reconnects']} (want 5, 5)")
+        c.check_server_view()
+
+
 if __name__ == "__main__":
-    main({f.__name__: f for f in (idle_scraper_gives_back_and_busy_one_gets_more,)})
+    main({f.__name__: f for f in (idle_scraper_gives_back_and_busy_one_gets_more,
+                                  sqlalchemy_pool_keeps_working_across_an_idle_release)})
