@@ -49,8 +49,14 @@ def viewer_capped_with_reserve_beside_two_busy_scrapers():
             f"{res['extra_ok']}, refused {res['extra_refused']}; viewer peak {peak_viewer[0]}")
         check(not res["errors"], f"the viewer had errors: {res['errors']}")
         check(res["ok"] == 24, f"the viewer ran {res['ok']} of 24 queries")
-        check(max(res["waits"]) < 1.0,
-              f"the viewer waited {max(res['waits']):.3f} s for its 2 reserved connections")
+        # every round within the viewer's own wait timeout (no refusal), and
+        # typically in a fraction of a second (connect and query included)
+        waits = sorted(res["waits"])
+        check(waits[-1] < 1.5,
+              f"the viewer waited {waits[-1]:.3f} s for its 2 reserved connections")
+        check(waits[len(waits) // 2] < 0.2,
+              f"the viewer's median wait for its 2 reserved connections was "
+              f"{waits[len(waits) // 2]:.3f} s")
         check(peak_viewer[0] <= 5, f"the viewer held {peak_viewer[0]} slots, above its cap of 5")
         # two rounds of 4 extra beside its 2: at most 3 fit under the cap each time
         check(res["extra_ok"] <= 6 and res["extra_refused"] >= 2,

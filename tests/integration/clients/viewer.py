@@ -1,5 +1,6 @@
 """A latency-sensitive reader: every PERIOD_S opens CONNS connections at once
-(one thread each), runs a query on each, holds them HOLD_S, closes them.
+(one thread each), runs a query on each (which leaves it in a transaction),
+holds them HOLD_S, closes them.
 Every fifth round it also tries EXTRA more connections beyond CONNS.
 
 usage: viewer.py ROUNDS CONNS EXTRA HOLD_S PERIOD_S
@@ -19,8 +20,14 @@ lock = threading.Lock()
 
 
 def one(results, i):
+    # query at once: psycopg2 then holds the connection in a transaction
+    # until it closes, so the shim can never release it under the viewer
     try:
-        results[i] = psycopg2.connect("")
+        c = psycopg2.connect("")
+        with c.cursor() as cur:
+            cur.execute("SELECT 1")
+            cur.fetchone()
+        results[i] = c
     except Exception as e:  # noqa: BLE001 - reported to the test
         results[i] = e
 
@@ -49,9 +56,6 @@ for r in range(rounds):
             else:
                 errors.append(str(c).strip())
             continue
-        with c.cursor() as cur:
-            cur.execute("SELECT 1")
-            cur.fetchone()
         if c in more:
             extra_ok += 1
         else:
