@@ -867,8 +867,10 @@ static _Atomic uint32_t advice_period_ms;
 static ds_handle *_Atomic advised; /* the handle the advice handler runs for */
 static _Atomic int self_waiters;   /* connects of this process in ds_acquire */
 
-/* How often the life thread looks while a connect of this process waits. */
+/* How often the life thread looks while a connect of this process waits,
+ * and how long a connection must have been unused to be freed for it. */
 #define SELF_RECLAIM_PERIOD_MS 100
+#define SELF_RECLAIM_UNUSED_NS (500ull * 1000 * 1000)
 
 /* Rule 6: a connect of this process waits because its scraper is at its
  * limit or the pool is full: free a slot of one of its own connections
@@ -898,7 +900,11 @@ static void self_reclaim(ds_handle *h)
                 want = me->waiting < (uint32_t)n ? me->waiting : (uint32_t)n;
         ds_stats_free(&st);
         if (want) {
-                uint32_t got = release_some(h, want, DS_RELEASE_NORMAL, 0);
+                /* only connections left unused a while: a connection between
+                 * two calls of a busy thread (just connected, about to query)
+                 * taken away would have to wait again, and with many waiters
+                 * the process would only pass slots round */
+                uint32_t got = release_some(h, want, DS_RELEASE_NORMAL, SELF_RECLAIM_UNUSED_NS);
                 if (got)
                         ds_debug("freed %u slot(s) of this process's unused connections for its "
                                  "waiting connects",
