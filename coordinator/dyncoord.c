@@ -885,19 +885,22 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
                 if (w > col)
                         col = w;
         }
-        printf("%-*s  %-6s %5s %5s %7s %5s %9s %9s %9s %9s %13s %12s  %s\n", (int)col, "SCRAPER",
-               "STATE", "HELD", "LIMIT", "WAITING", "PROCS", "CONNECTS", "RELEASES", "IDLE_REL",
-               "TIMEOUTS", "WAIT_MEAN_MS", "WAIT_MAX_MS", "OVERRIDES");
+        printf("%-*s  %-6s %5s %5s %7s %5s %9s %9s %9s %9s %10s %9s %13s %12s  %s\n", (int)col,
+               "SCRAPER", "STATE", "HELD", "LIMIT", "WAITING", "PROCS", "CONNECTS", "RELEASES",
+               "IDLE_REL", "SURPL_REL", "RECONNECTS", "TIMEOUTS", "WAIT_MEAN_MS", "WAIT_MAX_MS",
+               "OVERRIDES");
         for (size_t i = 0; i < st->n_scrapers; i++) {
                 const struct ds_scraper_stats *s = &st->scrapers[i];
                 size_t w = display_name(s->name, name, sizeof(name));
                 char ov[128];
                 if (!s->ov.flags || ds_override_format(&s->ov, ov, sizeof(ov)) <= 0)
                         snprintf(ov, sizeof(ov), "-");
-                printf("%s%*s  %-6s %5u %5u %7u %5u %9llu %9llu %9llu %9llu %13.3f %12.3f  %s\n",
+                printf("%s%*s  %-6s %5u %5u %7u %5u %9llu %9llu %9llu %9llu %10llu %9llu %13.3f "
+                       "%12.3f  %s\n",
                        name, (int)(col - w), "", s->active ? "active" : "idle", s->held, s->limit,
                        s->waiting, s->procs, (unsigned long long)s->connects,
                        (unsigned long long)s->releases, (unsigned long long)s->idle_releases,
+                       (unsigned long long)s->surplus_releases, (unsigned long long)s->reconnects,
                        (unsigned long long)s->timeouts, wait_ms_mean(s), ms_of_ns(s->wait_ns_max),
                        ov);
         }

@@ -84,3 +84,12 @@ void ds_conn_free(struct ds_conn *c)
         free(c->values);
         free(c);
 }
+
+void ds_conns_each(void (*fn)(struct ds_conn *e, void *arg), void *arg)
+{
+        pthread_mutex_lock(&conns_mutex);
+        for (size_t b = 0; b < DS_CONN_BUCKETS; b++)
+                for (struct ds_conn *c = buckets[b]; c; c = c->next)
+                        fn(c, arg);
+        pthread_mutex_unlock(&conns_mutex);
+}

@@ -5,14 +5,16 @@
  * call, so processes that never use libpq are untouched. */
 #include "shim.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <poll.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -259,11 +261,19 @@ enum { GRANTED = 0, PASS = 1, REFUSED = -1 };
 
 /* Takes a slot for a connect. GRANTED (c->lease), PASS (no pool to ask,
  * DYNSHIM_ON_ERROR=open) or REFUSED with the message in msg. */
+static void self_wait(ds_handle *h, int delta);
+
 static int acquire(struct ds_call *c, char *msg, size_t len)
 {
         char why[512] = "";
         ds_handle *h = current_coord(NULL, why, sizeof(why));
+        /* rule 6: while this connect waits, the life thread may free a slot
+         * of this process's own unused connections (self_reclaim) */
+        if (h)
+                self_wait(h, 1);
         int rc = h ? ds_acquire(h, cfg.timeout_ms, &c->lease.ref, why, sizeof(why)) : -ENOENT;
+        if (h)
+                self_wait(h, -1);
         if (rc == -ESTALE) {
                 h = current_coord(h, why, sizeof(why));
                 rc = h ? ds_acquire(h, cfg.timeout_ms, &c->lease.ref, why, sizeof(why)) : -ENOENT;
@@ -402,18 +412,25 @@ static void release_when_gone(int fd, const struct ds_slot *lease)
         errno = save;
 }
 
-/* Activity: a coarse timestamp, at most every 100 ms per process. */
-static void touch(ds_handle *h)
+static uint64_t coarse_now(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts); /* vDSO: no system call */
+        return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Activity: a coarse timestamp, published at most every 100 ms per
+ * process. Returns the time read. */
+static uint64_t touch(ds_handle *h)
 {
         static _Atomic uint64_t last;
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-        uint64_t now = (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+        uint64_t now = coarse_now();
         uint64_t prev = atomic_load_explicit(&last, memory_order_relaxed);
         if (now - prev < 100000000ull)
-                return;
+                return now;
         atomic_store_explicit(&last, now, memory_order_relaxed);
         ds_touch(h, now);
+        return now;
 }
 
 /* ---- connections ---- */
@@ -426,6 +443,7 @@ static struct ds_conn *new_entry(struct ds_call *c, PGconn *conn)
         e->conn = conn;
         e->lib = c->lib;
         e->owner = getpid();
+        e->fd = -1;
         return e;
 }
 
@@ -476,6 +494,460 @@ static int status_bad(struct ds_call *c, const PGconn *conn)
         return !conn || (c->lib->status && c->lib->status(conn) == CONNECTION_BAD);
 }
 
+/* ---- pins: session state a reconnect would lose ---- */
+
+static int word_at(const char *p, const char *w)
+{
+        size_t n = strlen(w);
+        return strncasecmp(p, w, n) == 0 && !isalnum((unsigned char)p[n]) && p[n] != '_';
+}
+
+static const char *skip_blank(const char *p)
+{
+        for (;;) {
+                while (isspace((unsigned char)*p))
+                        p++;
+                if (p[0] == '-' && p[1] == '-') {
+                        p += strcspn(p, "\n");
+                        continue;
+                }
+                if (p[0] == '/' && p[1] == '*') {
+                        const char *e = strstr(p + 2, "*/");
+                        if (!e)
+                                return p + strlen(p);
+                        p = e + 2;
+                        continue;
+                }
+                return p;
+        }
+}
+
+/* A statement starting at p that keeps state in the session. */
+static int statement_pins(const char *p)
+{
+        if (word_at(p, "prepare") || word_at(p, "listen"))
+                return 1;
+        if (word_at(p, "set")) {
+                const char *q = skip_blank(p + 3);
+                return !(word_at(q, "local") || word_at(q, "transaction") ||
+                         word_at(q, "constraints"));
+        }
+        if (word_at(p, "create")) {
+                const char *q = skip_blank(p + 6);
+                if (word_at(q, "or"))
+                        q = skip_blank(skip_blank(q + 2) + 7); /* or replace */
+                if (word_at(q, "global") || word_at(q, "local"))
+                        q = skip_blank(q + (word_at(q, "local") ? 5 : 6));
+                return word_at(q, "temp") || word_at(q, "temporary");
+        }
+        return 0;
+}
+
+/* set_config(name, value, is_local) at p (just after the name): pins unless
+ * is_local is plainly true. */
+static int set_config_pins(const char *p)
+{
+        p = skip_blank(p);
+        if (*p != '(')
+                return 0;
+        int depth = 0;
+        const char *last = NULL;
+        for (; *p; p++) {
+                if (*p == '\'') {
+                        while (*++p && *p != '\'')
+                                ;
+                        if (!*p)
+                                break;
+                } else if (*p == '(') {
+                        if (depth++ == 0)
+                                last = p + 1;
+                } else if (*p == ',' && depth == 1) {
+                        last = p + 1;
+                } else if (*p == ')' && --depth == 0) {
+                        const char *a = skip_blank(last);
+                        return !(word_at(a, "true") || !strncasecmp(a, "'t'", 3) ||
+                                 !strncasecmp(a, "'true'", 6));
+                }
+        }
+        return 1;
+}
+
+/* Whether SQL text q (one or more statements) keeps state in the session
+ * that a reconnect would lose (SPEC 4.5). String literals are skipped; a
+ * keyword anywhere else errs on the side of pinning. Linear in the text. */
+static int sql_pins(const char *q)
+{
+        const char *p = q;
+        while (*p) {
+                p = skip_blank(p);
+                if (!*p)
+                        break;
+                if (statement_pins(p))
+                        return 1;
+                int declare = word_at(p, "declare");
+                for (; *p && *p != ';'; p++) {
+                        char ch = (char)(*p | 0x20);
+                        if (*p == '\'') {
+                                while (*++p && *p != '\'')
+                                        ;
+                                if (!*p)
+                                        break;
+                        } else if (ch == 'p' && (!strncasecmp(p, "pg_advisory_lock", 16) ||
+                                                 !strncasecmp(p, "pg_try_advisory_lock", 20))) {
+                                return 1;
+                        } else if (ch == 's' && !strncasecmp(p, "set_config", 10) &&
+                                   set_config_pins(p + 10)) {
+                                return 1;
+                        } else if (declare && ch == 'w' && word_at(p, "with") &&
+                                   word_at(skip_blank(p + 4), "hold")) {
+                                return 1;
+                        }
+                }
+                if (*p == ';')
+                        p++;
+        }
+        return 0;
+}
+
+static void note_pins(struct ds_call *c, struct ds_conn *e)
+{
+        if (e->pinned)
+                return;
+        if ((c->args.stmt && c->args.stmt[0]) || (c->args.query && sql_pins(c->args.query))) {
+                e->pinned = 1;
+                ds_debug("connection %p is pinned by %s", (void *)e->conn, ds_fn_names[c->id]);
+        }
+}
+
+/* ---- idle and surplus release ---- */
+
+static char empty_message[1];
+
+/* How long the life thread waits for a released connection's idle backend
+ * to exit before it gives the slot back all the same. */
+#define RELEASE_GONE_WAIT_MS 2000
+
+/* Waits while another thread releases or reconnects e; OPEN or RELEASED. */
+static int settle(struct ds_conn *e)
+{
+        int s;
+        while ((s = atomic_load(&e->rstate)) == DS_CONN_RELEASING || s == DS_CONN_REVIVING) {
+                struct timespec ts = {0, 1000000};
+                nanosleep(&ts, NULL);
+        }
+        return s;
+}
+
+static void register_advice(ds_handle *h);
+static void advice_handler(void *arg);
+
+/* Reconnects a released connection in place (the calling thread owns it
+ * in REVIVING): a slot first (may wait), then the real PQreset with the
+ * socket moved onto the kept fd number, then the client-side state the
+ * application set. 0, or -1 with the connection still released (no slot:
+ * the message is its PQerrorMessage) or really broken (no server). */
+static int revive(struct ds_call *c, struct ds_conn *e)
+{
+        PGconn *conn = (PGconn *)e->conn;
+        struct ds_lib *lib = e->lib;
+        char msg[600];
+        int a = acquire(c, msg, sizeof(msg));
+        if (a == REFUSED) {
+                size_t len = strlen(msg);
+                char *err = malloc(len + 2);
+                if (err) {
+                        memcpy(err, msg, len);
+                        memcpy(err + len, "\n", 2);
+                }
+                ds_conns_lock();
+                free(e->error);
+                e->error = err;
+                ds_conns_unlock();
+                ds_log(DS_LOG_INFO, "%s", msg);
+                atomic_store(&e->rstate, DS_CONN_RELEASED);
+                return -1;
+        }
+        void (*reset)(PGconn *) = lib->fn[DS_ID_PQreset];
+        int (*setnb)(PGconn *, int) = lib->fn[DS_ID_PQsetnonblocking];
+        int (*enc)(const PGconn *) = lib->fn[DS_ID_PQclientEncoding];
+        int (*setenc)(PGconn *, const char *) = lib->fn[DS_ID_PQsetClientEncoding];
+        ds_fdhook_begin(DS_FDHOOK_RECONNECT, e->fd);
+        reset(conn);
+        int kept = ds_fdhook_end();
+        int ok = lib->status(conn) == CONNECTION_OK;
+        if (ok) {
+                if (e->nonblocking && setnb)
+                        setnb(conn, 1);
+                if (enc && setenc && lib->encoding_name && enc(conn) != e->encoding)
+                        setenc(conn, lib->encoding_name(e->encoding));
+                if (!kept && e->fd >= 0) {
+                        close(e->fd); /* the placeholder: the socket got another number */
+                        e->fd = -1;
+                }
+        }
+        ds_conns_lock();
+        free(e->error);
+        e->error = NULL;
+        e->owner = getpid();
+        if (ok && a == GRANTED) {
+                e->leased = 1;
+                e->lease = c->lease;
+        }
+        ds_conns_unlock();
+        if (!ok && a == GRANTED)
+                release(&c->lease);
+        if (ok && a == GRANTED) {
+                ds_note_reconnect(c->lease.h);
+                register_advice(c->lease.h);
+        }
+        ds_debug("released connection %p reconnected: %s, socket %d", (void *)conn,
+                 ok ? "ok" : "failed", lib->socket ? lib->socket(conn) : -1);
+        atomic_store(&e->last_used_ns, coarse_now());
+        atomic_store(&e->rstate, DS_CONN_OPEN);
+        return ok ? 0 : -1;
+}
+
+/* Brings e (a call on it is starting; busy already raised) to a state the
+ * call can use: OPEN, or RELEASED for kinds that report a released
+ * connection as healthy, or for a reconnect that got no slot. */
+static int enter_conn(struct ds_call *c, struct ds_conn *e)
+{
+        for (;;) {
+                int s = settle(e);
+                if (s == DS_CONN_OPEN || c->kind == DS_KIND_GETTER || c->kind == DS_KIND_ERRMSG)
+                        return s;
+                if (atomic_compare_exchange_strong(&e->rstate, &s, DS_CONN_REVIVING)) {
+                        revive(c, e);
+                        return atomic_load(&e->rstate);
+                }
+        }
+}
+
+/* Closes e on the server side and gives its slot back (the advice thread
+ * owns e in RELEASING). 1 if released; else e is OPEN again. */
+static int release_conn(struct ds_conn *e, int reason)
+{
+        PGconn *conn = (PGconn *)e->conn;
+        struct ds_lib *lib = e->lib;
+        PGTransactionStatusType (*tx)(const PGconn *) = lib->fn[DS_ID_PQtransactionStatus];
+        int (*isbusy)(PGconn *) = lib->fn[DS_ID_PQisBusy];
+        int (*isnb)(const PGconn *) = lib->fn[DS_ID_PQisnonblocking];
+        int (*enc)(const PGconn *) = lib->fn[DS_ID_PQclientEncoding];
+        int (*start)(PGconn *) = lib->fn[DS_ID_PQresetStart];
+        int fd = lib->socket ? lib->socket(conn) : -1;
+        if (!lib->status || !tx || !isbusy || !isnb || !enc || !start || fd < 0 ||
+            lib->status(conn) != CONNECTION_OK || tx(conn) != PQTRANS_IDLE || isbusy(conn) ||
+            (lib->pipeline && lib->pipeline(conn) != PQ_PIPELINE_OFF)) {
+                atomic_store(&e->rstate, DS_CONN_OPEN);
+                return 0;
+        }
+        e->nonblocking = isnb(conn);
+        e->encoding = enc(conn);
+        /* a duplicate of the socket shows when the backend is gone: only
+         * then does the slot go back (the server never sees more backends
+         * than pool_size) */
+        int gone_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        /* libpq sends Terminate (and TLS close_notify), closes the socket
+         * (a placeholder takes its number) and fails its new attempt at
+         * socket(): the PGconn stays, CONNECTION_BAD, with its parameters. */
+        ds_fdhook_begin(DS_FDHOOK_RELEASE, fd);
+        start(conn);
+        int kept = ds_fdhook_end();
+        if (lib->status(conn) != CONNECTION_BAD) {
+                /* This libpq does not reach the hooks (RTLD_DEEPBIND): it is
+                 * reconnecting for real. Finish that and never release its
+                 * connections again. */
+                PostgresPollingStatusType (*rpoll)(PGconn *) = lib->fn[DS_ID_PQresetPoll];
+                PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
+                while (rpoll && ps != PGRES_POLLING_OK && ps != PGRES_POLLING_FAILED) {
+                        struct pollfd pfd = {lib->socket(conn),
+                                             ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, 0};
+                        if (pfd.fd < 0 || poll(&pfd, 1, 1000) < 0)
+                                break;
+                        ps = rpoll(conn);
+                }
+                int (*setnb)(PGconn *, int) = lib->fn[DS_ID_PQsetnonblocking];
+                if (e->nonblocking && setnb)
+                        setnb(conn, 1);
+                if (gone_fd >= 0)
+                        close(gone_fd);
+                lib->no_release = 1;
+                ds_log(DS_LOG_WARN,
+                       "connections of %s cannot be released while idle (its socket calls do not "
+                       "reach the shim); they keep their slots",
+                       lib->path);
+                atomic_store(&e->rstate, DS_CONN_OPEN);
+                return 0;
+        }
+        e->fd = kept ? fd : -1;
+        ds_conns_lock();
+        struct ds_slot l = e->lease;
+        e->leased = 0;
+        ds_conns_unlock();
+        atomic_store(&e->rstate, DS_CONN_RELEASED);
+        if (gone_fd >= 0) {
+                shutdown(gone_fd, SHUT_WR);
+                if (!backend_gone(gone_fd, RELEASE_GONE_WAIT_MS))
+                        ds_debug("a released connection's backend is still there after %d ms",
+                                 RELEASE_GONE_WAIT_MS);
+                close(gone_fd);
+        }
+        int rc = ds_release_for(l.h, &l.ref, reason);
+        ds_debug("connection %p released (%s), fd %d %s: %s", (void *)conn,
+                 reason == DS_RELEASE_IDLE      ? "idle"
+                 : reason == DS_RELEASE_SURPLUS ? "surplus"
+                                                : "for a waiting connect of this process",
+                 fd, kept ? "kept" : "lost", rc ? strerror(-rc) : "slot returned");
+        return 1;
+}
+
+#define PICK_MAX 64
+
+struct pick {
+        ds_handle *h;
+        pid_t me;
+        uint64_t now, min_unused_ns;
+        struct ds_conn *got[PICK_MAX];
+        int n, max;
+};
+
+/* Takes a releasable, unused connection of this process exclusively
+ * (under the table lock, so it cannot be finished meanwhile). */
+static void pick_cb(struct ds_conn *e, void *arg)
+{
+        struct pick *p = arg;
+        if (p->n >= p->max || e->owner != p->me || !e->leased || (p->h && e->lease.h != p->h) ||
+            e->pinned || e->lib->no_release || atomic_load(&e->busy))
+                return;
+        if (p->now - atomic_load(&e->last_used_ns) < p->min_unused_ns)
+                return;
+        int s = DS_CONN_OPEN;
+        if (!atomic_compare_exchange_strong(&e->rstate, &s, DS_CONN_RELEASING))
+                return;
+        if (atomic_load(&e->busy)) { /* a call started meanwhile: it wins */
+                atomic_store(&e->rstate, DS_CONN_OPEN);
+                return;
+        }
+        p->got[p->n++] = e;
+}
+
+/* Releases up to n releasable connections of this process unused for
+ * min_unused_ns; returns how many. */
+static uint32_t release_some(ds_handle *h, uint32_t n, int reason, uint64_t min_unused_ns)
+{
+        struct pick p = {.h = h,
+                         .me = getpid(),
+                         .now = coarse_now(),
+                         .min_unused_ns = min_unused_ns,
+                         .max = PICK_MAX};
+        ds_conns_each(pick_cb, &p);
+        uint32_t done = 0;
+        for (int i = 0; i < p.n; i++) {
+                if (done < n)
+                        done += (uint32_t)release_conn(p.got[i], reason);
+                else
+                        atomic_store(&p.got[i]->rstate, DS_CONN_OPEN);
+        }
+        return done;
+}
+
+/* Surplus release and self-reclaim take only connections unused this long. */
+#define SURPLUS_UNUSED_NS (1000ull * 1000 * 1000)
+
+static uint32_t advice_period(ds_handle *h)
+{
+        struct ds_config cf;
+        uint32_t p = 1000;
+        if (ds_get_config(h, &cf) == 0 && cf.idle_timeout_ms / 4 < p)
+                p = cf.idle_timeout_ms / 4;
+        return p < 50 ? 50 : p;
+}
+
+static _Atomic uint32_t advice_period_ms;
+static ds_handle *_Atomic advised; /* the handle the advice handler runs for */
+static _Atomic int self_waiters;   /* connects of this process in ds_acquire */
+
+/* How often the life thread looks while a connect of this process waits. */
+#define SELF_RECLAIM_PERIOD_MS 100
+
+/* Rule 6: a connect of this process waits because its scraper is at its
+ * limit or the pool is full: free a slot of one of its own connections
+ * that no thread is using (the pool hands it to the oldest waiter). */
+static void self_reclaim(ds_handle *h)
+{
+        int n = atomic_load(&self_waiters);
+        if (n <= 0)
+                return;
+        struct ds_stats st;
+        if (ds_stats_get(h, &st) != 0)
+                return;
+        /* not when another scraper above its limit owes the pool its
+         * surplus: that is surplus release's job */
+        uint32_t want = 0;
+        int other_above = 0;
+        const struct ds_scraper_stats *me = NULL;
+        for (size_t i = 0; i < st.n_scrapers; i++) {
+                const struct ds_scraper_stats *s = &st.scrapers[i];
+                if (!strcmp(s->name, cfg.scraper))
+                        me = s;
+                else if (s->held > s->limit)
+                        other_above = 1;
+        }
+        if (me && me->waiting &&
+            (me->held >= me->limit || (st.held >= st.cfg.pool_size && !other_above)))
+                want = me->waiting < (uint32_t)n ? me->waiting : (uint32_t)n;
+        ds_stats_free(&st);
+        if (want) {
+                uint32_t got = release_some(h, want, DS_RELEASE_NORMAL, 0);
+                if (got)
+                        ds_debug("freed %u slot(s) of this process's unused connections for its "
+                                 "waiting connects",
+                                 got);
+        }
+}
+
+static void self_wait(ds_handle *h, int delta)
+{
+        if (atomic_load(&advised) != h)
+                return; /* no connection of this process holds a slot of h */
+        int n = atomic_fetch_add(&self_waiters, delta) + delta;
+        if (delta > 0 && n == 1) {
+                atomic_store(&advice_period_ms, SELF_RECLAIM_PERIOD_MS);
+                ds_set_advice_handler(h, advice_handler, h, SELF_RECLAIM_PERIOD_MS);
+        }
+}
+
+/* Runs on the process's life thread every advice period and when the pool
+ * wants slots back. */
+static void advice_handler(void *arg)
+{
+        ds_handle *h = arg;
+        struct ds_advice a;
+        if (ds_advise(h, &a) == 0 && a.give_back) {
+                uint64_t min_unused = a.reason == DS_RELEASE_SURPLUS ? SURPLUS_UNUSED_NS : 0;
+                uint32_t n = release_some(h, a.give_back, a.reason, min_unused);
+                if (a.reason == DS_RELEASE_SURPLUS && n < a.give_back)
+                        ds_advice_unused(h, a.give_back - n);
+        }
+        self_reclaim(h);
+        uint32_t p = atomic_load(&self_waiters) > 0 ? SELF_RECLAIM_PERIOD_MS : advice_period(h);
+        if (p != atomic_load(&advice_period_ms)) {
+                atomic_store(&advice_period_ms, p);
+                ds_set_advice_handler(h, advice_handler, h, p);
+        }
+}
+
+/* Asks the pool for release advice once this process holds a slot. */
+static void register_advice(ds_handle *h)
+{
+        if (atomic_load_explicit(&advised, memory_order_relaxed) == h)
+                return;
+        atomic_store(&advised, h);
+        uint32_t p = advice_period(h);
+        atomic_store(&advice_period_ms, p);
+        ds_set_advice_handler(h, advice_handler, h, p);
+}
+
 /* ---- begin / end ---- */
 
 static __thread int depth __attribute__((tls_model("initial-exec")));
@@ -516,6 +988,14 @@ static int begin_reset(struct ds_call *c)
                 e->owner = getpid();
                 e->leased = 0;
                 ds_conns_unlock();
+        }
+        int st = settle(e);
+        if (st == DS_CONN_RELEASED && e->owner == getpid() &&
+            atomic_compare_exchange_strong(&e->rstate, &st, DS_CONN_REVIVING)) {
+                /* a reset of a released connection is its reconnect */
+                c->out.i = revive(c, e) == 0;
+                c->skip = 1;
+                return 0;
         }
         if (e->leased)
                 return 1;
@@ -558,6 +1038,7 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         c->entry = NULL;
         c->leased = 0;
         c->coord = NULL;
+        c->busy = 0;
         c->gone_fd = -1;
         c->out.conn = NULL;
         /* A call made from inside a libpq copy is libpq using its own
@@ -600,12 +1081,21 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         case DS_KIND_RESET_START:
                 return begin_reset(c);
         case DS_KIND_FINISH:
-                if (c->entry && c->entry->owner != getpid()) {
-                        neutralize_socket(c->entry);
-                } else if (c->entry && c->entry->leased && c->entry->lib->socket) {
-                        int fd = c->entry->lib->socket(c->entry->conn);
-                        if (fd >= 0)
-                                c->gone_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+                c->out.i = -1;
+                if (c->entry) {
+                        /* out of the table: wait for a release or reconnect to end */
+                        struct ds_conn *e = c->entry;
+                        int st = settle(e);
+                        if (e->fd >= 0 && (st == DS_CONN_RELEASED || !e->lib->socket ||
+                                           e->lib->socket(e->conn) != e->fd))
+                                c->out.i = e->fd; /* the placeholder, closed after */
+                        if (e->owner != getpid()) {
+                                neutralize_socket(e);
+                        } else if (e->leased && e->lib->socket) {
+                                int fd = e->lib->socket(e->conn);
+                                if (fd >= 0)
+                                        c->gone_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+                        }
                 }
                 return 1;
         case DS_KIND_ACTIVITY:
@@ -613,12 +1103,56 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                 c->coord = atomic_load_explicit(&coord, memory_order_relaxed);
                 if (c->coord)
                         ds_inflight_add(c->coord, 1); /* the return touches the clock */
-                if (c->entry)
-                        atomic_fetch_add_explicit(&c->entry->busy, 1, memory_order_relaxed);
+                if (c->entry) {
+                        atomic_fetch_add(&c->entry->busy, 1);
+                        c->busy = 1;
+                        enter_conn(c, c->entry);
+                        note_pins(c, c->entry);
+                }
                 return 1;
+        case DS_KIND_REVIVE:
+                if (c->entry) {
+                        atomic_fetch_add(&c->entry->busy, 1);
+                        c->busy = 1;
+                        enter_conn(c, c->entry);
+                }
+                return 1;
+        case DS_KIND_GETTER:
+                if (!c->entry)
+                        return 1;
+                atomic_fetch_add(&c->entry->busy, 1);
+                c->busy = 1;
+                if (enter_conn(c, c->entry) != DS_CONN_RELEASED)
+                        return 1;
+                /* released: what a healthy idle connection reports */
+                switch (c->id) {
+                case DS_ID_PQstatus:
+                        c->out.i = CONNECTION_OK;
+                        break;
+                case DS_ID_PQtransactionStatus:
+                        c->out.i = PQTRANS_IDLE;
+                        break;
+                case DS_ID_PQsocket:
+                        c->out.i = c->entry->fd;
+                        break;
+                default: /* PQisBusy, PQflush */
+                        c->out.i = 0;
+                        break;
+                }
+                c->skip = 1;
+                return 0;
         case DS_KIND_ERRMSG:
-                if (c->entry && c->entry->error) {
+                if (!c->entry)
+                        return 1;
+                atomic_fetch_add(&c->entry->busy, 1);
+                c->busy = 1;
+                if (c->entry->error) {
                         c->out.str = c->entry->error;
+                        c->skip = 1;
+                        return 0;
+                }
+                if (enter_conn(c, c->entry) == DS_CONN_RELEASED) {
+                        c->out.str = empty_message;
                         c->skip = 1;
                         return 0;
                 }
@@ -678,11 +1212,15 @@ static void end_connect(struct ds_call *c)
                                 ds_debug("out of memory keeping a connection's parameters");
                         e->leased = c->leased && !bad;
                         e->lease = c->lease;
+                        e->fd = -1;
+                        e->last_used_ns = coarse_now();
                         ds_conn_add(e);
                 }
         }
         if (bad && c->leased)
                 release(&c->lease);
+        else if (c->leased)
+                register_advice(c->lease.h);
         ds_debug("%s via %s: %s", ds_fn_names[c->id], c->lib ? c->lib->path : "nothing",
                  bad ? "failed" : (c->leased ? "slot held" : "not counted"));
 }
@@ -690,9 +1228,13 @@ static void end_connect(struct ds_call *c)
 void ds_end(struct ds_call *c)
 {
         depth--;
-        if (c->nested || c->skip)
+        if (c->nested)
                 return;
         struct ds_conn *e = c->entry;
+        if (c->busy)
+                atomic_fetch_sub(&e->busy, 1);
+        if (c->skip)
+                return;
         switch (c->kind) {
         case DS_KIND_CONNECT:
         case DS_KIND_START:
@@ -726,17 +1268,23 @@ void ds_end(struct ds_call *c)
                         }
                         ds_debug("PQfinish via %s", e->lib->path);
                         ds_conn_free(e);
+                        if (c->out.i >= 0)
+                                close(c->out.i);
                 }
                 break;
         case DS_KIND_ACTIVITY:
-                if (e)
-                        atomic_fetch_sub_explicit(&e->busy, 1, memory_order_relaxed);
                 if (c->coord) {
-                        touch(c->coord);
+                        uint64_t now = touch(c->coord);
+                        if (e)
+                                atomic_store_explicit(&e->last_used_ns, now, memory_order_relaxed);
                         ds_inflight_add(c->coord, -1);
+                } else if (e) {
+                        atomic_store_explicit(&e->last_used_ns, coarse_now(), memory_order_relaxed);
                 }
                 break;
         case DS_KIND_ERRMSG:
+        case DS_KIND_GETTER:
+        case DS_KIND_REVIVE:
                 break;
         }
 }

@@ -21,6 +21,8 @@ enum ds_kind {
         DS_KIND_PING,
         DS_KIND_ACTIVITY,
         DS_KIND_ERRMSG,
+        DS_KIND_GETTER,
+        DS_KIND_REVIVE,
 };
 
 enum ds_fn_id {
@@ -50,7 +52,10 @@ struct ds_lib {
         void *fn[DS_ID_COUNT]; /* its own definitions of the intercepted names */
         ConnStatusType (*status)(const PGconn *);
         int (*socket)(const PGconn *);
-        int idx; /* index in the registry and in ds_slot_fns */
+        PGpipelineStatus (*pipeline)(const PGconn *);
+        const char *(*encoding_name)(int);
+        int no_release; /* a release of its connections could not keep them */
+        int idx;        /* index in the registry and in ds_slot_fns */
 };
 
 /* The per-library wrappers: ds_slot_fns[lib][id] behaves like the exported
@@ -104,8 +109,35 @@ struct ds_conn {
          * with expand_dbname). Process memory only, never the segment. */
         char **keywords, **values;
         int expand_dbname;
-        _Atomic int busy; /* calls in flight on it */
+        _Atomic int busy; /* calls in flight on it (and state checks) */
+        /* Idle release: rstate is DS_CONN_OPEN, or owned by one thread while
+         * RELEASING / REVIVING, or RELEASED (closed on the server side, no
+         * slot; the PGconn keeps its parameters). A thread using the
+         * connection raises busy before it reads rstate; the releaser moves
+         * OPEN -> RELEASING before it reads busy. */
+        _Atomic int rstate;
+        int pinned;                    /* holds session state a reconnect would lose */
+        int fd;                        /* while released: the fd number kept for it, or -1 */
+        int nonblocking;               /* while released: the mode to restore */
+        int encoding;                  /* while released: the client encoding to restore */
+        _Atomic uint64_t last_used_ns; /* coarse clock, end of its last call */
 };
+
+enum { DS_CONN_OPEN = 0, DS_CONN_RELEASING, DS_CONN_RELEASED, DS_CONN_REVIVING };
+
+/* Calls fn(e, arg) for every connection record under the table lock. */
+void ds_conns_each(void (*fn)(struct ds_conn *e, void *arg), void *arg);
+
+/* ---- keeping fd numbers (fdhook.c) ---- */
+
+/* Within begin/end, on the calling thread: close(fd) puts a placeholder on
+ * fd instead of freeing the number; socket() fails with EMFILE (RELEASE)
+ * or returns its new socket moved onto fd (RECONNECT). end returns 1 if the
+ * number was kept by a close or taken over by a socket. */
+enum { DS_FDHOOK_RELEASE = 1, DS_FDHOOK_RECONNECT = 2 };
+void ds_fdhook_begin(int mode, int fd);
+int ds_fdhook_end(void);
+int ds_fd_placeholder(int fd);
 
 /* Records a new connection (conn must not be in the table). 0 or -ENOMEM. */
 int ds_conn_add(struct ds_conn *c);
@@ -133,6 +165,7 @@ struct ds_call {
         int leased;
         struct ds_slot lease;
         ds_handle *coord; /* activity: the handle its in-flight mark went to */
+        int busy;         /* entry->busy was raised for this call */
         int gone_fd;      /* finish: a duplicate of the socket, to see the backend go */
         /* A connect's arguments as the caller passed them (not copied; set
          * by the wrapper before ds_begin, copied into the record by ds_end). */
@@ -141,6 +174,8 @@ struct ds_call {
                 const char *const *keywords, *const *values;
                 int expand_dbname;
                 const char *setdb[7]; /* PQsetdbLogin's, in order */
+                const char *query;    /* activity: SQL text, or NULL */
+                const char *stmt;     /* PQprepare/PQsendPrepare: the name */
         } args;
         union {
                 PGconn *conn;

@@ -247,6 +247,15 @@ static int query_int(PGconn *c, const char *sql)
         return v;
 }
 
+/* Opens a transaction on c: the connection is in use, so a connect of
+ * this process waiting for a slot cannot free c's slot (SPEC 4.6). */
+static void hold_in_transaction(PGconn *c)
+{
+        PGresult *r = pq->exec(c, "BEGIN");
+        CHECK(r && pq->result_status(r) == PGRES_COMMAND_OK, "BEGIN: %s", pq->error_message(c));
+        pq->clear(r);
+}
+
 /* Points fd 2 at a fresh file so a test can read what the shim wrote. */
 static char stderr_path[64];
 static void capture_stderr(void)
@@ -361,6 +370,7 @@ static void ping_takes_slot_while_pinging(void)
         CHECK(v.connects == 1 && v.held == 0, "after a ping: connects %llu held %u",
               (unsigned long long)v.connects, v.held);
         PGconn *c = connect_ok();
+        hold_in_transaction(c);
         double t0 = now_s();
         PGPing p = pq->ping(APP);
         double dt = now_s() - t0;
@@ -374,6 +384,7 @@ static void timeout_error_names_scraper_and_pool(void)
 {
         make_pool(1, 0);
         PGconn *a = connect_ok();
+        hold_in_transaction(a);
         double t0 = now_s();
         PGconn *b = pq->connectdb(APP);
         double dt = now_s() - t0;

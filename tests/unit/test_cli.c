@@ -461,7 +461,8 @@ Test(cli, set_shrinking_below_usage_keeps_slots_and_stops_new_grants)
 struct row {
         char state[16];
         unsigned held, limit, waiting, procs;
-        unsigned long long connects, releases, idle_releases, timeouts;
+        unsigned long long connects, releases, idle_releases, surplus_releases, reconnects,
+            timeouts;
         double wait_mean, wait_max;
 };
 
@@ -471,10 +472,11 @@ static int find_row(const char *table, const char *name, struct row *row)
         for (const char *line = table; line && *line; line = strchr(line, '\n'), line += !!line) {
                 if (strncmp(line, name, n) != 0 || line[n] != ' ')
                         continue;
-                return sscanf(line + n, "%15s %u %u %u %u %llu %llu %llu %llu %lf %lf", row->state,
-                              &row->held, &row->limit, &row->waiting, &row->procs, &row->connects,
-                              &row->releases, &row->idle_releases, &row->timeouts, &row->wait_mean,
-                              &row->wait_max) == 11;
+                return sscanf(line + n, "%15s %u %u %u %u %llu %llu %llu %llu %llu %llu %lf %lf",
+                              row->state, &row->held, &row->limit, &row->waiting, &row->procs,
+                              &row->connects, &row->releases, &row->idle_releases,
+                              &row->surplus_releases, &row->reconnects, &row->timeouts,
+                              &row->wait_mean, &row->wait_max) == 13;
         }
         return 0;
 }

@@ -1,0 +1,79 @@
+"""Idle release and live reallocation with real psycopg2 processes (the
+replaced system's scenario): three scrapers share a pool of 20 with limits
+10/15; short timings (idle_timeout 2 s, realloc_interval 1 s)."""
+import subprocess
+import time
+
+from harness import (Case, _binary, check, collect, count_backends, log, main, read_line,
+                     scraper_stats)
+
+
+def until(what, cond, limit):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < limit:
+        v = cond()
+        if v:
+            return time.monotonic() - t0
+        time.sleep(0.1)
+    check(False, f"{what} not reached within {limit} s")
+
+
+def held(c, name):
+    return scraper_stats(c.stats(), name)["held"]
+
+
+def say(p, cmd, name):
+    p.stdin.write(cmd + "\n")
+    p.stdin.flush()
+    check(read_line(p, 30, name) == "done " + cmd, f"{name} did not acknowledge {cmd}")
+
+
+def idle_scraper_gives_back_and_busy_one_gets_more():
+    with Case("idle_abc", pool_size=20, soft_limit=10, max_limit=15, wait_timeout=30,
+              idle_timeout=2) as c:
+        r = subprocess.run([_binary("DYNSHIM_IT_DYNCOORD", "dyncoord"), "--segment", c.segment,
+                            "--set", "realloc_interval=1"], capture_output=True, text=True)
+        check(r.returncode == 0, f"dyncoord --set: {r.stderr}")
+        c.start_sampler()
+        a = c.spawn_python("burst_scraper.py", 15, 2.0, scraper="a", stdin=subprocess.PIPE)
+        say(a, "work", "a")
+        t = until("a holding 15", lambda: held(c, "a") == 15, 20)
+        log(f"a alone reached 15 in {t:.2f} s")
+        # b starts: a gives back its surplus as its connections fall idle
+        b = c.spawn_python("burst_scraper.py", 10, 1.5, scraper="b", stdin=subprocess.PIPE)
+        say(b, "work", "b")
+        t = until("a at 10 and b at 10", lambda: held(c, "a") <= 10 and held(c, "b") == 10, 15)
+        log(f"b reached 10 and a came down to 10 in {t:.2f} s")
+        # a rests but stays alive: its connections are released
+        say(a, "rest", "a")
+        t0 = time.monotonic()
+        t = until("a holding 0", lambda: held(c, "a") == 0, 2 + 1 + 1 + 2)
+        log(f"a resting: held 0 after {t:.2f} s")
+        check(t <= 2 + 1 + 1 + 0.5, f"a released only after {t:.2f} s")
+        st = c.stats()
+        check(scraper_stats(st, "b")["limit"] == 15,
+              f"b's limit is {scraper_stats(st, 'b')['limit']} with a idle")
+        check(scraper_stats(st, "a")["idle_releases"] > 0, "no idle release counted for a")
+        until("a's backends gone", lambda: count_backends(c.admin_dsn(), c.db) <= 10, 3)
+        log(f"a's backends gone after {time.monotonic() - t0:.2f} s")
+        # a resumes: no error, slots again
+        say(a, "work", "a")
+        until("a holding slots again", lambda: held(c, "a") > 0, 10)
+        time.sleep(2)
+        for p in (a, b):
+            p.stdin.write("quit\n")
+            p.stdin.flush()
+        ra = collect(a, "a")
+        rb = collect(b, "b")
+        log(f"a: {ra}; b: {rb}")
+        check(not ra["errors"] and not rb["errors"], f"errors: a {ra['errors']} b {rb['errors']}")
+        check(ra["fds_changed"] == 0, f"a's fds changed {ra['fds_changed']} times")
+        st = c.stats()
+        sa = scraper_stats(st, "a")
+        check(sa["reconnects"] > 0, "a counted no reconnect")
+        log(f"a: idle releases {sa['idle_releases']}, surplus releases "
+            f"{sa['surplus_releases']}, reconnects {sa['reconnects']}")
+
+
+if __name__ == "__main__":
+    main({f.__name__: f for f in (idle_scraper_gives_back_and_busy_one_gets_more,)})

@@ -1,0 +1,486 @@
+/* idle_test.c - idle release, surplus release and transparent reconnect
+ * of libdynshim.so against a real server (with-pg.sh), with the shim
+ * preloaded by ctest. libpq is linked directly.
+ *
+ *   idle_test CASE
+ *
+ * Assertions read the coordinator (ds_stats_get), the server
+ * (pg_stat_activity through a psql run without the shim) and the server's
+ * log ($PGHOST/server.log, written by with-pg.sh's server). Exit 0: passed. */
+#include "dynshim/coord.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libpq-fe.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define APP "application_name=dsidle"
+
+static const char *segment;
+static ds_handle *coord;
+static int is_child;
+
+#define CHECK(cond, ...)                                                                           \
+        do {                                                                                       \
+                if (!(cond)) {                                                                     \
+                        fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);            \
+                        fprintf(stderr, __VA_ARGS__);                                              \
+                        fprintf(stderr, "\n");                                                     \
+                        exit(1);                                                                   \
+                }                                                                                  \
+        } while (0)
+
+static double now_s(void)
+{
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void sleep_s(double s)
+{
+        struct timespec ts = {(time_t)s, (long)((s - (time_t)s) * 1e9)};
+        nanosleep(&ts, NULL);
+}
+
+static void destroy_segment(void)
+{
+        if (is_child)
+                return;
+        if (coord)
+                ds_detach(coord);
+        coord = NULL;
+        ds_segment_destroy(segment, NULL, 0);
+}
+
+static ds_handle *pool(void)
+{
+        if (!coord) {
+                char err[256];
+                int rc = ds_attach(segment, 0, &coord, err, sizeof(err));
+                CHECK(rc == 0, "attach %s: %s", segment, err);
+        }
+        return coord;
+}
+
+/* One scraper's counters (zero if it is not known). */
+static struct ds_scraper_stats scraper(const char *name)
+{
+        struct ds_stats st;
+        struct ds_scraper_stats out = {0};
+        CHECK(ds_stats_get(pool(), &st) == 0, "stats of %s", segment);
+        for (size_t i = 0; i < st.n_scrapers; i++)
+                if (!strcmp(st.scrapers[i].name, name))
+                        out = st.scrapers[i];
+        ds_stats_free(&st);
+        return out;
+}
+
+static uint32_t pool_held(void)
+{
+        struct ds_stats st;
+        CHECK(ds_stats_get(pool(), &st) == 0, "stats of %s", segment);
+        uint32_t h = st.held;
+        ds_stats_free(&st);
+        return h;
+}
+
+/* Client backends with application_name app, counted without the shim. */
+static int server_count_app(const char *app)
+{
+        char cmd[512];
+        snprintf(cmd, sizeof(cmd),
+                 "env -u LD_PRELOAD psql -XAtqc \"SELECT count(*) FROM pg_stat_activity WHERE "
+                 "backend_type = 'client backend' AND application_name = '%s'\"",
+                 app);
+        FILE *f = popen(cmd, "r");
+        CHECK(f, "popen psql: %s", strerror(errno));
+        int n = -1;
+        if (fscanf(f, "%d", &n) != 1)
+                n = -1;
+        CHECK(pclose(f) == 0 && n >= 0, "psql could not count the server's sessions");
+        return n;
+}
+
+static int server_count(void)
+{
+        return server_count_app("dsidle");
+}
+
+static void make_pool(uint32_t size, uint32_t soft, uint32_t max, uint32_t idle_ms,
+                      uint32_t idle_release)
+{
+        struct ds_config cfg;
+        struct ds_capacity cap;
+        ds_config_defaults(&cfg);
+        ds_capacity_defaults(&cap);
+        cfg.pool_size = size;
+        cfg.soft_limit = soft;
+        cfg.max_limit = max;
+        cfg.idle_timeout_ms = idle_ms;
+        cfg.realloc_interval_ms = 1000;
+        cfg.wait_timeout_ms = 10000;
+        cfg.idle_release = idle_release;
+        struct ds_create_opts o = {.mode = 0600, .group = (gid_t)-1, .force = 1};
+        char err[256];
+        int rc = ds_segment_create(segment, &cfg, &cap, &o, err, sizeof(err));
+        CHECK(rc == 0, "create %s: %s", segment, err);
+}
+
+static PGconn *connect_ok(void)
+{
+        PGconn *c = PQconnectdb(APP);
+        CHECK(c && PQstatus(c) == CONNECTION_OK, "connect: %s", c ? PQerrorMessage(c) : "NULL");
+        return c;
+}
+
+static int query_int(PGconn *c, const char *sql)
+{
+        PGresult *r = PQexec(c, sql);
+        CHECK(r && PQresultStatus(r) == PGRES_TUPLES_OK, "%s: %s", sql, PQerrorMessage(c));
+        int v = atoi(PQgetvalue(r, 0, 0));
+        PQclear(r);
+        return v;
+}
+
+static void command_ok(PGconn *c, const char *sql)
+{
+        PGresult *r = PQexec(c, sql);
+        CHECK(r && (PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK),
+              "%s: %s", sql, PQerrorMessage(c));
+        PQclear(r);
+}
+
+/* Waits until the pool and the server both show want of this test's
+ * connections, up to limit_s; returns the time it took, or -1. */
+static double wait_for(uint32_t want, double limit_s)
+{
+        double t0 = now_s();
+        while (now_s() - t0 < limit_s) {
+                if (pool_held() == want && server_count() == (int)want)
+                        return now_s() - t0;
+                sleep_s(0.05);
+        }
+        return -1;
+}
+
+/* The server log's lines that a release must never cause. */
+static void server_log_is_clean(void)
+{
+        const char *path = getenv("DS_PG_LOG");
+        CHECK(path, "DS_PG_LOG (set by with-pg.sh) names the server's log");
+        FILE *f = fopen(path, "r");
+        CHECK(f, "open %s: %s", path, strerror(errno));
+        char line[1024];
+        int bad = 0;
+        while (fgets(line, sizeof(line), f)) {
+                if (strstr(line, "unexpected EOF") || strstr(line, "could not receive data") ||
+                    strstr(line, "connection reset") || strstr(line, "could not send data") ||
+                    strstr(line, "ERROR:") || strstr(line, "FATAL:")) {
+                        fprintf(stderr, "server log: %s", line);
+                        bad++;
+                }
+        }
+        fclose(f);
+        CHECK(bad == 0, "%d error lines in the server log", bad);
+}
+
+/* ---- cases ---- */
+
+/* With TLS: the backends really use it. */
+static void connections_use_tls(void)
+{
+        PGconn *c = PQconnectdb(APP);
+        CHECK(PQstatus(c) == CONNECTION_OK, "connect: %s", PQerrorMessage(c));
+        int tls = PQsslInUse(c);
+        PQfinish(c);
+        CHECK(!getenv("DS_PG_SSL") || tls, "DS_PG_SSL is set and the connection is not TLS");
+}
+
+/* SPEC 4.5: an idle process's connections are closed on the server side
+ * and their slots returned; the next use reconnects the same PGconn with
+ * the same fd number and client state, with no error. */
+static void idle_release_and_transparent_reconnect(void)
+{
+        make_pool(20, 10, 15, 1000, 1);
+        connections_use_tls();
+        PGconn *c[3];
+        int fd[3], pid[3];
+        for (int i = 0; i < 3; i++) {
+                c[i] = connect_ok();
+                fd[i] = PQsocket(c[i]);
+                pid[i] = PQbackendPID(c[i]);
+                CHECK(query_int(c[i], "SELECT 1") == 1, "query");
+        }
+        CHECK(PQsetnonblocking(c[1], 1) == 0, "nonblocking");
+        CHECK(PQsetClientEncoding(c[2], "LATIN1") == 0, "encoding: %s", PQerrorMessage(c[2]));
+        CHECK(pool_held() == 3 && server_count() == 3, "3 connections before idling");
+        /* idle_timeout 1 s + realloc_interval 1 s + 1 s */
+        double t = wait_for(0, 3.0);
+        CHECK(t >= 0, "still held %u, on the server %d after 3 s idle", pool_held(),
+              server_count());
+        fprintf(stderr, "released after %.2f s idle\n", t);
+        struct ds_scraper_stats s = scraper("dsidle");
+        CHECK(s.idle_releases == 3, "idle releases %llu", (unsigned long long)s.idle_releases);
+        for (int i = 0; i < 3; i++) {
+                CHECK(PQstatus(c[i]) == CONNECTION_OK, "released connection %d reports bad", i);
+                CHECK(PQtransactionStatus(c[i]) == PQTRANS_IDLE, "transaction status");
+                CHECK(PQsocket(c[i]) == fd[i], "socket %d while released, was %d", PQsocket(c[i]),
+                      fd[i]);
+                CHECK(PQerrorMessage(c[i])[0] == '\0', "error message \"%s\"",
+                      PQerrorMessage(c[i]));
+                CHECK(PQisBusy(c[i]) == 0 && PQflush(c[i]) == 0, "busy or unflushed");
+                CHECK(fcntl(fd[i], F_GETFD) >= 0, "fd %d is not kept open", fd[i]);
+        }
+        /* nonblocking: a query by the asynchronous API */
+        CHECK(PQsendQuery(c[1], "SELECT 2") == 1, "send: %s", PQerrorMessage(c[1]));
+        PGresult *r;
+        int got = 0;
+        while (PQflush(c[1]) > 0)
+                sleep_s(0.001);
+        for (;;) {
+                CHECK(PQconsumeInput(c[1]) == 1, "consume: %s", PQerrorMessage(c[1]));
+                if (PQisBusy(c[1])) {
+                        sleep_s(0.001);
+                        continue;
+                }
+                if (!(r = PQgetResult(c[1])))
+                        break;
+                CHECK(PQresultStatus(r) == PGRES_TUPLES_OK, "async: %s", PQerrorMessage(c[1]));
+                got = atoi(PQgetvalue(r, 0, 0));
+                PQclear(r);
+        }
+        CHECK(got == 2, "async result %d", got);
+        CHECK(PQisnonblocking(c[1]) == 1, "non-blocking mode lost");
+        CHECK(query_int(c[0], "SELECT 3") == 3, "query after release");
+        CHECK(query_int(c[2], "SELECT 4") == 4, "query after release");
+        CHECK(!strcmp(pg_encoding_to_char(PQclientEncoding(c[2])), "LATIN1"), "client encoding %s",
+              pg_encoding_to_char(PQclientEncoding(c[2])));
+        r = PQexec(c[2], "SHOW client_encoding");
+        CHECK(r && !strcmp(PQgetvalue(r, 0, 0), "LATIN1"), "server encoding");
+        PQclear(r);
+        for (int i = 0; i < 3; i++) {
+                CHECK(PQsocket(c[i]) == fd[i], "socket %d after reconnect, was %d", PQsocket(c[i]),
+                      fd[i]);
+                CHECK(PQbackendPID(c[i]) != pid[i], "backend %d was not replaced", pid[i]);
+        }
+        CHECK(pool_held() == 3 && server_count() == 3, "held %u, on the server %d after reuse",
+              pool_held(), server_count());
+        s = scraper("dsidle");
+        CHECK(s.reconnects == 3, "reconnects %llu", (unsigned long long)s.reconnects);
+        /* released again, then finished while released */
+        CHECK(wait_for(0, 3.0) >= 0, "not released a second time");
+        for (int i = 0; i < 3; i++)
+                PQfinish(c[i]);
+        for (int i = 0; i < 3; i++)
+                CHECK(fcntl(fd[i], F_GETFD) < 0, "fd %d left open after PQfinish", fd[i]);
+        CHECK(pool_held() == 0, "held %u after finishing", pool_held());
+        server_log_is_clean();
+}
+
+/* A connection inside a transaction is never released; its idle sibling is. */
+static void transaction_is_never_released(void)
+{
+        make_pool(20, 10, 15, 1000, 1);
+        PGconn *in_tx = connect_ok(), *idle = connect_ok();
+        command_ok(in_tx, "BEGIN");
+        command_ok(in_tx, "CREATE TABLE kept_in_tx(x int)");
+        command_ok(idle, "SELECT 1");
+        sleep_s(3.5);
+        CHECK(pool_held() == 1 && server_count() == 1, "held %u, on the server %d", pool_held(),
+              server_count());
+        command_ok(in_tx, "INSERT INTO kept_in_tx VALUES (1)");
+        command_ok(in_tx, "COMMIT");
+        CHECK(query_int(idle, "SELECT count(*) FROM kept_in_tx") == 1, "transaction lost");
+        PQfinish(in_tx);
+        PQfinish(idle);
+        server_log_is_clean();
+}
+
+/* Each kind of session state pins its connection (SPEC 4.5). */
+static void pinned_connections_are_never_released(void)
+{
+        make_pool(20, 10, 15, 1000, 1);
+        static const char *const pins[] = {
+            "PREPARE p1 AS SELECT 1",
+            "LISTEN channel_one",
+            "SET work_mem = '8MB'",
+            "select set_config('work_mem', '8MB', false)",
+            "CREATE TEMP TABLE tmp_one(x int)",
+            "SELECT pg_advisory_lock(42)",
+            "SELECT 1; set search_path = public",
+            "/* comment */ Create Temporary Table tmp_two(x int)",
+            "SELECT pg_try_advisory_lock(43)",
+        };
+        enum { NP = sizeof(pins) / sizeof(pins[0]) };
+        PGconn *c[NP + 3];
+        for (int i = 0; i < NP; i++) {
+                c[i] = connect_ok();
+                command_ok(c[i], pins[i]);
+        }
+        c[NP] = connect_ok(); /* named prepared statement by the protocol */
+        PGresult *r = PQprepare(c[NP], "named", "SELECT $1::int", 1, NULL);
+        CHECK(r && PQresultStatus(r) == PGRES_COMMAND_OK, "prepare: %s", PQerrorMessage(c[NP]));
+        PQclear(r);
+        c[NP + 1] = connect_ok(); /* cursor WITH HOLD */
+        command_ok(c[NP + 1], "BEGIN");
+        command_ok(c[NP + 1], "DECLARE held_cur CURSOR WITH HOLD FOR SELECT 7");
+        command_ok(c[NP + 1], "COMMIT");
+        /* not pinned: transaction-scoped state only */
+        c[NP + 2] = connect_ok();
+        command_ok(c[NP + 2],
+                   "BEGIN; SET LOCAL work_mem = '8MB'; SELECT "
+                   "set_config('work_mem', '9MB', true); SELECT pg_advisory_xact_lock(44); "
+                   "COMMIT");
+        command_ok(c[NP + 2], "SELECT 'SET x = 1; LISTEN y'");
+        int pinned = NP + 2;
+        CHECK(pool_held() == (uint32_t)pinned + 1, "held %u", pool_held());
+        double t = wait_for((uint32_t)pinned, 3.5);
+        CHECK(t >= 0, "held %u, on the server %d (want %d pinned)", pool_held(), server_count(),
+              pinned);
+        sleep_s(1.0);
+        CHECK(pool_held() == (uint32_t)pinned && server_count() == pinned,
+              "held %u, on the server %d later", pool_held(), server_count());
+        CHECK(query_int(c[0], "EXECUTE p1") == 1, "prepared statement lost");
+        r = PQexecPrepared(c[NP], "named", 1, (const char *const[]){"5"}, NULL, NULL, 0);
+        CHECK(r && PQresultStatus(r) == PGRES_TUPLES_OK && atoi(PQgetvalue(r, 0, 0)) == 5,
+              "named statement lost: %s", PQerrorMessage(c[NP]));
+        PQclear(r);
+        CHECK(query_int(c[NP + 1], "FETCH held_cur") == 7, "cursor lost");
+        CHECK(query_int(c[4], "SELECT count(*) FROM tmp_one") == 0, "temp table lost");
+        CHECK(query_int(c[NP + 2], "SELECT 8") == 8, "unpinned connection after release");
+        for (int i = 0; i < NP + 3; i++)
+                PQfinish(c[i]);
+        server_log_is_clean();
+}
+
+/* idle_release=off keeps every slot. */
+static void idle_release_off_keeps_connections(void)
+{
+        make_pool(20, 10, 15, 1000, 0);
+        PGconn *c[3];
+        for (int i = 0; i < 3; i++) {
+                c[i] = connect_ok();
+                command_ok(c[i], "SELECT 1");
+        }
+        sleep_s(3.5);
+        CHECK(pool_held() == 3 && server_count() == 3, "held %u, on the server %d", pool_held(),
+              server_count());
+        CHECK(scraper("dsidle").idle_releases == 0, "idle releases counted");
+        for (int i = 0; i < 3; i++)
+                PQfinish(c[i]);
+}
+
+/* Scraper b: opens n connections (each waits as long as it must) and
+ * holds them for hold_s. Run as a separate program image. */
+static void surplus_b_child(void)
+{
+        int n = atoi(getenv("DSIDLE_N"));
+        PGconn *c[32];
+        for (int i = 0; i < n; i++) {
+                c[i] = PQconnectdb("application_name=dsidle_b");
+                CHECK(PQstatus(c[i]) == CONNECTION_OK, "b connect %d: %s", i, PQerrorMessage(c[i]));
+                command_ok(c[i], "SELECT 1");
+        }
+        sleep_s(atof(getenv("DSIDLE_HOLD")));
+        for (int i = 0; i < n; i++)
+                PQfinish(c[i]);
+}
+
+static pid_t spawn_b(const char *self, int n, double hold)
+{
+        pid_t p = fork();
+        CHECK(p >= 0, "fork");
+        if (p == 0) {
+                char nb[16], hb[32];
+                snprintf(nb, sizeof(nb), "%d", n);
+                snprintf(hb, sizeof(hb), "%g", hold);
+                setenv("DSIDLE_N", nb, 1);
+                setenv("DSIDLE_HOLD", hb, 1);
+                setenv("DYNSHIM_SCRAPER", "b", 1);
+                execl(self, self, "surplus_b_child", (char *)NULL);
+                _exit(127);
+        }
+        return p;
+}
+
+/* SPEC 4.5: a scraper above its limit while another waits gives back its
+ * surplus (connections unused for 1 s); the other reaches its limit. */
+static void surplus_goes_to_waiting_scraper(const char *self)
+{
+        make_pool(20, 10, 15, 60000, 1);
+        setenv("DYNSHIM_SCRAPER", "a", 1); /* before the first libpq call */
+        PGconn *c[15];
+        for (int i = 0; i < 15; i++) {
+                c[i] = connect_ok();
+                command_ok(c[i], "SELECT 1");
+        }
+        CHECK(scraper("a").held == 15, "a holds %u", scraper("a").held);
+        pid_t b = spawn_b(self, 10, 2.0);
+        double t0 = now_s(), t = -1;
+        while (now_s() - t0 < 8) {
+                if (scraper("b").held == 10) {
+                        t = now_s() - t0;
+                        break;
+                }
+                sleep_s(0.05);
+        }
+        struct ds_scraper_stats sa = scraper("a");
+        CHECK(t >= 0, "b holds %u, a holds %u after 8 s", scraper("b").held, sa.held);
+        fprintf(stderr, "b reached 10 after %.2f s\n", t);
+        CHECK(sa.held == 10 && sa.surplus_releases == 5, "a holds %u, surplus releases %llu",
+              sa.held, (unsigned long long)sa.surplus_releases);
+        CHECK(server_count() + server_count_app("dsidle_b") <= 20, "more than 20 backends");
+        int st;
+        CHECK(waitpid(b, &st, 0) == b && WIFEXITED(st) && WEXITSTATUS(st) == 0, "b failed");
+        /* b stays active for idle_timeout after it left, so a's limit stays
+         * 10: its 15 connections take turns on 10 slots (rule 6), no error */
+        for (int round = 0; round < 2; round++)
+                for (int i = 0; i < 15; i++)
+                        CHECK(query_int(c[i], "SELECT 5") == 5, "a's connection %d after surplus",
+                              i);
+        CHECK(scraper("a").held <= 10, "a holds %u above its limit", scraper("a").held);
+        CHECK(server_count() <= 10, "a has %d backends", server_count());
+        for (int i = 0; i < 15; i++)
+                PQfinish(c[i]);
+        server_log_is_clean();
+}
+
+int main(int argc, char **argv)
+{
+        CHECK(argc == 2, "usage: %s CASE", argv[0]);
+        segment = getenv("DYNSHIM_SEGMENT");
+        CHECK(segment && *segment, "DYNSHIM_SEGMENT must name the test's segment");
+        CHECK(getenv("LD_PRELOAD") && strstr(getenv("LD_PRELOAD"), "libdynshim"),
+              "the shim must be preloaded");
+        const char *name = argv[1];
+        if (!strcmp(name, "surplus_b_child")) {
+                is_child = 1;
+                surplus_b_child();
+                return 0;
+        }
+        ds_segment_destroy(segment, NULL, 0);
+        atexit(destroy_segment);
+        if (!strcmp(name, "idle_release_and_transparent_reconnect"))
+                idle_release_and_transparent_reconnect();
+        else if (!strcmp(name, "transaction_is_never_released"))
+                transaction_is_never_released();
+        else if (!strcmp(name, "pinned_connections_are_never_released"))
+                pinned_connections_are_never_released();
+        else if (!strcmp(name, "idle_release_off_keeps_connections"))
+                idle_release_off_keeps_connections();
+        else if (!strcmp(name, "surplus_goes_to_waiting_scraper"))
+                surplus_goes_to_waiting_scraper(argv[0]);
+        else {
+                fprintf(stderr, "unknown case \"%s\"\n", name);
+                return 2;
+        }
+        printf("ok %s\n", name);
+        return 0;
+}
