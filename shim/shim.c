@@ -447,6 +447,29 @@ static struct ds_conn *new_entry(struct ds_call *c, PGconn *conn)
         return e;
 }
 
+/* msg followed by a newline, as libpq ends its own messages; NULL when out
+ * of memory. */
+static char *error_text(const char *msg)
+{
+        size_t len = strlen(msg);
+        char *err = malloc(len + 2);
+        if (err) {
+                memcpy(err, msg, len);
+                memcpy(err + len, "\n", 2);
+        }
+        return err;
+}
+
+/* Makes msg the connection's PQerrorMessage until its next success. */
+static void set_error(struct ds_conn *e, const char *msg)
+{
+        char *err = error_text(msg);
+        ds_conns_lock();
+        free(e->error);
+        e->error = err;
+        ds_conns_unlock();
+}
+
 /* A real PGconn of the caller's library that failed without touching the
  * network (an invalid option), whose PQerrorMessage is msg. */
 static PGconn *refused_conn(struct ds_call *c, const char *msg)
@@ -456,15 +479,12 @@ static PGconn *refused_conn(struct ds_call *c, const char *msg)
         if (!conn)
                 return NULL;
         struct ds_conn *e = new_entry(c, conn);
-        size_t len = strlen(msg);
-        char *err = malloc(len + 2);
+        char *err = error_text(msg);
         if (!e || !err) {
                 free(e);
                 free(err);
                 return conn; /* still a failed connection, with libpq's message */
         }
-        memcpy(err, msg, len);
-        memcpy(err + len, "\n", 2);
         e->error = err;
         ds_conn_add(e);
         ds_log(DS_LOG_INFO, "%s", msg);
@@ -653,16 +673,7 @@ static int revive(struct ds_call *c, struct ds_conn *e)
         char msg[600];
         int a = acquire(c, msg, sizeof(msg));
         if (a == REFUSED) {
-                size_t len = strlen(msg);
-                char *err = malloc(len + 2);
-                if (err) {
-                        memcpy(err, msg, len);
-                        memcpy(err + len, "\n", 2);
-                }
-                ds_conns_lock();
-                free(e->error);
-                e->error = err;
-                ds_conns_unlock();
+                set_error(e, msg);
                 ds_log(DS_LOG_INFO, "%s", msg);
                 atomic_store(&e->rstate, DS_CONN_RELEASED);
                 return -1;
@@ -1008,16 +1019,7 @@ static int begin_reset(struct ds_call *c)
         char msg[600];
         int a = acquire(c, msg, sizeof(msg));
         if (a == REFUSED) {
-                size_t len = strlen(msg);
-                char *err = malloc(len + 2);
-                if (err) {
-                        memcpy(err, msg, len);
-                        memcpy(err + len, "\n", 2);
-                }
-                ds_conns_lock();
-                free(e->error);
-                e->error = err;
-                ds_conns_unlock();
+                set_error(e, msg);
                 c->out.i = 0;
                 c->skip = 1;
                 return 0;
