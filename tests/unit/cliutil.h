@@ -112,22 +112,29 @@ static inline void init_or_fail(const char *const *extra)
         assert_exit(&r, 0);
 }
 
-/* Runs a Python expression over the JSON document `json` (bound to d) and
- * returns what it prints, without the final newline. */
-static inline void json_eval(const char *json, const char *expr, char *out, size_t len)
+/* Runs `program` (Python source that reads standard input and prints
+ * eval(sys.argv[1])) on `input` with expr as its argument, and returns what
+ * it prints, without the final newline; fails the test if Python fails. */
+static inline void py_eval(const char *program, const char *input, const char *expr, char *out,
+                           size_t len)
 {
         static struct result r;
-        char *argv[] = {PYTHON, "-c",
-                        "import json,sys\n"
-                        "d = json.loads(sys.stdin.buffer.read().decode('utf-8'))\n"
-                        "print(eval(sys.argv[1]))\n",
-                        (char *)expr, NULL};
-        run_program(&r, json, argv);
-        cr_assert_eq(r.code, 0, "python failed on %s:\n%s\ninput:\n%s", expr, r.err, json);
+        char *argv[] = {PYTHON, "-c", (char *)program, (char *)expr, NULL};
+        run_program(&r, input, argv);
+        cr_assert_eq(r.code, 0, "python failed on %s:\n%s\ninput:\n%s", expr, r.err, input);
         size_t n = strlen(r.out);
         if (n && r.out[n - 1] == '\n')
                 r.out[--n] = '\0';
         snprintf(out, len, "%s", r.out);
+}
+
+/* eval(expr) over the JSON document `json`, bound to d. */
+static inline void json_eval(const char *json, const char *expr, char *out, size_t len)
+{
+        py_eval("import json,sys\n"
+                "d = json.loads(sys.stdin.buffer.read().decode('utf-8'))\n"
+                "print(eval(sys.argv[1]))\n",
+                json, expr, out, len);
 }
 
 #define assert_json(json, expr, expected)                                                          \

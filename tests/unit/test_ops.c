@@ -702,22 +702,13 @@ Test(ops, watchdog_and_health_report_a_stopped_server_and_its_return, .timeout =
  * with f: family name -> family, and v: (sample name, scraper) -> value. */
 static void prom_eval(const char *text, const char *expr, char *out, size_t len)
 {
-        static struct result r;
-        char *argv[] = {
-            PYTHON, "-c",
-            "import sys\n"
-            "from prometheus_client.parser import text_string_to_metric_families\n"
-            "f = {m.name: m for m in text_string_to_metric_families(sys.stdin.read())}\n"
-            "v = {(s.name, s.labels.get('scraper')): s.value\n"
-            "     for m in f.values() for s in m.samples}\n"
-            "print(eval(sys.argv[1]))\n",
-            (char *)expr, NULL};
-        run_program(&r, text, argv);
-        cr_assert_eq(r.code, 0, "the parser failed on %s:\n%s\ninput:\n%s", expr, r.err, text);
-        size_t n = strlen(r.out);
-        if (n && r.out[n - 1] == '\n')
-                r.out[--n] = '\0';
-        snprintf(out, len, "%s", r.out);
+        py_eval("import sys\n"
+                "from prometheus_client.parser import text_string_to_metric_families\n"
+                "f = {m.name: m for m in text_string_to_metric_families(sys.stdin.read())}\n"
+                "v = {(s.name, s.labels.get('scraper')): s.value\n"
+                "     for m in f.values() for s in m.samples}\n"
+                "print(eval(sys.argv[1]))\n",
+                text, expr, out, len);
 }
 
 #define assert_prom(text, expr, expected)                                                          \
