@@ -344,6 +344,16 @@ int ds_conns_unused(struct ds_conn **e, int n)
         return kept;
 }
 
+int ds_conns_any_inside(void)
+{
+        int any = 0;
+        pthread_mutex_lock(&threads_mutex);
+        for (struct ds_thread *t = threads; t && !any; t = t->next)
+                any = atomic_load_explicit(&t->in, memory_order_relaxed) != NULL;
+        pthread_mutex_unlock(&threads_mutex);
+        return any;
+}
+
 void ds_conns_fork_prepare(void)
 {
         pthread_mutex_lock(&conns_mutex);

@@ -974,6 +974,8 @@ static void advice_handler(void *arg)
 {
         ds_handle *h = arg;
         struct ds_advice a;
+        if (ds_conns_any_inside())
+                touch(h); /* a call in flight (a long query): the scraper is active */
         if (ds_advise(h, &a) == 0 && a.give_back) {
                 uint64_t min_unused = a.reason == DS_RELEASE_SURPLUS ? SURPLUS_UNUSED_NS : 0;
                 uint32_t n = release_some(h, a.give_back, a.reason, min_unused);
@@ -1086,16 +1088,6 @@ void ds_fast_leave(struct ds_conn *e)
         ds_conn_leave(e, DS_IN_RECORD);
 }
 
-/* Whether an ACTIVITY call may wait for the server: all but a PQgetResult
- * whose result is already in (libpq's own PQisBusy says so). */
-static int may_wait(struct ds_call *c)
-{
-        if (c->id != DS_ID_PQgetResult || !c->conn || !c->lib)
-                return 1;
-        int (*isbusy)(PGconn *) = c->lib->fn[DS_ID_PQisBusy];
-        return !isbusy || isbusy((PGconn *)c->conn);
-}
-
 int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *conn)
 {
         c->id = id;
@@ -1108,7 +1100,6 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         c->leased = 0;
         c->coord = NULL;
         c->busy = 0;
-        c->inflight = 0;
         c->gone_fd = -1;
         c->out.conn = NULL;
         /* A call made from inside a libpq copy is libpq using its own
@@ -1139,7 +1130,7 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                 c->real = (void *)missing_function;
                 ds_log(DS_LOG_WARN, "no libpq definition of %s reachable from the caller",
                        ds_fn_names[id]);
-                if (c->kind != DS_KIND_ACTIVITY && c->kind != DS_KIND_SEND) {
+                if (c->kind != DS_KIND_ACTIVITY) {
                         c->skip = 1; /* no pool, no record: nothing to connect with */
                         return 0;
                 }
@@ -1173,14 +1164,10 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                 }
                 return 1;
         case DS_KIND_ACTIVITY:
-        case DS_KIND_SEND:
-                /* The return touches the clock. A call that may wait for the
-                 * server is in flight until then: the scraper is active. */
+                /* The return touches the clock; while the call runs, the
+                 * life thread sees it in the thread's record and keeps the
+                 * scraper active (advice_handler). */
                 c->coord = atomic_load_explicit(&coord, memory_order_relaxed);
-                if (c->coord && c->kind == DS_KIND_ACTIVITY && may_wait(c)) {
-                        ds_inflight_add(c->coord, 1);
-                        c->inflight = 1;
-                }
                 if (c->entry) {
                         c->busy = ds_conn_enter(c->entry);
                         enter_conn(c, c->entry);
@@ -1351,13 +1338,10 @@ void ds_end(struct ds_call *c)
                 }
                 break;
         case DS_KIND_ACTIVITY:
-        case DS_KIND_SEND:
                 if (c->coord) {
                         uint64_t now = touch(c->coord);
                         if (e)
                                 atomic_store_explicit(&e->last_used_ns, now, memory_order_relaxed);
-                        if (c->inflight)
-                                ds_inflight_add(c->coord, -1);
                 } else if (e) {
                         atomic_store_explicit(&e->last_used_ns, coarse_now(), memory_order_relaxed);
                 }

@@ -20,7 +20,6 @@ enum ds_kind {
         DS_KIND_FINISH,
         DS_KIND_PING,
         DS_KIND_ACTIVITY,
-        DS_KIND_SEND,
         DS_KIND_ERRMSG,
         DS_KIND_GETTER,
         DS_KIND_REVIVE,
@@ -163,6 +162,8 @@ void ds_conn_leave(struct ds_conn *e, int how);
 /* The releaser's side: e[0..n) are in RELEASING; those a call is inside go
  * back to OPEN and leave the array. Returns how many remain. */
 int ds_conns_unused(struct ds_conn **e, int n);
+/* Whether any thread is inside a call on a connection now. */
+int ds_conns_any_inside(void);
 void ds_conns_fork_prepare(void);
 void ds_conns_fork_parent(void);
 void ds_conns_fork_child(void);
@@ -187,9 +188,8 @@ struct ds_call {
         struct ds_conn *entry;
         int leased;
         struct ds_slot lease;
-        ds_handle *coord; /* activity: the handle its in-flight mark went to */
+        ds_handle *coord; /* activity: the handle whose clock the return touches */
         int busy;         /* how the call is inside entry (DS_IN_*), for ds_conn_leave */
-        int inflight;     /* the call is counted in flight on coord */
         int gone_fd;      /* finish: a duplicate of the socket, to see the backend go */
         /* A connect's arguments as the caller passed them (not copied; set
          * by the wrapper before ds_begin, copied into the record by ds_end). */

@@ -83,7 +83,6 @@
         ret r = DS_REAL(ret, params) args;                                                         \
         ds_end(&c);                                                                                \
         return r;
-#define DS_BODY_SEND DS_BODY_ACTIVITY
 #define DS_BODY_ERRMSG(ret, name, params, args, slot)                                              \
         struct ds_call c;                                                                          \
         if (ds_begin(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args)))                               \

@@ -148,8 +148,10 @@ Test(conns, a_call_inside_keeps_the_releaser_away)
 {
         static char key;
         struct ds_conn *e = record_for(&key);
+        cr_assert_eq(ds_conns_any_inside(), 0);
         int how = ds_conn_enter(e);
         cr_assert_eq(how, DS_IN_RECORD);
+        cr_assert_eq(ds_conns_any_inside(), 1, "the life thread sees the call in flight");
         atomic_store(&e->rstate, DS_CONN_RELEASING);
         struct ds_conn *got[1] = {e};
         cr_assert_eq(ds_conns_unused(got, 1), 0, "a call is inside: not released");
