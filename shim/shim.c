@@ -1088,6 +1088,24 @@ void ds_fast_leave(struct ds_conn *e)
         ds_conn_leave(e, DS_IN_RECORD);
 }
 
+struct ds_conn *ds_fast_activity(struct ds_call *c, int id, int slot, const void *ra,
+                                 const void *conn)
+{
+        struct ds_conn *e = ds_fast_enter(id, slot, ra, conn);
+        if (e && !e->pinned) {
+                c->id = id;
+                note_pins(c, e);
+        }
+        return e;
+}
+
+void ds_fast_activity_end(struct ds_conn *e)
+{
+        ds_handle *h = atomic_load_explicit(&coord, memory_order_relaxed);
+        atomic_store_explicit(&e->last_used_ns, h ? touch(h) : coarse_now(), memory_order_relaxed);
+        ds_fast_leave(e);
+}
+
 int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *conn)
 {
         c->id = id;

@@ -210,6 +210,12 @@ struct ds_call {
         } out;
 };
 
+/* The same for a call that talks to the server (c->args filled): notes the
+ * session state its SQL pins; the end touches the activity clock. */
+struct ds_conn *ds_fast_activity(struct ds_call *c, int id, int slot, const void *ra,
+                                 const void *conn);
+void ds_fast_activity_end(struct ds_conn *e);
+
 /* Every wrapper: ds_begin decides (and returns 1 if the real function must
  * be called through c->real), the wrapper calls it and stores the result in
  * c->out, then ds_end does the bookkeeping. slot < 0: route by caller. */
