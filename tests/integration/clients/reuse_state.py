@@ -1,0 +1,93 @@
+"""Connection reuse as a program sees it: for each kind of session state,
+connect, leave that state, close, connect again with the same parameters,
+and look. Uses psycopg2 or psycopg (3), as argv[1] says.
+
+Prints {"kinds": {kind: {"reused": bool, "fresh": bool, "detail": str}}}."""
+import json
+import sys
+
+DRIVER = sys.argv[1]
+if DRIVER == "psycopg2":
+    import psycopg2 as pg
+
+    def connect(dsn=""):
+        conn = pg.connect(dsn)
+        conn.autocommit = True
+        return conn
+else:
+    import psycopg as pg
+
+    def connect(dsn=""):
+        return pg.connect(dsn, autocommit=True)
+
+
+def one(conn, sql):
+    cur = conn.cursor()
+    cur.execute(sql)
+    row = cur.fetchone()
+    cur.close()
+    return row[0]
+
+
+def run(conn, sql):
+    cur = conn.cursor()
+    cur.execute(sql)
+    cur.close()
+
+
+def encoding(conn):
+    if DRIVER == "psycopg2":
+        return conn.encoding
+    return conn.pgconn.parameter_status(b"client_encoding").decode()
+
+
+def set_encoding(conn):
+    if DRIVER == "psycopg2":
+        conn.set_client_encoding("LATIN1")
+    else:
+        run(conn, "SET client_encoding TO 'LATIN1'")
+
+
+# kind: (leave the state, look at a fresh session: (fresh, detail))
+KINDS = {
+    "set": (lambda c: run(c, "SET work_mem = '7MB'"),
+            lambda c: (lambda v: (v == "4MB", f"work_mem {v}"))(one(c, "SHOW work_mem"))),
+    "prepared": (lambda c: run(c, "PREPARE st AS SELECT 1"),
+                 lambda c: (lambda n: (n == 0, f"{n} prepared"))(
+                     one(c, "SELECT count(*) FROM pg_prepared_statements"))),
+    "temp_table": (lambda c: run(c, "CREATE TEMP TABLE reuse_t (x int)"),
+                   lambda c: (lambda n: (n == 0, f"{n} temp tables"))(
+                       one(c, "SELECT count(*) FROM pg_class WHERE relname = 'reuse_t'"))),
+    "listen": (lambda c: run(c, "LISTEN reuse_chan"),
+               lambda c: (lambda n: (n == 0, f"{n} channels"))(
+                   one(c, "SELECT count(*) FROM pg_listening_channels()"))),
+    "advisory_lock": (lambda c: one(c, "SELECT pg_advisory_lock(77)"),
+                      lambda c: (lambda n: (n == 0, f"{n} advisory locks"))(
+                          one(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))),
+    "client_encoding": (set_encoding,
+                        lambda c: (lambda e: (e in ("UTF8", "UNICODE"), f"encoding {e}"))(
+                            encoding(c))),
+}
+
+out = {}
+for kind, (leave, look) in KINDS.items():
+    conn = connect()
+    pid = conn.info.backend_pid if DRIVER != "psycopg2" else conn.get_backend_pid()
+    leave(conn)
+    conn.close()
+    extra = ""
+    if kind == "advisory_lock":
+        # another connection (other parameters) gets the lock at once: the
+        # program's close gave it up although the backend stayed
+        other = connect("application_name=reuse_other")
+        got = one(other, "SELECT pg_try_advisory_lock(77)")
+        other.close()
+        extra = f", lock free after close: {got}"
+    conn = connect()
+    pid2 = conn.info.backend_pid if DRIVER != "psycopg2" else conn.get_backend_pid()
+    fresh, detail = look(conn)
+    if kind == "advisory_lock":
+        fresh = fresh and got
+    conn.close()
+    out[kind] = {"reused": pid == pid2, "fresh": bool(fresh), "detail": detail + extra}
+print(json.dumps({"kinds": out}))
