@@ -64,17 +64,13 @@ static int usable(const struct ds_lib *lib)
                lib->re.set_verbosity && lib->re.set_context && lib->re.untrace &&
                lib->re.notifies && lib->re.freemem && lib->re.result_status && lib->re.clear &&
                lib->fn[DS_ID_PQexec] && lib->fn[DS_ID_PQtransactionStatus] &&
-               lib->fn[DS_ID_PQisBusy] && lib->fn[DS_ID_PQsetnonblocking] &&
-               lib->fn[DS_ID_PQclientEncoding] && lib->fn[DS_ID_PQsetClientEncoding] &&
-               lib->encoding_name;
+               lib->fn[DS_ID_PQisBusy] && lib->fn[DS_ID_PQsetnonblocking];
 }
 
 void ds_reuse_note_fresh(struct ds_conn *e)
 {
         struct ds_lib *lib = e->lib;
         PGconn *conn = (PGconn *)e->conn;
-        int (*enc)(const PGconn *) = lib->fn[DS_ID_PQclientEncoding];
-        e->fresh_encoding = enc ? enc(conn) : -1;
         if (!lib->re.set_processor || !lib->re.set_receiver ||
             atomic_load_explicit(&fresh[lib->idx].receiver, memory_order_relaxed))
                 return;
@@ -96,6 +92,18 @@ static void drop_notifies(struct ds_lib *lib, PGconn *conn)
         PGnotify *n;
         while ((n = lib->re.notifies(conn)) != NULL)
                 lib->re.freemem(n);
+}
+
+/* Runs sql; 0 if it succeeded and left the connection healthy and idle. */
+static int command(struct ds_lib *lib, PGresult *(*exec)(PGconn *, const char *), PGconn *conn,
+                   const char *sql)
+{
+        PGTransactionStatusType (*tx)(const PGconn *) = lib->fn[DS_ID_PQtransactionStatus];
+        PGresult *r = exec(conn, sql);
+        int ok = r && lib->re.result_status(r) == PGRES_COMMAND_OK;
+        if (r)
+                lib->re.clear(r);
+        return ok && lib->status(conn) == CONNECTION_OK && tx(conn) == PQTRANS_IDLE ? 0 : -1;
 }
 
 static int reuse_on(ds_handle *h)
@@ -127,8 +135,9 @@ int ds_reuse_park(struct ds_conn *e)
         int (*isbusy)(PGconn *) = lib->fn[DS_ID_PQisBusy];
         int (*setnb)(PGconn *, int) = lib->fn[DS_ID_PQsetnonblocking];
         PGresult *(*exec)(PGconn *, const char *) = lib->fn[DS_ID_PQexec];
+        PGTransactionStatusType t = tx(conn);
         if (lib->status(conn) != CONNECTION_OK || lib->socket(conn) < 0 ||
-            tx(conn) != PQTRANS_IDLE || isbusy(conn) ||
+            (t != PQTRANS_IDLE && t != PQTRANS_INTRANS && t != PQTRANS_INERROR) || isbusy(conn) ||
             (lib->pipeline && lib->pipeline(conn) != PQ_PIPELINE_OFF))
                 return 0;
         /* client-side state back to a fresh connection's (the program's
@@ -140,11 +149,10 @@ int ds_reuse_park(struct ds_conn *e)
         lib->re.untrace(conn);
         if (setnb(conn, 0) != 0)
                 return 0;
-        PGresult *r = exec(conn, "DISCARD ALL");
-        int ok = r && lib->re.result_status(r) == PGRES_COMMAND_OK;
-        if (r)
-                lib->re.clear(r);
-        if (!ok || lib->status(conn) != CONNECTION_OK || tx(conn) != PQTRANS_IDLE)
+        /* an open transaction is rolled back, as the server does when a
+         * client goes away (psycopg2 closes inside its implicit BEGIN) */
+        if ((t != PQTRANS_IDLE && command(lib, exec, conn, "ROLLBACK") != 0) ||
+            command(lib, exec, conn, "DISCARD ALL") != 0)
                 return 0; /* finished normally: nothing was parked */
         drop_notifies(lib, conn);
         free(e->error);
@@ -205,23 +213,19 @@ static void forget_all(struct ds_conn *list)
 }
 
 /* Checks that a parked connection is still healthy and quiet and gives it
- * a fresh connection's notice processor and client encoding. 0 if it is
- * ready for use. */
+ * a fresh connection's notice processor (its client encoding came back with
+ * DISCARD ALL's RESET ALL, which the server reported). 0 if it is ready for
+ * use. */
 static int finish_reset(struct ds_conn *e)
 {
         struct ds_lib *lib = e->lib;
         PGconn *conn = (PGconn *)e->conn;
-        int (*enc)(const PGconn *) = lib->fn[DS_ID_PQclientEncoding];
-        int (*setenc)(PGconn *, const char *) = lib->fn[DS_ID_PQsetClientEncoding];
         /* anything from the server while parked is an end (a terminated
          * backend, a server shutting down) */
         struct pollfd p = {lib->socket(conn), POLLIN, 0};
         if (p.fd < 0 || poll(&p, 1, 0) != 0)
                 return -1;
         drop_notifies(lib, conn);
-        if (e->fresh_encoding >= 0 && enc(conn) != e->fresh_encoding &&
-            setenc(conn, lib->encoding_name(e->fresh_encoding)) != 0)
-                return -1;
         lib->re.set_processor(conn, atomic_load(&fresh[lib->idx].processor), NULL);
         return 0;
 }

@@ -137,7 +137,6 @@ struct ds_conn {
         _Atomic uint64_t last_used_ns; /* coarse clock, end of its last call */
         /* connection reuse (reuse.c) */
         int events;           /* an event procedure was registered: never parked */
-        int fresh_encoding;   /* the client encoding it had when opened */
         uint64_t parked_ns;   /* while parked: when */
         struct ds_conn *park; /* while parked: the next in the process's list */
 };
@@ -179,8 +178,8 @@ struct ds_params {
         int expand;
 };
 
-/* Remembers what a fresh connection of e->lib looks like (its notice hooks
- * and client encoding); at the end of every successful connect. */
+/* Remembers what a fresh connection of e->lib looks like (its notice
+ * hooks); at the end of every connect that did not fail. */
 void ds_reuse_note_fresh(struct ds_conn *e);
 
 /* At PQfinish of e (out of the table, owned by this process, holding a

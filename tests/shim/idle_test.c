@@ -539,13 +539,25 @@ static void reuse_gives_a_fresh_session(void)
         notices_seen = 0;
         command_ok(c, "DO $$BEGIN RAISE NOTICE 'x'; END$$");
         CHECK(notices_seen == 0, "the first use's notice processor was called");
-        PQfinish(c);
         fclose(trace);
-        /* a connection in a transaction, or with an event procedure, is closed */
-        c = connect_ok();
+        /* a connection finished inside a transaction: rolled back, as by the
+         * server when a client goes away, then parked */
+        command_ok(c, "CREATE TABLE IF NOT EXISTS reuse_rb (x int)");
         command_ok(c, "BEGIN");
+        command_ok(c, "INSERT INTO reuse_rb VALUES (1)");
         PQfinish(c);
-        CHECK(scraper("dsidle").parked == 0, "a connection in a transaction was parked");
+        CHECK(scraper("dsidle").parked == 1, "a connection in a transaction was not parked");
+        c = connect_ok();
+        CHECK(PQbackendPID(c) == pid && PQtransactionStatus(c) == PQTRANS_IDLE,
+              "not reused idle after a transaction");
+        CHECK(query_int(c, "SELECT count(*) FROM reuse_rb") == 0, "the transaction was kept");
+        command_ok(c, "DROP TABLE reuse_rb");
+        /* a connection in COPY is closed */
+        PGresult *copy = PQexec(c, "COPY (SELECT 1) TO STDOUT");
+        CHECK(PQresultStatus(copy) == PGRES_COPY_OUT, "COPY: %s", PQerrorMessage(c));
+        PQclear(copy);
+        PQfinish(c);
+        CHECK(scraper("dsidle").parked == 0, "a connection in COPY was parked");
         server_log_is_clean();
 }
 

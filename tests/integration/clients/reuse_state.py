@@ -48,6 +48,13 @@ def set_encoding(conn):
         run(conn, "SET client_encoding TO 'LATIN1'")
 
 
+def open_transaction(conn):
+    # the drivers' default: statements inside a transaction the program
+    # never ends before close (the server rolls it back)
+    conn.autocommit = False
+    run(conn, "CREATE TABLE reuse_tx (x int)")
+
+
 # kind: (leave the state, look at a fresh session: (fresh, detail))
 KINDS = {
     "set": (lambda c: run(c, "SET work_mem = '7MB'"),
@@ -64,6 +71,9 @@ KINDS = {
     "advisory_lock": (lambda c: one(c, "SELECT pg_advisory_lock(77)"),
                       lambda c: (lambda n: (n == 0, f"{n} advisory locks"))(
                           one(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))),
+    "open_transaction": (open_transaction,
+                         lambda c: (lambda n: (n == 0, f"{n} tables from the open transaction"))(
+                             one(c, "SELECT count(*) FROM pg_class WHERE relname = 'reuse_tx'"))),
     "client_encoding": (set_encoding,
                         lambda c: (lambda e: (e in ("UTF8", "UNICODE"), f"encoding {e}"))(
                             encoding(c))),
