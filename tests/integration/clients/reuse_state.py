@@ -55,25 +55,35 @@ def open_transaction(conn):
     run(conn, "CREATE TABLE reuse_tx (x int)")
 
 
+def none_left(sql, what):
+    """A look: sql counts what must be gone from a fresh session."""
+    def look(conn):
+        n = one(conn, sql)
+        return n == 0, f"{n} {what}"
+    return look
+
+
+def backend_pid(conn):
+    return conn.get_backend_pid() if DRIVER == "psycopg2" else conn.info.backend_pid
+
+
 # kind: (leave the state, look at a fresh session: (fresh, detail))
 KINDS = {
     "set": (lambda c: run(c, "SET work_mem = '7MB'"),
             lambda c: (lambda v: (v == "4MB", f"work_mem {v}"))(one(c, "SHOW work_mem"))),
     "prepared": (lambda c: run(c, "PREPARE st AS SELECT 1"),
-                 lambda c: (lambda n: (n == 0, f"{n} prepared"))(
-                     one(c, "SELECT count(*) FROM pg_prepared_statements"))),
+                 none_left("SELECT count(*) FROM pg_prepared_statements", "prepared")),
     "temp_table": (lambda c: run(c, "CREATE TEMP TABLE reuse_t (x int)"),
-                   lambda c: (lambda n: (n == 0, f"{n} temp tables"))(
-                       one(c, "SELECT count(*) FROM pg_class WHERE relname = 'reuse_t'"))),
+                   none_left("SELECT count(*) FROM pg_class WHERE relname = 'reuse_t'",
+                             "temp tables")),
     "listen": (lambda c: run(c, "LISTEN reuse_chan"),
-               lambda c: (lambda n: (n == 0, f"{n} channels"))(
-                   one(c, "SELECT count(*) FROM pg_listening_channels()"))),
+               none_left("SELECT count(*) FROM pg_listening_channels()", "channels")),
     "advisory_lock": (lambda c: one(c, "SELECT pg_advisory_lock(77)"),
-                      lambda c: (lambda n: (n == 0, f"{n} advisory locks"))(
-                          one(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"))),
+                      none_left("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'",
+                                "advisory locks")),
     "open_transaction": (open_transaction,
-                         lambda c: (lambda n: (n == 0, f"{n} tables from the open transaction"))(
-                             one(c, "SELECT count(*) FROM pg_class WHERE relname = 'reuse_tx'"))),
+                         none_left("SELECT count(*) FROM pg_class WHERE relname = 'reuse_tx'",
+                                   "tables from the open transaction")),
     "client_encoding": (set_encoding,
                         lambda c: (lambda e: (e in ("UTF8", "UNICODE"), f"encoding {e}"))(
                             encoding(c))),
@@ -82,7 +92,7 @@ KINDS = {
 out = {}
 for kind, (leave, look) in KINDS.items():
     conn = connect()
-    pid = conn.info.backend_pid if DRIVER != "psycopg2" else conn.get_backend_pid()
+    pid = backend_pid(conn)
     leave(conn)
     conn.close()
     extra = ""
@@ -94,7 +104,7 @@ for kind, (leave, look) in KINDS.items():
         other.close()
         extra = f", lock free after close: {got}"
     conn = connect()
-    pid2 = conn.info.backend_pid if DRIVER != "psycopg2" else conn.get_backend_pid()
+    pid2 = backend_pid(conn)
     fresh, detail = look(conn)
     if kind == "advisory_lock":
         fresh = fresh and got
