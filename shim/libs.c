@@ -186,6 +186,15 @@ struct ds_lib *ds_lib_containing(const void *addr)
         lib->socket = (int (*)(const PGconn *))own_symbol(h, "PQsocket", &o);
         lib->pipeline = (PGpipelineStatus(*)(const PGconn *))own_symbol(h, "PQpipelineStatus", &o);
         lib->encoding_name = (const char *(*)(int))own_symbol(h, "pg_encoding_to_char", &o);
+        lib->re.set_processor = own_symbol(h, "PQsetNoticeProcessor", &o);
+        lib->re.set_receiver = own_symbol(h, "PQsetNoticeReceiver", &o);
+        lib->re.set_verbosity = own_symbol(h, "PQsetErrorVerbosity", &o);
+        lib->re.set_context = own_symbol(h, "PQsetErrorContextVisibility", &o);
+        lib->re.untrace = own_symbol(h, "PQuntrace", &o);
+        lib->re.notifies = own_symbol(h, "PQnotifies", &o);
+        lib->re.freemem = own_symbol(h, "PQfreemem", &o);
+        lib->re.result_status = own_symbol(h, "PQresultStatus", &o);
+        lib->re.clear = own_symbol(h, "PQclear", &o);
         lib->idx = n;
         h = NULL; /* kept: the reference keeps the copy mapped while we route to it */
         atomic_store_explicit(&n_libs, n + 1, memory_order_release);

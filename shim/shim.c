@@ -150,10 +150,12 @@ static void fork_prepare(void)
         pthread_mutex_lock(&attach_mutex);
         ds_libs_lock();
         ds_conns_fork_prepare();
+        ds_reuse_lock();
 }
 
 static void fork_parent(void)
 {
+        ds_reuse_unlock();
         ds_conns_fork_parent();
         ds_libs_unlock();
         pthread_mutex_unlock(&attach_mutex);
@@ -161,6 +163,7 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
+        ds_reuse_unlock();
         ds_conns_fork_child();
         ds_libs_unlock();
         pthread_mutex_unlock(&attach_mutex);
@@ -515,6 +518,31 @@ static void neutralize_socket(struct ds_conn *e)
                 close(nul);
         ds_debug("inherited connection %p closed without touching the parent's session",
                  (void *)e->conn);
+}
+
+void ds_forget_inherited(struct ds_conn *e)
+{
+        void (*finish)(PGconn *) = e->lib->fn[DS_ID_PQfinish];
+        neutralize_socket(e);
+        if (finish)
+                finish((PGconn *)e->conn);
+        ds_conn_free(e);
+}
+
+void ds_finish_now(struct ds_conn *e)
+{
+        void (*finish)(PGconn *) = e->lib->fn[DS_ID_PQfinish];
+        int fd = e->lib->socket ? e->lib->socket(e->conn) : -1;
+        int gone_fd = fd >= 0 && e->leased ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+        if (finish)
+                finish((PGconn *)e->conn);
+        if (e->leased) {
+                if (gone_fd >= 0)
+                        release_when_gone(gone_fd, &e->lease);
+                else
+                        release(&e->lease);
+        }
+        ds_conn_free(e);
 }
 
 static int status_bad(struct ds_call *c, const PGconn *conn)
@@ -901,10 +929,12 @@ static uint32_t release_some(ds_handle *h, uint32_t n, int reason, uint64_t min_
 
 static uint32_t advice_period(ds_handle *h)
 {
-        struct ds_config cf;
+        struct ds_config cf = {0};
         uint32_t p = 1000;
         if (ds_get_config(h, &cf) == 0 && cf.idle_timeout_ms / 4 < p)
                 p = cf.idle_timeout_ms / 4;
+        if (cf.reuse && cf.reuse_timeout_ms / 4 < p)
+                p = cf.reuse_timeout_ms / 4;
         return p < 50 ? 50 : p;
 }
 
@@ -976,7 +1006,20 @@ static void advice_handler(void *arg)
         struct ds_advice a;
         if (ds_conns_any_inside())
                 touch(h); /* a call in flight (a long query): the scraper is active */
-        if (ds_advise(h, &a) == 0 && a.give_back) {
+        int advised_ok = ds_advise(h, &a) == 0;
+        /* parked connections go first: expired ones, every one when a
+         * connect waits, and before any connection in use is released */
+        uint32_t closed = ds_reuse_close(h, advised_ok && a.waiting > 0, UINT32_MAX);
+        if (advised_ok && a.give_back > 0 && ds_reuse_any()) {
+                uint32_t more = ds_reuse_close(h, 1, a.give_back);
+                closed += more;
+                a.give_back -= more;
+                if (a.reason == DS_RELEASE_SURPLUS)
+                        ds_advice_unused(h, more); /* given back all the same */
+        }
+        if (closed)
+                ds_debug("closed %u parked connection(s)", closed);
+        if (advised_ok && a.give_back) {
                 uint64_t min_unused = a.reason == DS_RELEASE_SURPLUS ? SURPLUS_UNUSED_NS : 0;
                 uint32_t n = release_some(h, a.give_back, a.reason, min_unused);
                 if (a.reason == DS_RELEASE_SURPLUS && n < a.give_back)
@@ -1011,10 +1054,40 @@ static long missing_function(void)
         return 0;
 }
 
+static void params_of(const struct ds_call *c, struct ds_params *p, const char *k[8],
+                      const char *v[8]);
+
+/* A parked connection opened with the same parameters, instead of a new
+ * one: 1 if c->out is it. */
+static int reuse_parked(struct ds_call *c)
+{
+        if ((c->kind != DS_KIND_CONNECT && c->kind != DS_KIND_START) || !ds_reuse_any())
+                return 0;
+        const char *k[8], *v[8];
+        struct ds_params p;
+        params_of(c, &p, k, v);
+        struct ds_conn *e = ds_reuse_take(c->lib, &p);
+        if (!e)
+                return 0;
+        atomic_store(&e->busy, 0);
+        atomic_store(&e->rstate, DS_CONN_OPEN);
+        atomic_store(&e->last_used_ns, coarse_now());
+        if (ds_conn_add(e) != 0) {
+                ds_finish_now(e); /* cannot be tracked: a new connection instead */
+                return 0;
+        }
+        c->out.conn = (PGconn *)e->conn;
+        return 1;
+}
+
 static int begin_connect(struct ds_call *c)
 {
         char msg[600];
         reap_drains();
+        if (reuse_parked(c)) {
+                c->skip = 1;
+                return 0;
+        }
         int a = acquire(c, msg, sizeof(msg));
         if (a != REFUSED)
                 return 1;
@@ -1169,6 +1242,10 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                         /* out of the table: wait for a release or reconnect to end */
                         struct ds_conn *e = c->entry;
                         int st = settle(e);
+                        if (st == DS_CONN_OPEN && e->owner == getpid() && ds_reuse_park(e)) {
+                                c->skip = 1; /* parked: stays open, keeps its slot */
+                                return 0;
+                        }
                         if (e->fd >= 0 && (st == DS_CONN_RELEASED || !e->lib->socket ||
                                            e->lib->socket(e->conn) != e->fd))
                                 c->out.i = e->fd; /* the placeholder, closed after */
@@ -1193,6 +1270,8 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                 }
                 return 1;
         case DS_KIND_REVIVE:
+                if (c->entry && c->id == DS_ID_PQregisterEventProc)
+                        c->entry->events = 1; /* its state cannot be reset: never parked */
                 if (c->entry) {
                         c->busy = ds_conn_enter(c->entry);
                         enter_conn(c, c->entry);
@@ -1242,39 +1321,47 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         return 1;
 }
 
-/* Copies the connect's parameters into e as keyword/value pairs: what a
- * later transparent reconnect passes to PQconnectdbParams. A conninfo
- * string becomes dbname=<conninfo> with expand_dbname, as libpq reads it. */
-static int keep_params(struct ds_conn *e, const struct ds_call *c)
+/* The connect's parameters as keyword/value pairs: a conninfo string
+ * becomes dbname=<conninfo> with expand_dbname, as libpq reads it; k and v
+ * hold up to 8 pairs for the forms that are not arrays already. */
+static void params_of(const struct ds_call *c, struct ds_params *p, const char *k[8],
+                      const char *v[8])
 {
         static const char *const setdb_keys[7] = {"host",   "port", "options", NULL,
                                                   "dbname", "user", "password"};
-        const char *k[8], *v[8];
-        const char *const *keys = k, *const *vals = v;
-        size_t n = 0;
-        e->expand_dbname = 1;
+        p->keys = k, p->vals = v, p->n = 0, p->expand = 1;
         if (c->id == DS_ID_PQconnectdb || c->id == DS_ID_PQconnectStart) {
                 k[0] = "dbname", v[0] = c->args.conninfo ? c->args.conninfo : "";
-                n = 1;
+                p->n = 1;
         } else if (c->id == DS_ID_PQsetdbLogin) {
                 for (int i = 0; i < 7; i++)
                         if (setdb_keys[i] && c->args.setdb[i])
-                                k[n] = setdb_keys[i], v[n++] = c->args.setdb[i];
+                                k[p->n] = setdb_keys[i], v[p->n++] = c->args.setdb[i];
         } else if (c->args.keywords) {
-                keys = c->args.keywords;
-                vals = c->args.values;
-                e->expand_dbname = c->args.expand_dbname;
-                while (keys[n])
-                        n++;
+                p->keys = c->args.keywords;
+                p->vals = c->args.values;
+                p->expand = c->args.expand_dbname;
+                while (p->keys[p->n])
+                        p->n++;
         }
-        e->keywords = calloc(n + 1, sizeof(char *));
-        e->values = calloc(n + 1, sizeof(char *));
+}
+
+/* Copies the connect's parameters into e: what a later transparent
+ * reconnect passes to PQconnectdbParams, and what reuse matches. */
+static int keep_params(struct ds_conn *e, const struct ds_call *c)
+{
+        const char *k[8], *v[8];
+        struct ds_params p;
+        params_of(c, &p, k, v);
+        e->expand_dbname = p.expand;
+        e->keywords = calloc(p.n + 1, sizeof(char *));
+        e->values = calloc(p.n + 1, sizeof(char *));
         if (!e->keywords || !e->values)
                 return -ENOMEM;
-        for (size_t i = 0; i < n; i++) {
-                e->keywords[i] = strdup(keys[i]);
-                e->values[i] = vals && vals[i] ? strdup(vals[i]) : NULL;
-                if (!e->keywords[i] || (vals && vals[i] && !e->values[i]))
+        for (size_t i = 0; i < p.n; i++) {
+                e->keywords[i] = strdup(p.keys[i]);
+                e->values[i] = p.vals && p.vals[i] ? strdup(p.vals[i]) : NULL;
+                if (!e->keywords[i] || (p.vals && p.vals[i] && !e->values[i]))
                         return -ENOMEM;
         }
         return 0;
@@ -1293,6 +1380,8 @@ static void end_connect(struct ds_call *c)
                         e->lease = c->lease;
                         e->fd = -1;
                         e->last_used_ns = coarse_now();
+                        if (!bad)
+                                ds_reuse_note_fresh(e);
                         if (ds_conn_add(e) != 0) {
                                 /* untracked: its slot stays taken until exit */
                                 ds_log(DS_LOG_WARN, "out of memory recording a connection");

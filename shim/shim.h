@@ -4,6 +4,7 @@
 #ifndef DYNSHIM_SHIM_H
 #define DYNSHIM_SHIM_H
 
+#include <libpq-events.h>
 #include <libpq-fe.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -54,6 +55,19 @@ struct ds_lib {
         int (*socket)(const PGconn *);
         PGpipelineStatus (*pipeline)(const PGconn *);
         const char *(*encoding_name)(int);
+        /* what connection reuse needs beyond the intercepted names (any NULL:
+         * its connections are never parked) */
+        struct {
+                PQnoticeProcessor (*set_processor)(PGconn *, PQnoticeProcessor, void *);
+                PQnoticeReceiver (*set_receiver)(PGconn *, PQnoticeReceiver, void *);
+                PGVerbosity (*set_verbosity)(PGconn *, PGVerbosity);
+                PGContextVisibility (*set_context)(PGconn *, PGContextVisibility);
+                void (*untrace)(PGconn *);
+                PGnotify *(*notifies)(PGconn *);
+                void (*freemem)(void *);
+                ExecStatusType (*result_status)(const PGresult *);
+                void (*clear)(PGresult *);
+        } re;
         int no_release; /* a release of its connections could not keep them */
         int idx;        /* index in the registry and in ds_slot_fns */
 };
@@ -122,6 +136,10 @@ struct ds_conn {
         int nonblocking;               /* while released: the mode to restore */
         int encoding;                  /* while released: the client encoding to restore */
         _Atomic uint64_t last_used_ns; /* coarse clock, end of its last call */
+        /* connection reuse (reuse.c) */
+        int events;           /* an event procedure was registered: never parked */
+        uint64_t parked_ns;   /* while parked: when */
+        struct ds_conn *park; /* while parked: the next in the process's list */
 };
 
 enum { DS_CONN_OPEN = 0, DS_CONN_RELEASING, DS_CONN_RELEASED, DS_CONN_REVIVING };
@@ -167,6 +185,49 @@ int ds_conns_any_inside(void);
 void ds_conns_fork_prepare(void);
 void ds_conns_fork_parent(void);
 void ds_conns_fork_child(void);
+
+/* ---- connection reuse (reuse.c) ---- */
+
+/* Connect parameters as keyword/value pairs (a conninfo string is
+ * dbname=<conninfo> with expand_dbname): what a connection was opened with. */
+struct ds_params {
+        const char *const *keys, *const *vals;
+        size_t n;
+        int expand;
+};
+
+/* Remembers what a fresh connection of e->lib looks like (its notice
+ * hooks); at the end of every connect that did not fail. */
+void ds_reuse_note_fresh(struct ds_conn *e);
+
+/* At PQfinish of e (out of the table, owned by this process, holding a
+ * slot, OPEN): parks it if the pool has reuse on and the connection can be
+ * brought back to a fresh state. 1: parked (the record is kept), else 0. */
+int ds_reuse_park(struct ds_conn *e);
+
+/* Before a connect: a parked connection of this process from lib opened
+ * with exactly p, reset and ready (back out of the parked list, not yet in
+ * the table), or NULL. */
+struct ds_conn *ds_reuse_take(struct ds_lib *lib, const struct ds_params *p);
+
+/* Closes parked connections of this process: every one (all), else those
+ * parked longer than the pool's reuse_timeout or all when reuse is off; at
+ * most max. Returns how many slots went back. */
+uint32_t ds_reuse_close(ds_handle *h, int all, uint32_t max);
+
+/* 1 if this process has parked connections. */
+int ds_reuse_any(void);
+
+void ds_reuse_lock(void);
+void ds_reuse_unlock(void);
+
+/* Closes e for real (libpq's PQfinish) and gives its slot back once the
+ * backend is gone; frees the record (shim.c). */
+void ds_finish_now(struct ds_conn *e);
+
+/* In a process that does not own e (a forked child): closes it without
+ * touching the parent's session (shim.c). */
+void ds_forget_inherited(struct ds_conn *e);
 
 /* ---- the call record (shim.c) ---- */
 
