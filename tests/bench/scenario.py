@@ -202,7 +202,7 @@ def plot(res, png):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(2, 1, figsize=(11, 7.5), sharex=True)
+    fig, axes = plt.subplots(2, 1, figsize=(12, 7.5), sharex=True)
     colors = ("#1f77b4", "#ff7f0e", "#2ca02c")
     titles = {"static": "static: each scraper's own pool capped at %d, no shim" % P["static_cap"],
               "dynamic": "dynamic: dynshim, pool %d, soft %d, max %d, idle release after %g s" % (
@@ -223,7 +223,7 @@ def plot(res, png):
         ax.set_ylabel("server connections")
         ax.set_title(titles[conf], fontsize=10)
         ax.grid(axis="y", alpha=0.3)
-    axes[0].legend(loc="center right", fontsize=9)
+    axes[0].legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=9)
     axes[1].set_xlabel("seconds (pg_stat_activity sampled every %d ms)" % (1000 * P["sample_s"]))
     fig.suptitle("Server connections per scraper (stacked), %d threads per scraper, "
                  "%g s between workflows; red line: 20" % (res["threads"], res["think_s"]),
@@ -290,11 +290,9 @@ def report_one(res, png, link):
         for s in sorted(stats["scrapers"], key=lambda s: s["name"]):
             if s["name"] not in NAMES:
                 continue
-            w = s.get("waits", 0)
             pr("| %s | %d | %d | %.0f | %.0f | %d | %d | %d | %d |" % (
-                s["name"], s["connects"], w,
-                s.get("wait_ns_total", 0) / w / 1e6 if w else 0,
-                s.get("wait_ns_max", 0) / 1e6, s.get("timeouts", 0), s.get("idle_releases", 0),
+                s["name"], s["connects"], s.get("waits", 0), s.get("wait_ms_mean", 0),
+                s.get("wait_ms_max", 0), s.get("timeouts", 0), s.get("idle_releases", 0),
                 s.get("surplus_releases", 0), s.get("reconnects", 0)))
     exits = {c: res[c]["exit"] for c in ("static", "dynamic")}
     pr("\nScraper exit statuses: static %s, dynamic %s." % (
