@@ -133,9 +133,12 @@ static int worker(struct shared *s, const struct opts *o, unsigned i)
                         r->failed = 1;
                         break;
                 }
-                /* counted when the whole acquire lay inside the window */
-                if (measured && atomic_load(&s->measuring) && !atomic_load(&s->stop)) {
-                        r->grants++;
+                /* a grant counts when the whole acquire lay inside the window;
+                 * its wait counts when it started there, also if it ended
+                 * after the window: a process starved all along shows up */
+                if (measured) {
+                        if (!atomic_load(&s->stop))
+                                r->grants++;
                         if (r->nsamples < MAX_SAMPLES)
                                 smp[r->nsamples++] = t1 - t0;
                 }
@@ -304,6 +307,9 @@ static int run(const struct opts *o)
                 k += s->rec[i].nsamples;
         }
         qsort(all, nall, sizeof(*all), cmp_u64);
+        unsigned starved = 0;
+        for (unsigned i = 0; i < o->procs; i++)
+                starved += s->rec[i].grants == 0;
         double smin = per_scr[0], smax = per_scr[0];
         for (unsigned j = 1; j < o->scrapers; j++) {
                 smin = per_scr[j] < smin ? per_scr[j] : smin;
@@ -313,11 +319,12 @@ static int run(const struct opts *o)
 #define PCT(p) (nall ? (double)all[(nall - 1) * (p) / 100] / 1000.0 : 0.0)
         printf("mech=%s procs=%u scrapers=%u slots=%u hold_us=%u seconds=%.2f grants=%" PRIu64
                " grants_per_s=%.0f jain_scrapers=%.5f jain_procs=%.5f scraper_min=%.0f "
-               "scraper_max=%.0f wait_samples=%zu wait_p50_us=%.1f wait_p99_us=%.1f "
+               "scraper_max=%.0f procs_without_grant=%u wait_samples=%zu wait_p50_us=%.1f "
+               "wait_p99_us=%.1f "
                "wait_max_us=%.1f check=%s\n",
                o->posix ? "posix" : "dynshim", o->procs, o->scrapers, o->slots, o->hold_us, secs,
                grants, grants / secs, jain(per_scr, o->scrapers), jain(per_proc, o->procs), smin,
-               smax, nall, PCT(50), PCT(99), nall ? all[nall - 1] / 1000.0 : 0.0,
+               smax, starved, nall, PCT(50), PCT(99), nall ? all[nall - 1] / 1000.0 : 0.0,
                bad ? "FAILED" : "ok");
 #undef PCT
         if (bad)
