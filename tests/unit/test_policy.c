@@ -653,3 +653,219 @@ Test(policy, simulated_grants_keep_caps_and_the_pool_honour_reserves_and_starve_
                                       worst_short);
         }
 }
+
+/* ---- cluster shares (docs/cluster.md) ---- */
+
+static void cluster(struct ds_cluster_host *h, size_t n, uint32_t budget)
+{
+        ds_policy_cluster_targets(h, n, budget);
+}
+
+static struct ds_cluster_host live_host(uint32_t claim, uint32_t held, uint32_t demand)
+{
+        return (struct ds_cluster_host){.live = 1, .claim = claim, .held = held, .demand = demand};
+}
+
+Test(policy, cluster_idle_hosts_split_the_budget_evenly)
+{
+        struct ds_cluster_host h[3] = {live_host(0, 0, 0), live_host(0, 0, 0), live_host(0, 0, 0)};
+        cluster(h, 3, 30);
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(h[i].target, 10, "host %d: %u", i, h[i].target);
+}
+
+Test(policy, cluster_busy_host_takes_what_idle_hosts_do_not_need)
+{
+        /* budget 15: 3 agents, two idle hosts keep one slot each */
+        struct ds_cluster_host h[3] = {live_host(5, 4, 30), live_host(5, 0, 0), live_host(5, 0, 0)};
+        cluster(h, 3, 15);
+        cr_assert_eq(h[0].target, 11);
+        cr_assert_eq(h[1].target, 2);
+        cr_assert_eq(h[2].target, 2);
+}
+
+Test(policy, cluster_demands_below_the_budget_are_met_and_the_rest_spread)
+{
+        struct ds_cluster_host h[3] = {live_host(2, 3, 6), live_host(2, 0, 1), live_host(2, 1, 2)};
+        cluster(h, 3, 30);
+        uint32_t sum = 0;
+        for (int i = 0; i < 3; i++) {
+                cr_assert_geq(h[i].target, 1 + h[i].demand, "host %d", i);
+                sum += h[i].target;
+        }
+        cr_assert_eq(sum, 30);
+        cr_assert_leq(h[0].target - h[1].target, 1, "the rest is spread evenly");
+}
+
+Test(policy, cluster_contended_budget_is_divided_max_min_by_demand)
+{
+        /* demands 2, 20, 20 over 30: the small one gets its 2, the others 12 each */
+        struct ds_cluster_host h[3] = {live_host(2, 0, 2), live_host(2, 0, 20),
+                                       live_host(2, 0, 20)};
+        cluster(h, 3, 30);
+        cr_assert_eq(h[0].target, 3);
+        cr_assert_eq(h[1].target + h[2].target, 27);
+        cr_assert_leq(
+            h[1].target > h[2].target ? h[1].target - h[2].target : h[2].target - h[1].target, 1);
+}
+
+Test(policy, cluster_dead_host_keeps_its_claim_and_nobody_counts_on_it)
+{
+        struct ds_cluster_host h[3] = {live_host(2, 0, 30),
+                                       {.live = 0, .claim = 8, .held = 7, .demand = 7},
+                                       live_host(2, 0, 30)};
+        cluster(h, 3, 20);
+        cr_assert_eq(h[1].target, 8);
+        cr_assert_eq(h[0].target + h[2].target, 12);
+}
+
+Test(policy, cluster_host_never_targets_below_what_it_holds)
+{
+        /* it holds 9 of a budget where a fair share would be 5 */
+        struct ds_cluster_host h[2] = {live_host(10, 9, 9), live_host(2, 0, 30)};
+        cluster(h, 2, 12);
+        cr_assert_eq(h[0].target, 10);
+        cr_assert_eq(h[1].target, 2);
+}
+
+Test(policy, cluster_grow_takes_only_unclaimed_units)
+{
+        cr_assert_eq(ds_policy_cluster_grow(20, 20, 5, 10), 5, "nothing unclaimed");
+        cr_assert_eq(ds_policy_cluster_grow(20, 17, 5, 10), 8, "three unclaimed");
+        cr_assert_eq(ds_policy_cluster_grow(20, 10, 5, 10), 10, "up to the target");
+        cr_assert_eq(ds_policy_cluster_grow(20, 10, 5, 3), 5, "never lowers the claim");
+        cr_assert_eq(ds_policy_cluster_grow(20, 25, 5, 10), 5, "over budget: no growth");
+}
+
+/* Random clusters: every rule of ds_policy_cluster_targets holds. */
+Test(policy, cluster_targets_hold_their_rules_over_random_clusters)
+{
+        enum { NH = 8 };
+        srand(3);
+        for (int round = 0; round < 20000; round++) {
+                struct ds_cluster_host h[NH];
+                size_t n = 1 + (size_t)(rand() % NH);
+                uint32_t budget = 2 * NH + (uint32_t)(rand() % 80);
+                uint64_t fixed = 0, floors = 0;
+                for (size_t i = 0; i < n; i++) {
+                        h[i] = (struct ds_cluster_host){0};
+                        h[i].live = rand() % 4 != 0;
+                        h[i].held = (uint32_t)(rand() % 6);
+                        h[i].demand = h[i].held + (uint32_t)(rand() % 20);
+                        h[i].claim = h[i].held + 1 + (uint32_t)(rand() % 3);
+                        if (!h[i].live)
+                                fixed += h[i].claim;
+                        else
+                                floors += 1 + (h[i].held > 1 ? h[i].held : 1);
+                }
+                cluster(h, n, budget);
+                uint64_t sum = 0;
+                int unmet = 0;
+                for (size_t i = 0; i < n; i++) {
+                        sum += h[i].target;
+                        if (!h[i].live) {
+                                cr_assert_eq(h[i].target, h[i].claim,
+                                             "a dead host keeps its claim");
+                                continue;
+                        }
+                        uint32_t floor = 1 + (h[i].held > 1 ? h[i].held : 1);
+                        cr_assert_geq(h[i].target, floor, "round %d host %zu", round, i);
+                        if (h[i].target < 1 + h[i].demand)
+                                unmet = 1;
+                }
+                if (fixed + floors > budget)
+                        continue; /* nothing better than the floors exists */
+                cr_assert_leq(sum, budget, "round %d: targets %llu over budget %u", round,
+                              (unsigned long long)sum, budget);
+                int any_live = 0;
+                for (size_t i = 0; i < n; i++)
+                        any_live |= (int)h[i].live;
+                if (any_live)
+                        cr_assert_eq(sum, budget, "round %d: the whole budget is handed out",
+                                     round);
+                /* max-min: a host short of its demand has no less than any
+                 * other host, beyond rounding and that host's floor */
+                for (size_t i = 0; unmet && i < n; i++) {
+                        if (!h[i].live || h[i].target >= 1 + h[i].demand)
+                                continue;
+                        for (size_t j = 0; j < n; j++) {
+                                if (!h[j].live)
+                                        continue;
+                                uint32_t fj = 1 + (h[j].held > 1 ? h[j].held : 1);
+                                cr_assert(h[j].target <= h[i].target + 1 || h[j].target <= fj,
+                                          "round %d: host %zu short at %u while host %zu has %u",
+                                          round, i, h[i].target, j, h[j].target);
+                        }
+                }
+        }
+}
+
+/* The protocol over random rounds: hosts take turns, each grows only into
+ * unclaimed units, shrinks its pool first and lowers its claim only to
+ * what it uses; demand moves at random. The claims never exceed the budget
+ * and the usage of a host never exceeds its claim. */
+Test(policy, cluster_protocol_never_claims_beyond_the_budget_and_follows_demand)
+{
+        enum { NH = 5 };
+        srand(4);
+        for (int trial = 0; trial < 200; trial++) {
+                uint32_t budget = 2 * NH + (uint32_t)(rand() % 40);
+                /* every host joined with its floor: its agent and one slot */
+                uint32_t pool[NH], held[NH] = {0}, claim[NH], want[NH] = {0};
+                for (int k = 0; k < NH; k++)
+                        pool[k] = 1, claim[k] = 2;
+                for (int step = 0; step < 400; step++) {
+                        int i = rand() % NH;
+                        if (rand() % 10 == 0)
+                                want[i] = (uint32_t)(rand() % 30);
+                        /* the host's clients: take up to the pool, give back at will */
+                        while (held[i] < want[i] && held[i] < pool[i])
+                                held[i]++;
+                        if (held[i] > want[i])
+                                held[i] = want[i];
+                        /* its agent's round */
+                        struct ds_cluster_host h[NH];
+                        uint64_t total = 0;
+                        for (int k = 0; k < NH; k++) {
+                                h[k] = live_host(claim[k], held[k], want[k]);
+                                total += claim[k];
+                        }
+                        claim[i] = 1 + (pool[i] > held[i] ? pool[i] : held[i]);
+                        total = total - h[i].claim + claim[i];
+                        h[i].claim = claim[i];
+                        ds_policy_cluster_targets(h, NH, budget);
+                        claim[i] = ds_policy_cluster_grow(budget, total, claim[i], h[i].target);
+                        pool[i] = claim[i] - 1;
+                        if (h[i].target < claim[i])
+                                pool[i] = h[i].target - 1;
+                        uint64_t sum = 0;
+                        for (int k = 0; k < NH; k++) {
+                                sum += claim[k];
+                                cr_assert_leq(held[k] + 1, claim[k] ? claim[k] : 1);
+                        }
+                        cr_assert_leq(sum, budget, "trial %d step %d", trial, step);
+                }
+                /* steady demand: after a few turns each, shares match the targets */
+                for (int k = 0; k < NH; k++)
+                        want[k] = k == 0 ? 100 : 0;
+                for (int step = 0; step < 6 * NH; step++) {
+                        int i = step % NH;
+                        held[i] = want[i] < pool[i] ? want[i] : pool[i];
+                        struct ds_cluster_host h[NH];
+                        uint64_t total = 0;
+                        claim[i] = 1 + (pool[i] > held[i] ? pool[i] : held[i]);
+                        for (int k = 0; k < NH; k++) {
+                                h[k] = live_host(claim[k], held[k], want[k]);
+                                total += claim[k];
+                        }
+                        ds_policy_cluster_targets(h, NH, budget);
+                        claim[i] = ds_policy_cluster_grow(budget, total, claim[i], h[i].target);
+                        pool[i] = claim[i] - 1;
+                        if (h[i].target < claim[i])
+                                pool[i] = h[i].target - 1;
+                }
+                cr_assert_eq(pool[0], budget - 2 * NH + 1,
+                             "trial %d: the busy host's pool is %u of budget %u", trial, pool[0],
+                             budget);
+        }
+}
