@@ -81,6 +81,9 @@ enum option_id {
         OPT_LOG,
         OPT_WATCH,
         OPT_PROMETHEUS,
+        OPT_CLUSTER,
+        OPT_CLUSTER_BUDGET,
+        OPT_CLUSTER_HOST,
 };
 
 static const struct option long_options[] = {
@@ -120,6 +123,9 @@ static const struct option long_options[] = {
     {"log", required_argument, NULL, OPT_LOG},
     {"watch", required_argument, NULL, OPT_WATCH},
     {"prometheus", no_argument, NULL, OPT_PROMETHEUS},
+    {"cluster", required_argument, NULL, OPT_CLUSTER},
+    {"cluster-budget", required_argument, NULL, OPT_CLUSTER_BUDGET},
+    {"cluster-host", required_argument, NULL, OPT_CLUSTER_HOST},
     {NULL, 0, NULL, 0},
 };
 
@@ -219,6 +225,7 @@ static void print_usage(FILE *f)
               "  --run NAME [--replace] [--restart on-failure [--max-restarts N]] [--grace S]\n"
               "        -- CMD [ARGS...] run a scraper under the shim and supervise it\n"
               "  --watchdog [--interval S] [--ping-interval S] [--conninfo STR] [--log FILE]\n"
+              "             [--cluster NAME --cluster-budget N [--cluster-host NAME]]\n"
               "                         reclaim dead processes' slots, watch usage, zombies\n"
               "                         and the server, in the foreground\n"
               "  --destroy              remove the segment\n"
@@ -260,6 +267,11 @@ static void print_usage(FILE *f)
               "  --ping-interval S      ping the server this often (300)\n"
               "  --conninfo STR         the server to ping (also --health); no ping without it\n"
               "  --log FILE             append the log to FILE instead of stderr\n"
+              "  --cluster NAME         share one connection budget with the other hosts of\n"
+              "                         cluster NAME through the server of --conninfo: this\n"
+              "                         host's pool_size becomes its share (docs/cluster.md)\n"
+              "  --cluster-budget N     the connections the cluster may use in all\n"
+              "  --cluster-host NAME    this host's name in the cluster (hostname+segment)\n"
               "\n"
               "Durations S are seconds (\"60\", \"0.5\") or carry a unit (\"500ms\", \"2s\").\n"
               "\n"
@@ -409,6 +421,19 @@ static void note_only(const char **slot, const char *name)
                 *slot = name;
 }
 
+/* A cluster or host name: 1 to 127 printable bytes, no spaces. */
+static int check_cluster_name(const char *opt, const char *v)
+{
+        size_t n = strlen(v);
+        if (n == 0 || n > 127)
+                return usage_error("%s: the name must have 1 to 127 bytes", opt);
+        for (const unsigned char *p = (const unsigned char *)v; *p; p++)
+                if (*p <= 0x20 || *p == 0x7f)
+                        return usage_error("%s: '%s' contains a space or a control character", opt,
+                                           v);
+        return 0;
+}
+
 static int parse_option(int c, struct options *o, char *const argv[])
 {
         switch (c) {
@@ -507,6 +532,23 @@ static int parse_option(int c, struct options *o, char *const argv[])
                         return usage_error("--log: the file name is empty");
                 o->log_path = optarg;
                 return 0;
+        case OPT_CLUSTER:
+                note_only(&o->watchdog_only, "--cluster");
+                o->cluster = optarg;
+                return check_cluster_name("--cluster", optarg);
+        case OPT_CLUSTER_HOST:
+                note_only(&o->watchdog_only, "--cluster-host");
+                note_only(&o->cluster_only, "--cluster-host");
+                o->cluster_host = optarg;
+                return check_cluster_name("--cluster-host", optarg);
+        case OPT_CLUSTER_BUDGET:
+                note_only(&o->watchdog_only, "--cluster-budget");
+                note_only(&o->cluster_only, "--cluster-budget");
+                if (ds_parse_u32(optarg, 2, 1000000, &o->cluster_budget) != 0)
+                        return usage_error("--cluster-budget: '%s' is not a whole number from 2 "
+                                           "to 1000000",
+                                           optarg);
+                return 0;
         case OPT_CONNINFO:
                 o->conninfo_opt = "--conninfo";
                 o->conninfo = optarg;
@@ -539,6 +581,11 @@ static int check_command_options(struct options *o)
                 return usage_error("%s only applies to --run", o->run_only);
         if (o->watchdog_only && o->cmd != CMD_WATCHDOG)
                 return usage_error("%s only applies to --watchdog", o->watchdog_only);
+        if (o->cluster_only && !o->cluster)
+                return usage_error("%s only applies with --cluster", o->cluster_only);
+        if (o->cluster && (!o->cluster_budget || !o->conninfo))
+                return usage_error("--cluster needs --cluster-budget N and --conninfo STR (the "
+                                   "server that holds the cluster's table, over TCP/IP)");
         if (o->conninfo_opt && o->cmd != CMD_HEALTH && o->cmd != CMD_WATCHDOG)
                 return usage_error("--conninfo only applies to --health and --watchdog");
         if (o->json && o->prometheus)
@@ -851,6 +898,9 @@ out:
         return rc;
 }
 
+static void print_scraper_table(const struct ds_stats *st);
+static void print_cluster_table(const char *segment);
+
 static void print_stats_table(const char *segment, const struct ds_stats *st)
 {
         char it[32], ri[32], wt[32];
@@ -874,10 +924,15 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
                (unsigned long long)st->reclaimed_procs, (unsigned long long)st->repairs,
                st->cap.max_procs, st->cap.max_leases, st->cap.max_scrapers, st->segment_size);
         putchar('\n');
-        if (st->n_scrapers == 0) {
+        if (st->n_scrapers == 0)
                 printf("no scrapers yet\n");
-                return;
-        }
+        else
+                print_scraper_table(st);
+        print_cluster_table(segment);
+}
+
+static void print_scraper_table(const struct ds_stats *st)
+{
         char name[DS_NAME_MAX * 4 + 8];
         size_t col = strlen("SCRAPER");
         for (size_t i = 0; i < st->n_scrapers; i++) {
@@ -904,6 +959,55 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
                        (unsigned long long)s->timeouts, wait_ms_mean(s), ms_of_ns(s->wait_ns_max),
                        ov);
         }
+}
+
+/* The cluster this segment's agent belongs to, as it last saw it. */
+static void print_cluster_table(const char *segment)
+{
+        struct cluster_view *v = calloc(1, sizeof(*v));
+        if (!v || cluster_read_state(segment, v) != 0) {
+                free(v);
+                return;
+        }
+        printf("\ncluster %s: budget %u, %u claimed; this host %s is %s (as of %llds ago)\n",
+               v->name, v->budget, v->claimed, v->host, v->state,
+               (long long)(time(NULL) - v->updated));
+        printf("%-32s %-11s %5s %5s %6s %5s %6s %8s\n", "HOST", "STATE", "SHARE", "CLAIM", "DEMAND",
+               "HELD", "TARGET", "BACKENDS");
+        for (size_t i = 0; i < v->n_hosts; i++) {
+                const struct cluster_view_host *x = &v->hosts[i];
+                printf("%-32s %-11s %5u %5u %6u %5u %6u %8u\n", x->name, x->state, x->share,
+                       x->claim, x->demand, x->held, x->target, x->backends);
+        }
+        free(v);
+}
+
+static void print_cluster_json(const char *segment)
+{
+        struct cluster_view *v = calloc(1, sizeof(*v));
+        if (!v || cluster_read_state(segment, v) != 0) {
+                free(v);
+                return;
+        }
+        printf(", \"cluster\": {\"name\": ");
+        json_string(stdout, v->name);
+        printf(", \"budget\": %u, \"claimed\": %u, \"host\": ", v->budget, v->claimed);
+        json_string(stdout, v->host);
+        printf(", \"state\": ");
+        json_string(stdout, v->state);
+        printf(", \"updated\": %lld, \"hosts\": [", (long long)v->updated);
+        for (size_t i = 0; i < v->n_hosts; i++) {
+                const struct cluster_view_host *x = &v->hosts[i];
+                printf("%s{\"host\": ", i ? ", " : "");
+                json_string(stdout, x->name);
+                printf(", \"state\": ");
+                json_string(stdout, x->state);
+                printf(", \"share\": %u, \"claim\": %u, \"demand\": %u, \"held\": %u, "
+                       "\"target\": %u, \"backends\": %u}",
+                       x->share, x->claim, x->demand, x->held, x->target, x->backends);
+        }
+        printf("]}");
+        free(v);
 }
 
 /* A scraper's overrides in --json: "overrides" holds only the keys set;
@@ -971,7 +1075,9 @@ static void print_stats_json(const char *segment, const struct ds_stats *st)
                 print_overrides_json(s);
                 printf("}");
         }
-        printf("]}\n");
+        printf("]");
+        print_cluster_json(segment);
+        printf("}\n");
 }
 
 /* ---- Prometheus text exposition format ---- */
