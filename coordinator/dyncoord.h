@@ -130,6 +130,8 @@ struct cluster_agent *cluster_open(const struct options *o, const char *segment,
 /* One round: report, free the claims of dead hosts whose backends are gone,
  * grow or give back, set the local pool_size. h NULL: nothing to do. */
 void cluster_step(struct cluster_agent *a, ds_handle *h, const char *segment);
+/* The segment handle given to cluster_step is about to be detached. */
+void cluster_segment_gone(struct cluster_agent *a);
 void cluster_close(struct cluster_agent *a);
 
 /* The host name an agent uses by default: the hostname, then the segment. */

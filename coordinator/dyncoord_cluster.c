@@ -3,16 +3,16 @@
  * PostgreSQL server itself (docs/cluster.md).
  *
  * The server holds a table dynshim.cluster_hosts with each host's claim
- * (units of the budget: its agent's own connection plus its local
- * pool_size), demand and usage, and the agent of each live host holds a
- * session-level advisory lock on its row: the server drops it the instant
- * the agent's session ends. Every interval the agent, in one transaction
+ * (units of the budget: its local pool_size, one slot of which the agent
+ * holds for its own connection), demand and usage, and the agent of each
+ * live host holds a session-level advisory lock on its row: the server
+ * drops it the instant the agent's session ends. Every interval the agent, in one transaction
  * under a table lock, reports its usage, frees the claims of hosts whose
  * agent is gone once the server shows none of their client backends, and
  * grows its own claim only into unclaimed units (ds_policy_cluster_targets
  * and ds_policy_cluster_grow decide). The local pool grows only after the
  * claim is committed and shrinks before the claim is lowered; the claim is
- * never below 1 + max(pool_size, held). A host that cannot reach the server
+ * never below max(pool_size, held). A host that cannot reach the server
  * lowers its pool_size to what it holds (at least 1): it grants no new
  * slots beyond that. */
 #include <errno.h>
@@ -44,14 +44,18 @@ struct cluster_agent {
         uint32_t claim;  /* our claim as committed */
         uint32_t target; /* the last target computed */
         const char *state;
-        int cfg_known;                  /* soft/max below are the user's limits */
-        uint32_t user_soft, user_max;   /* the limits to clamp to the share */
+        int cfg_known;                  /* the proportions below are the user's */
+        uint64_t soft_ppm, max_ppm;     /* soft_limit and max_limit per pool_size, 1e-6 */
         uint32_t wrote_soft, wrote_max; /* what we last wrote */
         char last_error[512];
         struct ds_cluster_host hosts[MAX_HOSTS];
         char names[MAX_HOSTS][128];
         const char *states[MAX_HOSTS];
         uint32_t backends[MAX_HOSTS];
+        uint32_t held[MAX_HOSTS];
+        ds_handle *h;              /* the segment handle the lease is from */
+        struct ds_lease_ref lease; /* the agent's own slot */
+        int have_lease;
         size_t n_hosts;
         uint32_t budget;
 };
@@ -181,21 +185,33 @@ static int read_local(ds_handle *h, struct local *l, struct cluster_agent *a)
         l->pool = st.cfg.pool_size;
         l->held = st.held;
         l->waiting = st.waiting;
-        if (!a->cfg_known || st.cfg.soft_limit != a->wrote_soft)
-                a->user_soft = st.cfg.soft_limit;
-        if (!a->cfg_known || st.cfg.max_limit != a->wrote_max)
-                a->user_max = st.cfg.max_limit;
+        /* the limits keep the proportion to pool_size the user gave them
+         * (at the agent's start, or by a later --set) */
+        if (!a->cfg_known || st.cfg.soft_limit != a->wrote_soft ||
+            st.cfg.max_limit != a->wrote_max) {
+                a->soft_ppm = (uint64_t)st.cfg.soft_limit * 1000000u / st.cfg.pool_size;
+                a->max_ppm = (uint64_t)st.cfg.max_limit * 1000000u / st.cfg.pool_size;
+                a->wrote_soft = st.cfg.soft_limit;
+                a->wrote_max = st.cfg.max_limit;
+        }
         a->cfg_known = 1;
         ds_stats_free(&st);
         return 0;
 }
 
-/* Sets the local pool_size to share (its limits clamped to it). */
+/* round(share * ppm / 1e6), between 1 and share. */
+static uint32_t scale(uint64_t ppm, uint32_t share)
+{
+        uint64_t v = (share * ppm + 500000u) / 1000000u;
+        return v < 1 ? 1 : v > share ? share : (uint32_t)v;
+}
+
+/* Sets the local pool_size to share, soft_limit and max_limit in their
+ * proportion to it. */
 static int set_pool(struct cluster_agent *a, ds_handle *h, uint32_t share, const char *why)
 {
         char p[40], s[40], m[40], err[300];
-        uint32_t soft = a->user_soft < share ? a->user_soft : share;
-        uint32_t max = a->user_max < share ? a->user_max : share;
+        uint32_t soft = scale(a->soft_ppm, share), max = scale(a->max_ppm, share);
         snprintf(p, sizeof(p), "pool_size=%u", share);
         snprintf(s, sizeof(s), "soft_limit=%u", soft);
         snprintf(m, sizeof(m), "max_limit=%u", max);
@@ -248,12 +264,20 @@ static void cut_off(struct cluster_agent *a, ds_handle *h)
 
 /* ---- joining ---- */
 
+static long one_long(PGresult *r)
+{
+        return strtol(PQgetvalue(r, 0, 0), NULL, 10);
+}
+
+/* Joins the cluster as host a->host: creates the schema and the rows when
+ * missing, takes the host's liveness lock and a claim that covers what the
+ * local pool may use now. The agent already holds its own slot. */
 static int join(struct cluster_agent *a, ds_handle *h)
 {
-        char budget[16];
+        char budget[16], ids[24], cs[16];
         snprintf(budget, sizeof(budget), "%u", a->o->cluster_budget);
         const char *p2[] = {a->o->cluster, budget};
-        const char *p3[] = {a->o->cluster, a->host, NULL};
+        const char *p3[] = {a->o->cluster, a->host};
         PGresult *r = run(a, "address", "SELECT inet_client_addr() IS NULL", 0, NULL);
         if (!r)
                 return -EIO;
@@ -264,7 +288,6 @@ static int join(struct cluster_agent *a, ds_handle *h)
                            "the agent's connection is not over TCP/IP; a host's backends are "
                            "told apart by client address, so --conninfo must name a TCP host");
                 a->state = "not joined";
-                hold_to_held(a, h, "not joined");
                 return -EPROTO;
         }
         r = PQexec(a->conn, schema_sql);
@@ -280,9 +303,9 @@ static int join(struct cluster_agent *a, ds_handle *h)
                     NULL))
                 goto fail;
         r = run(a, "budget",
+                "WITH old AS (SELECT budget FROM dynshim.clusters WHERE cluster = $1) "
                 "INSERT INTO dynshim.clusters AS c VALUES ($1, $2) ON CONFLICT (cluster) DO "
-                "UPDATE SET budget = excluded.budget RETURNING (SELECT budget FROM "
-                "dynshim.clusters WHERE cluster = $1)",
+                "UPDATE SET budget = excluded.budget RETURNING (SELECT budget FROM old)",
                 2, p2);
         if (!r)
                 goto fail;
@@ -291,19 +314,15 @@ static int join(struct cluster_agent *a, ds_handle *h)
                      PQgetvalue(r, 0, 0), budget);
         PQclear(r);
         r = run(a, "row",
-                "WITH ins AS (INSERT INTO dynshim.cluster_hosts (cluster, host) VALUES ($1, $2) "
-                "ON CONFLICT DO NOTHING RETURNING id, claim) "
-                "SELECT id, claim FROM ins UNION ALL SELECT id, claim FROM "
-                "dynshim.cluster_hosts WHERE cluster = $1 AND host = $2",
+                "INSERT INTO dynshim.cluster_hosts (cluster, host) VALUES ($1, $2) "
+                "ON CONFLICT (cluster, host) DO UPDATE SET host = excluded.host "
+                "RETURNING id, claim",
                 2, p3);
-        if (!r || PQntuples(r) < 1) {
-                PQclear(r);
+        if (!r)
                 goto fail;
-        }
-        long id = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+        long id = one_long(r);
         uint32_t claim0 = (uint32_t)strtoul(PQgetvalue(r, 0, 1), NULL, 10);
         PQclear(r);
-        char ids[24];
         snprintf(ids, sizeof(ids), "%ld", id);
         const char *pid[] = {ids};
         r = run(a, "liveness lock", "SELECT pg_try_advisory_lock(" LOCK_SPACE ", $1::int)", 1, pid);
@@ -318,16 +337,15 @@ static int join(struct cluster_agent *a, ds_handle *h)
                              "waiting for it to end",
                              a->o->cluster, a->host);
                 a->state = "standby";
-                exec_ok(a, "commit", "COMMIT", 0, NULL);
-                hold_to_held(a, h, "not joined yet");
+                rollback(a);
                 return -EAGAIN;
         }
-        /* the claim must cover what the host may use now */
+        /* the claim must cover what the pool may use now: it was lowered to
+         * what is held before the agent connected */
         struct local l;
         if (read_local(h, &l, a))
                 goto fail;
-        uint32_t need = 1 + (l.pool > l.held ? l.pool : l.held);
-        uint32_t claim = claim0;
+        uint32_t need = l.pool > l.held ? l.pool : l.held, claim = claim0;
         if (need > claim0) {
                 r = run(a, "sum",
                         "SELECT coalesce(sum(claim), 0) FROM dynshim.cluster_hosts "
@@ -339,32 +357,25 @@ static int join(struct cluster_agent *a, ds_handle *h)
                 PQclear(r);
                 claim = ds_policy_cluster_grow(a->o->cluster_budget, total, claim0, need);
                 if (claim < need) {
-                        uint32_t keep = l.held > 1 ? l.held : 1;
-                        if (claim >= 1 + keep && claim - 1 < l.pool)
-                                keep = claim - 1;
-                        set_pool(a, h, keep, "joining the cluster");
-                        if (read_local(h, &l, a))
-                                goto fail;
-                        need = 1 + (l.pool > l.held ? l.pool : l.held);
-                        if (need > claim) {
-                                alog(a, "warning",
-                                     "cluster %s: host %s joins using %u units with only %u "
-                                     "unclaimed: the cluster is above its budget until others "
-                                     "give back",
-                                     a->o->cluster, a->host, need, claim);
-                                claim = need;
-                        }
+                        alog(a, "warning",
+                             "cluster %s: host %s joins using %u slots with only %u of the "
+                             "budget free: the cluster is above its budget until others give "
+                             "back",
+                             a->o->cluster, a->host, need, claim);
+                        claim = need;
                 }
         }
-        char cs[16];
         snprintf(cs, sizeof(cs), "%u", claim);
         const char *pu[] = {ids, cs};
         if (exec_ok(a, "join",
                     "UPDATE dynshim.cluster_hosts SET claim = $2, addr = inet_client_addr(), "
                     "backend_pid = pg_backend_pid(), updated = now() WHERE id = $1",
                     2, pu) ||
-            exec_ok(a, "commit", "COMMIT", 0, NULL))
+            exec_ok(a, "commit", "COMMIT", 0, NULL)) {
+                PQclear(PQexecParams(a->conn, "SELECT pg_advisory_unlock(" LOCK_SPACE ", $1::int)",
+                                     1, NULL, pid, NULL, NULL, 0));
                 goto fail;
+        }
         a->id = id;
         a->claim = claim;
         a->state = "live";
@@ -379,10 +390,28 @@ fail:
 
 /* ---- one round ---- */
 
+/* A host whose agent is gone (its lock is free) whose client backends the
+ * server no longer shows keeps only a seat for its agent's return; after
+ * DOWN_FORGET it is forgotten. */
+#define DEAD                                                                                       \
+        "NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' "                      \
+        "AND l.granted AND l.classid = " LOCK_SPACE "::oid AND l.objid = h.id::oid "               \
+        "AND l.objsubid = 2)"
+#define NO_BACKENDS                                                                                \
+        "NOT EXISTS (SELECT 1 FROM pg_stat_activity s WHERE s.client_addr = h.addr AND "           \
+        "s.backend_type = 'client backend')"
+#define DOWN_FORGET "interval '10 minutes'"
+
+static const char free_sql[] =
+    "UPDATE dynshim.cluster_hosts h SET claim = 1 WHERE h.cluster = $1 AND h.id <> $2::int"
+    " AND h.claim > 1 AND " DEAD " AND " NO_BACKENDS " RETURNING h.host, h.claim";
+static const char forget_sql[] =
+    "DELETE FROM dynshim.cluster_hosts h WHERE h.cluster = $1 AND h.id <> $2::int"
+    " AND h.claim <= 1 AND h.updated < now() - " DOWN_FORGET " AND " DEAD " AND " NO_BACKENDS
+    " RETURNING h.host";
+
 static const char hosts_sql[] =
-    "SELECT h.id, h.host, h.claim, h.held, h.demand,"
-    " EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted"
-    "  AND l.classid = " LOCK_SPACE "::oid AND l.objid = h.id::oid AND l.objsubid = 2),"
+    "SELECT h.id, h.host, h.claim, h.held, h.demand, NOT " DEAD ","
     " (SELECT count(*) FROM pg_stat_activity s WHERE s.client_addr = h.addr"
     "  AND s.backend_type = 'client backend')"
     " FROM dynshim.cluster_hosts h WHERE h.cluster = $1 ORDER BY h.id";
@@ -404,14 +433,20 @@ static int load_hosts(struct cluster_agent *a, long *self)
                         *self = (long)k;
                 snprintf(a->names[k], sizeof(a->names[k]), "%s", PQgetvalue(r, i, 1));
                 x->claim = (uint32_t)strtoul(PQgetvalue(r, i, 2), NULL, 10);
-                x->held = (uint32_t)strtoul(PQgetvalue(r, i, 3), NULL, 10);
+                a->held[k] = (uint32_t)strtoul(PQgetvalue(r, i, 3), NULL, 10);
                 x->demand = (uint32_t)strtoul(PQgetvalue(r, i, 4), NULL, 10);
                 x->live = strcmp(PQgetvalue(r, i, 5), "t") == 0;
                 a->backends[k] = (uint32_t)strtoul(PQgetvalue(r, i, 6), NULL, 10);
-                a->states[k] = x->live ? "live" : "agent gone";
+                a->states[k] = x->live ? "live" : a->backends[k] ? "agent gone" : "down";
         }
         PQclear(r);
         return 0;
+}
+
+static void log_rows(struct cluster_agent *a, PGresult *r, const char *what)
+{
+        for (int i = 0; i < PQntuples(r); i++)
+                alog(a, "info", "cluster %s: host %s %s", a->o->cluster, PQgetvalue(r, i, 0), what);
 }
 
 static int round_trip(struct cluster_agent *a, ds_handle *h)
@@ -421,9 +456,10 @@ static int round_trip(struct cluster_agent *a, ds_handle *h)
                 return -EIO;
         char ids[24], cs[16], hs[16], ds[16];
         snprintf(ids, sizeof(ids), "%ld", a->id);
-        uint32_t honest = 1 + (l.pool > l.held ? l.pool : l.held);
+        /* what the pool may use now; never above the committed claim */
+        uint32_t honest = l.pool > l.held ? l.pool : l.held;
         if (honest > a->claim)
-                honest = a->claim; /* never grows outside the growth rule */
+                honest = a->claim;
         snprintf(cs, sizeof(cs), "%u", honest);
         snprintf(hs, sizeof(hs), "%u", l.held);
         snprintf(ds, sizeof(ds), "%u", l.held + l.waiting);
@@ -439,32 +475,23 @@ static int round_trip(struct cluster_agent *a, ds_handle *h)
                     4, pu))
                 goto fail;
         a->claim = honest;
-        /* a host whose agent is gone: freed once the server shows none of
-         * its client backends */
-        PGresult *r =
-            run(a, "free",
-                "DELETE FROM dynshim.cluster_hosts h WHERE h.cluster = $1 AND h.id <> $2::int"
-                " AND NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory'"
-                "  AND l.granted AND l.classid = " LOCK_SPACE "::oid AND l.objid = h.id::oid"
-                "  AND l.objsubid = 2)"
-                " AND NOT EXISTS (SELECT 1 FROM pg_stat_activity s WHERE s.client_addr = h.addr"
-                "  AND s.backend_type = 'client backend')"
-                " RETURNING h.host, h.claim",
-                2, pc);
+        PGresult *r = run(a, "free", free_sql, 2, pc);
         if (!r)
                 goto fail;
-        for (int i = 0; i < PQntuples(r); i++)
-                alog(a, "info",
-                     "cluster %s: host %s's agent is gone and the server shows none of its "
-                     "backends: its claim of %s is free",
-                     a->o->cluster, PQgetvalue(r, i, 0), PQgetvalue(r, i, 1));
+        log_rows(a, r,
+                 "has no agent and the server shows none of its backends: its claim is "
+                 "free but for its agent's seat");
+        PQclear(r);
+        if (!(r = run(a, "forget", forget_sql, 2, pc)))
+                goto fail;
+        log_rows(a, r, "was down for " DOWN_FORGET ": forgotten");
         PQclear(r);
         r = run(a, "budget", "SELECT budget FROM dynshim.clusters WHERE cluster = $1", 1, pc);
         if (!r || PQntuples(r) != 1) {
                 PQclear(r);
                 goto fail;
         }
-        a->budget = (uint32_t)strtoul(PQgetvalue(r, 0, 0), NULL, 10);
+        a->budget = (uint32_t)one_long(r);
         PQclear(r);
         if (load_hosts(a, &self))
                 goto fail;
@@ -485,27 +512,25 @@ static int round_trip(struct cluster_agent *a, ds_handle *h)
                         goto fail;
         }
         if (exec_ok(a, "commit", "COMMIT", 0, NULL))
-                return -EIO; /* unknown outcome: the pool does not grow */
-        a->hosts[self].claim = grown;
+                return -EIO; /* outcome unknown: the pool does not grow */
         if (grown > a->claim) {
-                a->claim = grown;
-                set_pool(a, h, grown - 1, "claim grown");
-        } else if (a->target < a->claim && a->target >= 2) {
-                /* shrink the pool first; lower the claim to what is used */
-                set_pool(a, h, a->target - 1, "giving back");
+                /* committed: now the pool may grow */
+                a->claim = a->hosts[self].claim = grown;
+                set_pool(a, h, grown, "claim grown");
+        } else if (a->target < a->claim) {
+                /* the pool first; then the claim comes down to what is used */
+                set_pool(a, h, a->target, "giving back");
                 if (read_local(h, &l, a) == 0) {
-                        honest = 1 + (l.pool > l.held ? l.pool : l.held);
-                        if (honest < a->claim) {
-                                snprintf(cs, sizeof(cs), "%u", honest);
-                                if (exec_ok(a, "give back",
-                                            "UPDATE dynshim.cluster_hosts SET claim = $2 WHERE "
-                                            "id = $1",
-                                            2, pu) == 0)
-                                        a->claim = a->hosts[self].claim = honest;
-                        }
+                        honest = l.pool > l.held ? l.pool : l.held;
+                        snprintf(cs, sizeof(cs), "%u", honest);
+                        if (honest < a->claim &&
+                            exec_ok(a, "give back",
+                                    "UPDATE dynshim.cluster_hosts SET claim = $2 WHERE id = $1", 2,
+                                    pu) == 0)
+                                a->claim = a->hosts[self].claim = honest;
                 }
-        } else if (l.pool + 1 < a->claim) {
-                set_pool(a, h, a->claim - 1, "claim");
+        } else if (l.pool < a->claim) {
+                set_pool(a, h, a->claim, "claim"); /* the whole claim is usable */
         }
         a->last_error[0] = '\0';
         return 0;
@@ -546,8 +571,8 @@ static void write_state(struct cluster_agent *a, const char *segment)
         for (size_t i = 0; i < a->n_hosts; i++) {
                 const struct ds_cluster_host *x = &a->hosts[i];
                 fprintf(f, "host\t%s\t%u\t%u\t%u\t%u\t%u\t%s\t%u\n", a->names[i],
-                        x->live && x->claim ? x->claim - 1 : 0, x->claim, x->demand, x->held,
-                        x->target, a->states[i], a->backends[i]);
+                        x->live ? x->claim : 0, x->claim, x->demand, a->held[i], x->target,
+                        a->states[i], a->backends[i]);
         }
         if (fclose(f) == 0)
                 rename(tmp, path);
@@ -629,9 +654,41 @@ struct cluster_agent *cluster_open(const struct options *o, const char *segment,
         return a;
 }
 
+/* The agent's own slot in the local pool, for its connection to the
+ * server: taken before it connects, so that connection is always inside
+ * the host's claim. 0, or -EAGAIN while the pool has none free. */
+static int take_own_slot(struct cluster_agent *a, ds_handle *h)
+{
+        char why[256] = "";
+        if (a->h != h) {
+                /* a new handle (segment recreated): start over */
+                if (a->conn)
+                        PQfinish(a->conn);
+                a->conn = NULL;
+                a->id = 0;
+                a->have_lease = 0;
+                a->cfg_known = 0;
+                a->h = h;
+                ds_set_scraper(h, "dyncoord-cluster-agent");
+        }
+        if (a->have_lease)
+                return 0;
+        hold_to_held(a, h, "not joined yet");
+        int rc = ds_acquire(h, a->o->interval_ms, &a->lease, why, sizeof(why));
+        if (rc) {
+                error_once(a,
+                           "waiting for a slot of the local pool for the agent's own "
+                           "connection",
+                           rc == -ETIMEDOUT ? why : strerror(-rc));
+                return -EAGAIN;
+        }
+        a->have_lease = 1;
+        return 0;
+}
+
 void cluster_step(struct cluster_agent *a, ds_handle *h, const char *segment)
 {
-        if (!h)
+        if (!h || take_own_slot(a, h))
                 return;
         if (a->conn && PQstatus(a->conn) != CONNECTION_OK)
                 cut_off(a, h);
@@ -648,16 +705,24 @@ void cluster_step(struct cluster_agent *a, ds_handle *h, const char *segment)
         if (!a->id && join(a, h)) {
                 if (PQstatus(a->conn) != CONNECTION_OK)
                         cut_off(a, h);
+                else
+                        hold_to_held(a, h, "not joined yet");
                 write_state(a, segment);
                 return;
         }
         if (round_trip(a, h)) {
                 if (PQstatus(a->conn) != CONNECTION_OK)
                         cut_off(a, h);
-                else if (a->last_error[0] && strstr(a->last_error, "lost its row"))
+                else if (strstr(a->last_error, "lost its row"))
                         a->id = 0;
         }
         write_state(a, segment);
+}
+
+void cluster_segment_gone(struct cluster_agent *a)
+{
+        if (a)
+                a->h = NULL;
 }
 
 void cluster_close(struct cluster_agent *a)

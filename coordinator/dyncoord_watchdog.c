@@ -182,6 +182,7 @@ static void check_segment(struct watchdog *w)
         if (w->h && atomic_load(&ds_handle_header(w->h)->destroyed)) {
                 wlog(w, "warning", "segment %s was destroyed or recreated; attaching again",
                      w->segment);
+                cluster_segment_gone(w->cluster);
                 ds_detach(w->h);
                 w->h = NULL;
                 snprintf(w->attach_error, sizeof(w->attach_error), "(reattaching)");

@@ -283,11 +283,9 @@ void ds_policy_cluster_targets(struct ds_cluster_host *h, size_t n, uint32_t bud
         /* first the demands, max-min; then the rest, max-min over totals */
         for (size_t i = 0; i < n; i++) {
                 struct ds_share *s = &h[i].share;
-                uint32_t held = h[i].held > 1 ? h[i].held : 1;
-                uint32_t demand = h[i].demand > held ? h[i].demand : held;
                 s->weight = h[i].live ? DS_WEIGHT_ONE : 0;
-                s->floor = held < UINT32_MAX ? held + 1 : held;
-                s->cap = demand < UINT32_MAX ? demand + 1 : demand;
+                s->floor = DS_CLUSTER_FLOOR;
+                s->cap = h[i].demand > DS_CLUSTER_FLOOR ? h[i].demand : DS_CLUSTER_FLOOR;
         }
         ds_policy_fill(&h->share, n, sizeof(*h), avail);
         for (size_t i = 0; i < n; i++) {
