@@ -914,6 +914,13 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
         if (usage_above_warning(st))
                 printf("warning: usage %u%% is above warn_usage %u%%\n", usage_pct(st),
                        st->cfg.warn_usage_pct);
+        if (st->agent_state == 1)
+                printf("cluster: pool_size is this host's share, kept by agent pid %d\n",
+                       (int)st->cfg.agent_pid);
+        else if (st->agent_state == 2)
+                printf("warning: the cluster agent (pid %d) is gone: no new slots until it is "
+                       "back\n",
+                       (int)st->cfg.agent_pid);
         printf("config: soft_limit %u, max_limit %u, idle_timeout %s, realloc_interval %s, "
                "wait_timeout %s, warn_usage %u%%, idle_release %s\n",
                st->cfg.soft_limit, st->cfg.max_limit, it, ri, wt, st->cfg.warn_usage_pct,
@@ -1075,7 +1082,9 @@ static void print_stats_json(const char *segment, const struct ds_stats *st)
                 print_overrides_json(s);
                 printf("}");
         }
-        printf("]");
+        printf("], \"cluster_agent\": \"%s\"", st->agent_state == 1   ? "live"
+                                               : st->agent_state == 2 ? "gone"
+                                                                      : "none");
         print_cluster_json(segment);
         printf("}\n");
 }
@@ -1182,6 +1191,56 @@ static const struct prom_scraper_metric prom_scraper_metrics[] = {
 /* Wait times: the segment keeps a count, a sum and a maximum per scraper,
  * so they are exposed as a summary without quantiles (_count, _sum) plus a
  * gauge for the maximum. */
+/* One sample of a cluster metric: labels segment, cluster and (if not
+ * NULL) host. */
+static void prom_cluster_sample(FILE *f, const char *name, const char *segment, const char *cluster,
+                                const char *host, double value)
+{
+        fprintf(f, "%s{segment=\"", name);
+        write_escaped(f, segment, 0);
+        fputs("\",cluster=\"", f);
+        write_escaped(f, cluster, 0);
+        if (host) {
+                fputs("\",host=\"", f);
+                write_escaped(f, host, 0);
+        }
+        fprintf(f, "\"} %.17g\n", value);
+}
+
+/* The cluster as the segment's agent last saw it (docs/cluster.md). */
+static void print_cluster_prometheus(FILE *f, const char *segment)
+{
+        struct cluster_view *v = calloc(1, sizeof(*v));
+        if (!v || cluster_read_state(segment, v) != 0) {
+                free(v);
+                return;
+        }
+        prom_family(f, "dynshim_cluster_budget", "gauge",
+                    "The connections the whole cluster may use.");
+        prom_cluster_sample(f, "dynshim_cluster_budget", segment, v->name, NULL, v->budget);
+        prom_family(f, "dynshim_cluster_claimed", "gauge", "Units claimed by all hosts.");
+        prom_cluster_sample(f, "dynshim_cluster_claimed", segment, v->name, NULL, v->claimed);
+        prom_family(f, "dynshim_cluster_live", "gauge",
+                    "1 if this host's agent is joined to the cluster.");
+        prom_cluster_sample(f, "dynshim_cluster_live", segment, v->name, NULL,
+                            strcmp(v->state, "live") == 0);
+        static const char *const names[] = {"dynshim_cluster_host_claim",
+                                            "dynshim_cluster_host_demand",
+                                            "dynshim_cluster_host_held"};
+        static const char *const helps[] = {"Units the host claims (its pool_size when live).",
+                                            "Slots the host holds plus connects waiting.",
+                                            "Slots the host holds."};
+        for (size_t m = 0; m < 3; m++) {
+                prom_family(f, names[m], "gauge", helps[m]);
+                for (size_t i = 0; i < v->n_hosts; i++) {
+                        const struct cluster_view_host *x = &v->hosts[i];
+                        uint32_t val = m == 0 ? x->claim : m == 1 ? x->demand : x->held;
+                        prom_cluster_sample(f, names[m], segment, v->name, x->name, val);
+                }
+        }
+        free(v);
+}
+
 static void print_stats_prometheus(const char *segment, const struct ds_stats *st)
 {
         FILE *f = stdout;
@@ -1242,6 +1301,7 @@ static void print_stats_prometheus(const char *segment, const struct ds_stats *s
                 prom_sample(f, "dynshim_scraper_wait_seconds_sum", segment, s->name,
                             (double)s->wait_ns_total / 1e9);
         }
+        print_cluster_prometheus(f, segment);
 }
 
 /* ---- --stats ---- */

@@ -670,6 +670,19 @@ static int take_own_slot(struct cluster_agent *a, ds_handle *h)
                 a->cfg_known = 0;
                 a->h = h;
                 ds_set_scraper(h, "dyncoord-cluster-agent");
+                /* nothing beyond what is held; then the gate (from now on the
+                 * pool grants only while this agent lives) with the agent's
+                 * own slot, ahead of waiting connects */
+                hold_to_held(a, h, "not joined yet");
+                int rc = ds_cluster_gate(h, 1, &a->lease);
+                if (rc == 0) {
+                        a->have_lease = 1;
+                } else if (rc != -EAGAIN) {
+                        error_once(a, "could not make this process the pool's cluster agent",
+                                   strerror(-rc));
+                        a->h = NULL;
+                        return -EAGAIN;
+                }
         }
         if (a->have_lease)
                 return 0;

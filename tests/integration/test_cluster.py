@@ -140,6 +140,16 @@ class Cluster:
         check(read_line(p, 30, f"cycler on host {i + 1}") == "started", "cycler did not start")
         return p
 
+    def holder(self, i, n):
+        env = self.c.env(f"holder{i + 1}")
+        env.update(PGHOST=self.net.server_addr(i), DYNSHIM_SEGMENT=self.seg[i])
+        p = self.c.spawn(["ip", "netns", "exec", self.net.ns[i], PYTHON, "-u",
+                          os.path.join(CLIENTS, "holder.py"), str(n)], env=env,
+                         stdin=subprocess.PIPE)
+        check(read_line(p, 30, f"holder on host {i + 1}").startswith("ready"),
+              "holder did not start")
+        return p
+
     def stop(self, p, what):
         p.stdin.write("quit\n")
         p.stdin.flush()
@@ -166,6 +176,10 @@ def until(cl, what, cond, limit):
             return time.monotonic() - t0
         time.sleep(0.1)
     check(False, f"{what} not reached within {limit} s\n{cl.agent_logs()}")
+
+
+def hosts_of(stats):
+    return {h["host"]: h for h in stats["cluster"]["hosts"]}
 
 
 def backends_of(c, i):
@@ -212,31 +226,45 @@ def run_scenarios(c, net, cl):
     log(f"demand moved to host 2 in {t:.2f} s")
     c.check_server_view()
 
-    # 2. host 2's agent is killed while its clients keep running: nobody
-    # gains its share until the server shows its backends gone
+    # 2. host 2's agent is killed while its clients keep their connections:
+    # host 2 grants nothing new, and nobody gains its claim until the server
+    # shows its backends gone
+    cl.stop(b, "cycler on host 2")
+    holder = cl.holder(1, 6)
+    until(cl, "host 2's claim reported with its 6 connections",
+          lambda: hosts_of(cl.stats(0))["h2"]["held"] == 7, 10)
     cl.kill_agent(1)
+    e = cl.cycler(0, 2)  # host 1 wants its agent's slot and 2 more
     d = cl.cycler(2, 12)
     time.sleep(3)
     st = cl.stats(2)
-    check(st["pool_size"] <= 2,
-          f"host 3 grew to {st['pool_size']} while host 2's backends are still there "
-          f"({backends_of(c, 1)})\n{cl.agent_logs()}")
-    hosts = {h["host"]: h for h in st["cluster"]["hosts"]}
-    check(hosts["h2"]["state"] == "agent gone", f"host 2 shows as {hosts['h2']}")
+    h2 = hosts_of(st)["h2"]
+    check(h2["state"] == "agent gone" and h2["claim"] >= 7, f"host 2 shows as {h2}")
+    check(st["pool_size"] + cl.pool(0) + h2["claim"] <= BUDGET,
+          f"host 3 grew to {st['pool_size']} while host 2 claims {h2['claim']} with "
+          f"{backends_of(c, 1)} backends\n{cl.agent_logs()}")
+    s2 = cl.stats(1)
+    check(s2["cluster_agent"] == "gone" and s2["held"] == 6,
+          f"host 2 without its agent: {s2['cluster_agent']}, held {s2['held']}")
     log(f"with host 2's agent dead and {backends_of(c, 1)} of its backends left, host 3 "
-        f"stays at {st['pool_size']}")
-    cl.stop(b, "cycler on host 2")
-    t = until(cl, "host 3 growing into host 2's freed share (14 - 2 - 1 seat = 11)",
-              lambda: cl.pool(2) == 11, 10)
-    log(f"host 2's backends gone: host 3 at 11 after {t:.2f} s")
+        f"stays at {st['pool_size']} (host 2 claims {h2['claim']})")
+    holder.stdin.write("exit\n")
+    holder.stdin.flush()
+    holder.wait(10)
+    t = until(cl, "host 3 growing into host 2's freed share (14 - 3 - 1 seat = 10)",
+              lambda: cl.pool(2) == 10 and cl.pool(0) == 3, 10)
+    log(f"host 2's backends gone: host 3 at 10 after {t:.2f} s")
     c.check_server_view()
 
-    # 3. host 2's agent restarts: it joins again and gets its share back
+    # 3. host 2's agent restarts, its scrapers already waiting: they get
+    # nothing until the agent is back in the cluster, then its share comes
     # from host 3 as host 3's usage falls
-    cl.start_agent(1)
     b = cl.cycler(1, 12)
-    t = until(cl, "hosts 2 and 3 sharing (pools 6 and 6)",
-              lambda: [cl.pool(1), cl.pool(2)] == [6, 6], 15)
+    time.sleep(1)
+    check(cl.stats(1)["held"] == 0, "host 2 granted slots with its agent gone")
+    cl.start_agent(1)
+    t = until(cl, "hosts 2 and 3 sharing the rest (pools 5 and 6)",
+              lambda: sorted([cl.pool(1), cl.pool(2)]) == [5, 6] and cl.pool(0) == 3, 15)
     log(f"restarted agent of host 2 got its share in {t:.2f} s")
     c.check_server_view()
 
@@ -251,11 +279,33 @@ def run_scenarios(c, net, cl):
     check(cl.pool(1) <= 6, f"host 2 grew to {cl.pool(1)} while host 3's backends remain")
     net.cut(2, up=True)
     until(cl, "host 3 back in the cluster", lambda: cl.stats(2)["cluster"]["state"] == "live", 20)
-    for p, what in ((b, "host 2"), (d, "host 3")):
+    for p, what in ((e, "host 1"), (b, "host 2"), (d, "host 3")):
         r = cl.stop(p, f"cycler on {what}")
         log(f"cycler on {what}: {r['ok']} cycles, {r['n_errors']} errors")
-    c.check_server_view()
+    c.check_pool_filled("the three hosts")
+    check_stats_formats(cl)
+    # agents stop cleanly on SIGTERM
+    for i in range(HOSTS):
+        cl.agents[i].send_signal(signal.SIGTERM)
+        rc = cl.agents[i].wait(10)
+        check(rc == 0, f"agent of host {i + 1} exited {rc} on SIGTERM: "
+              f"{cl.agents[i].stderr.read()}")
     log(c.sampler.summary())
+
+
+def check_stats_formats(cl):
+    """--stats shows the cluster in every format."""
+    r = subprocess.run([cl.dyncoord, "--segment", cl.seg[0], "--stats"], env=cl.local_env(0),
+                       capture_output=True, text=True, timeout=30)
+    check(r.returncode == 0 and f"cluster it: budget {BUDGET}" in r.stdout
+          and all(f"h{i + 1} " in r.stdout for i in range(HOSTS)),
+          f"--stats does not show the cluster:\n{r.stdout}{r.stderr}")
+    r = subprocess.run([cl.dyncoord, "--segment", cl.seg[0], "--stats", "--prometheus"],
+                       env=cl.local_env(0), capture_output=True, text=True, timeout=30)
+    from prometheus_client.parser import text_string_to_metric_families
+    got = {s.name: s for f in text_string_to_metric_families(r.stdout) for s in f.samples}
+    check(got.get("dynshim_cluster_budget") and got["dynshim_cluster_budget"].value == BUDGET,
+          f"--prometheus has no cluster budget of {BUDGET}:\n{r.stdout[-1500:]}")
 
 
 if __name__ == "__main__":
