@@ -116,6 +116,10 @@ int cmd_watchdog(const struct options *o);
  * description (host and port, never a password). */
 int check_server(const char *conninfo, char *what, size_t whatlen, char *why, size_t whylen);
 
+/* Drops trailing newlines and spaces of a libpq message and joins its
+ * lines with spaces. */
+void trim_message(char *s);
+
 /* 0 if conninfo parses, else a usage error (printed) and -EINVAL. */
 int validate_conninfo(const char *conninfo);
 

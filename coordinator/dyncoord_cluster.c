@@ -72,22 +72,12 @@ static void alog(struct cluster_agent *a, const char *level, const char *fmt, ..
         a->log(a->log_ctx, level, msg);
 }
 
-static void one_line(char *s)
-{
-        size_t n = strlen(s);
-        while (n && (s[n - 1] == '\n' || s[n - 1] == ' '))
-                s[--n] = '\0';
-        for (char *p = s; *p; p++)
-                if (*p == '\n')
-                        *p = ' ';
-}
-
 /* Logs an error once per distinct message (a flapping server logs once). */
 static void error_once(struct cluster_agent *a, const char *what, const char *why)
 {
         char msg[512];
         snprintf(msg, sizeof(msg), "%s: %s", what, why);
-        one_line(msg);
+        trim_message(msg);
         if (strcmp(msg, a->last_error) != 0)
                 alog(a, "error", "cluster %s: %s", a->o->cluster, msg);
         snprintf(a->last_error, sizeof(a->last_error), "%s", msg);

@@ -72,7 +72,7 @@ static void describe_server(const char *conninfo, char *out, size_t len)
         PQconninfoFree(opts);
 }
 
-static void trim_message(char *s)
+void trim_message(char *s)
 {
         size_t n = strlen(s);
         while (n && (s[n - 1] == '\n' || s[n - 1] == ' '))
