@@ -106,7 +106,7 @@ class Cluster:
             # a host starts with one slot; its agent raises pool_size to its share
             sh(self.dyncoord, "--segment", self.seg[i], "--init", "--force", "--pool-size", "1",
                "--soft-limit", "1", "--max-limit", "1", "--wait-timeout", "60",
-               "--idle-timeout", "5")
+               "--idle-timeout", "60")
 
     def start_agent(self, i):
         log_path = os.path.join(self.c.tmpdir(), f"agent-h{i + 1}.log")
@@ -175,7 +175,14 @@ def until(cl, what, cond, limit):
         if cond():
             return time.monotonic() - t0
         time.sleep(0.1)
-    check(False, f"{what} not reached within {limit} s\n{cl.agent_logs()}")
+    views = []
+    for i in range(HOSTS):
+        st = cl.stats(i)
+        views.append(f"host {i + 1}: pool {st['pool_size']}, held {st['held']}, waiting "
+                     f"{st['waiting']}, agent {st.get('cluster_agent')}, cluster "
+                     f"{st.get('cluster', {}).get('hosts')}")
+    check(False, f"{what} not reached within {limit} s\n" + "\n".join(views) + "\n"
+          + cl.agent_logs())
 
 
 def hosts_of(stats):
@@ -231,21 +238,26 @@ def run_scenarios(c, net, cl):
     # shows its backends gone
     cl.stop(b, "cycler on host 2")
     holder = cl.holder(1, 6)
-    until(cl, "host 2's claim reported with its 6 connections",
-          lambda: hosts_of(cl.stats(0))["h2"]["held"] == 7, 10)
+    # (while host 2's share shrinks the holder may get fewer backends than
+    # connections: the shim releases one of its idle ones to connect another)
+    until(cl, "host 2's claim reported with its agent's slot and the holder's",
+          lambda: hosts_of(cl.stats(0))["h2"]["held"] >= 5, 10)
+    before = cl.stats(1)["held"]
     cl.kill_agent(1)
     e = cl.cycler(0, 2)  # host 1 wants its agent's slot and 2 more
     d = cl.cycler(2, 12)
     time.sleep(3)
     st = cl.stats(2)
     h2 = hosts_of(st)["h2"]
-    check(h2["state"] == "agent gone" and h2["claim"] >= 7, f"host 2 shows as {h2}")
+    n2 = backends_of(c, 1)
+    check(h2["state"] == "agent gone" and h2["claim"] >= n2 >= 4,
+          f"host 2 shows as {h2} with {n2} backends")
     check(st["pool_size"] + cl.pool(0) + h2["claim"] <= BUDGET,
           f"host 3 grew to {st['pool_size']} while host 2 claims {h2['claim']} with "
           f"{backends_of(c, 1)} backends\n{cl.agent_logs()}")
     s2 = cl.stats(1)
-    check(s2["cluster_agent"] == "gone" and s2["held"] == 6,
-          f"host 2 without its agent: {s2['cluster_agent']}, held {s2['held']}")
+    check(s2["cluster_agent"] == "gone" and s2["held"] < before,
+          f"host 2 without its agent: {s2['cluster_agent']}, held {s2['held']} (was {before})")
     log(f"with host 2's agent dead and {backends_of(c, 1)} of its backends left, host 3 "
         f"stays at {st['pool_size']} (host 2 claims {h2['claim']})")
     holder.stdin.write("exit\n")
