@@ -519,8 +519,10 @@ static int round_trip(struct cluster_agent *a, ds_handle *h)
                                     pu) == 0)
                                 a->claim = a->hosts[self].claim = honest;
                 }
-        } else if (l.pool < a->claim) {
-                set_pool(a, h, a->claim, "claim"); /* the whole claim is usable */
+        } else if (l.pool != a->claim) {
+                /* the whole claim is usable, and no more (a pool_size set by
+                 * hand is put back) */
+                set_pool(a, h, a->claim, "the host's claim");
         }
         a->last_error[0] = '\0';
         return 0;
