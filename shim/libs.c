@@ -147,6 +147,11 @@ static void *own_symbol(void *handle, const char *name, const struct obj *o)
         return p && a >= o->start && a < o->end ? p : NULL;
 }
 
+struct ds_lib *ds_lib_at(const void *addr)
+{
+        return lib_in_range((uintptr_t)addr);
+}
+
 struct ds_lib *ds_lib_containing(const void *addr)
 {
         ensure_real();
@@ -211,10 +216,17 @@ static _Atomic int n_callers;
 
 static struct ds_lib *cached_caller(uintptr_t a)
 {
+        /* the object that called last: one comparison in the usual case */
+        static _Atomic(const struct caller *) last;
+        const struct caller *l = atomic_load_explicit(&last, memory_order_acquire);
+        if (l && a >= l->start && a < l->end)
+                return l->lib;
         int n = atomic_load_explicit(&n_callers, memory_order_acquire);
         for (int i = 0; i < n; i++)
-                if (a >= callers[i].start && a < callers[i].end)
+                if (a >= callers[i].start && a < callers[i].end) {
+                        atomic_store_explicit(&last, &callers[i], memory_order_release);
                         return callers[i].lib;
+                }
         return NULL;
 }
 

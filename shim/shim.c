@@ -149,12 +149,19 @@ static void fork_prepare(void)
 {
         pthread_mutex_lock(&attach_mutex);
         ds_libs_lock();
-        ds_conns_lock();
+        ds_conns_fork_prepare();
 }
 
-static void fork_release(void)
+static void fork_parent(void)
 {
-        ds_conns_unlock();
+        ds_conns_fork_parent();
+        ds_libs_unlock();
+        pthread_mutex_unlock(&attach_mutex);
+}
+
+static void fork_child(void)
+{
+        ds_conns_fork_child();
         ds_libs_unlock();
         pthread_mutex_unlock(&attach_mutex);
 }
@@ -187,7 +194,7 @@ static void read_env(void)
                 snprintf(cfg.scraper, sizeof(cfg.scraper), "%s", v);
         else
                 derive_scraper(cfg.scraper, sizeof(cfg.scraper));
-        pthread_atfork(fork_prepare, fork_release, fork_release);
+        pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 
 /* ---- the coordinator ---- */
@@ -486,7 +493,8 @@ static PGconn *refused_conn(struct ds_call *c, const char *msg)
                 return conn; /* still a failed connection, with libpq's message */
         }
         e->error = err;
-        ds_conn_add(e);
+        if (ds_conn_add(e) != 0)
+                ds_conn_free(e); /* still a failed connection, with libpq's message */
         ds_log(DS_LOG_INFO, "%s", msg);
         return conn;
 }
@@ -516,10 +524,25 @@ static int status_bad(struct ds_call *c, const PGconn *conn)
 
 /* ---- pins: session state a reconnect would lose ---- */
 
+/* Whether the word w (lowercase letters) starts at p, in any case. A byte
+ * with bit 5 set equals a lowercase letter only if it is that letter in
+ * either case, and the text's NUL ends the comparison. */
 static int word_at(const char *p, const char *w)
 {
-        size_t n = strlen(w);
-        return strncasecmp(p, w, n) == 0 && !isalnum((unsigned char)p[n]) && p[n] != '_';
+        size_t n = 0;
+        for (; w[n]; n++)
+                if ((p[n] | 0x20) != w[n])
+                        return 0;
+        return !isalnum((unsigned char)p[n]) && p[n] != '_';
+}
+
+/* Whether the text at p starts with the lowercase identifier w, in any case. */
+static int name_at(const char *p, const char *w)
+{
+        for (size_t n = 0; w[n]; n++)
+                if ((p[n] | 0x20) != w[n] && !(w[n] == '_' && p[n] == '_'))
+                        return 0;
+        return 1;
 }
 
 static const char *skip_blank(const char *p)
@@ -545,6 +568,15 @@ static const char *skip_blank(const char *p)
 /* A statement starting at p that keeps state in the session. */
 static int statement_pins(const char *p)
 {
+        switch (*p | 0x20) {
+        case 'p':
+        case 'l':
+        case 's':
+        case 'c':
+                break;
+        default:
+                return 0; /* SELECT, INSERT, UPDATE, ... at one comparison */
+        }
         if (word_at(p, "prepare") || word_at(p, "listen"))
                 return 1;
         if (word_at(p, "set")) {
@@ -594,7 +626,11 @@ static int set_config_pins(const char *p)
 
 /* Whether SQL text q (one or more statements) keeps state in the session
  * that a reconnect would lose (SPEC 4.5). String literals are skipped; a
- * keyword anywhere else errs on the side of pinning. Linear in the text. */
+ * keyword anywhere else errs on the side of pinning. Linear in the text,
+ * and cheap, as it runs on every query of an unpinned connection: after a
+ * statement's first word only quotes, semicolons and underscores (in
+ * pg_advisory_lock, pg_try_advisory_lock, set_config) need a look, and
+ * strcspn finds them a vector at a time; a DECLARE also looks at w's. */
 static int sql_pins(const char *q)
 {
         const char *p = q;
@@ -604,24 +640,26 @@ static int sql_pins(const char *q)
                         break;
                 if (statement_pins(p))
                         return 1;
-                int declare = word_at(p, "declare");
-                for (; *p && *p != ';'; p++) {
-                        char ch = (char)(*p | 0x20);
+                const char *stops = word_at(p, "declare") ? "'_;wW" : "'_;";
+                for (p += strcspn(p, stops); *p && *p != ';'; p += strcspn(p, stops)) {
                         if (*p == '\'') {
-                                while (*++p && *p != '\'')
-                                        ;
-                                if (!*p)
-                                        break;
-                        } else if (ch == 'p' && (!strncasecmp(p, "pg_advisory_lock", 16) ||
-                                                 !strncasecmp(p, "pg_try_advisory_lock", 20))) {
-                                return 1;
-                        } else if (ch == 's' && !strncasecmp(p, "set_config", 10) &&
-                                   set_config_pins(p + 10)) {
-                                return 1;
-                        } else if (declare && ch == 'w' && word_at(p, "with") &&
-                                   word_at(skip_blank(p + 4), "hold")) {
+                                const char *end = strchr(p + 1, '\'');
+                                if (!end)
+                                        return 0;
+                                p = end + 1;
+                                continue;
+                        }
+                        if (*p == '_') {
+                                if (p - q >= 2 && (name_at(p - 2, "pg_advisory_lock") ||
+                                                   name_at(p - 2, "pg_try_advisory_lock")))
+                                        return 1;
+                                if (p - q >= 3 && name_at(p - 3, "set_config") &&
+                                    set_config_pins(p + 7))
+                                        return 1;
+                        } else if (word_at(p, "with") && word_at(skip_blank(p + 4), "hold")) {
                                 return 1;
                         }
+                        p++;
                 }
                 if (*p == ';')
                         p++;
@@ -833,13 +871,8 @@ static void pick_cb(struct ds_conn *e, void *arg)
         if (p->now - atomic_load(&e->last_used_ns) < p->min_unused_ns)
                 return;
         int s = DS_CONN_OPEN;
-        if (!atomic_compare_exchange_strong(&e->rstate, &s, DS_CONN_RELEASING))
-                return;
-        if (atomic_load(&e->busy)) { /* a call started meanwhile: it wins */
-                atomic_store(&e->rstate, DS_CONN_OPEN);
-                return;
-        }
-        p->got[p->n++] = e;
+        if (atomic_compare_exchange_strong(&e->rstate, &s, DS_CONN_RELEASING))
+                p->got[p->n++] = e; /* unless a call is inside it (ds_conns_unused) */
 }
 
 /* Releases up to n releasable connections of this process unused for
@@ -852,6 +885,7 @@ static uint32_t release_some(ds_handle *h, uint32_t n, int reason, uint64_t min_
                          .min_unused_ns = min_unused_ns,
                          .max = PICK_MAX};
         ds_conns_each(pick_cb, &p);
+        p.n = ds_conns_unused(p.got, p.n); /* a call that started meanwhile wins */
         uint32_t done = 0;
         for (int i = 0; i < p.n; i++) {
                 if (done < n)
@@ -940,6 +974,8 @@ static void advice_handler(void *arg)
 {
         ds_handle *h = arg;
         struct ds_advice a;
+        if (ds_conns_any_inside())
+                touch(h); /* a call in flight (a long query): the scraper is active */
         if (ds_advise(h, &a) == 0 && a.give_back) {
                 uint64_t min_unused = a.reason == DS_RELEASE_SURPLUS ? SURPLUS_UNUSED_NS : 0;
                 uint32_t n = release_some(h, a.give_back, a.reason, min_unused);
@@ -1035,6 +1071,41 @@ static int begin_reset(struct ds_call *c)
         return 1;
 }
 
+struct ds_conn *ds_fast_enter(int id, int slot, const void *ra, const void *conn)
+{
+        if (depth || !conn || (slot < 0 && ds_lib_at(ra)))
+                return NULL;
+        struct ds_conn *e = ds_conn_find(conn);
+        if (!e || !e->lib->fn[id] || !ds_conn_try_enter(e))
+                return NULL;
+        depth++;
+        return e;
+}
+
+void ds_fast_leave(struct ds_conn *e)
+{
+        depth--;
+        ds_conn_leave(e, DS_IN_RECORD);
+}
+
+struct ds_conn *ds_fast_activity(struct ds_call *c, int id, int slot, const void *ra,
+                                 const void *conn)
+{
+        struct ds_conn *e = ds_fast_enter(id, slot, ra, conn);
+        if (e && !e->pinned) {
+                c->id = id;
+                note_pins(c, e);
+        }
+        return e;
+}
+
+void ds_fast_activity_end(struct ds_conn *e)
+{
+        ds_handle *h = atomic_load_explicit(&coord, memory_order_relaxed);
+        atomic_store_explicit(&e->last_used_ns, h ? touch(h) : coarse_now(), memory_order_relaxed);
+        ds_fast_leave(e);
+}
+
 int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *conn)
 {
         c->id = id;
@@ -1054,13 +1125,17 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
          * libpq without passing through the shim (then it is not counted
          * at all, rather than counted without a matching finish). */
         pthread_once(&env_once, read_env);
-        struct ds_lib *caller = slot < 0 ? ds_lib_for_caller(ra) : NULL;
-        if (caller && (uintptr_t)ra >= caller->start && (uintptr_t)ra < caller->end)
+        /* A known connection names its library; the caller's object is
+         * looked up only for calls without one. */
+        struct ds_lib *caller = slot < 0 ? ds_lib_at(ra) : NULL;
+        if (caller)
                 c->nested = 1;
-        if (!c->nested) {
-                if (conn)
-                        c->entry =
-                            c->kind == DS_KIND_FINISH ? ds_conn_remove(conn) : ds_conn_find(conn);
+        else if (conn)
+                c->entry = c->kind == DS_KIND_FINISH ? ds_conn_remove(conn) : ds_conn_find(conn);
+        if (!c->entry && slot < 0 && !caller) {
+                caller = ds_lib_for_caller(ra);
+                if (caller && (uintptr_t)ra >= caller->start && (uintptr_t)ra < caller->end)
+                        c->nested = 1;
         }
         if (c->entry)
                 c->lib = c->entry->lib;
@@ -1107,29 +1182,26 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                 }
                 return 1;
         case DS_KIND_ACTIVITY:
-                /* in flight: the scraper is active until the call returns */
+                /* The return touches the clock; while the call runs, the
+                 * life thread sees it in the thread's record and keeps the
+                 * scraper active (advice_handler). */
                 c->coord = atomic_load_explicit(&coord, memory_order_relaxed);
-                if (c->coord)
-                        ds_inflight_add(c->coord, 1); /* the return touches the clock */
                 if (c->entry) {
-                        atomic_fetch_add(&c->entry->busy, 1);
-                        c->busy = 1;
+                        c->busy = ds_conn_enter(c->entry);
                         enter_conn(c, c->entry);
                         note_pins(c, c->entry);
                 }
                 return 1;
         case DS_KIND_REVIVE:
                 if (c->entry) {
-                        atomic_fetch_add(&c->entry->busy, 1);
-                        c->busy = 1;
+                        c->busy = ds_conn_enter(c->entry);
                         enter_conn(c, c->entry);
                 }
                 return 1;
         case DS_KIND_GETTER:
                 if (!c->entry)
                         return 1;
-                atomic_fetch_add(&c->entry->busy, 1);
-                c->busy = 1;
+                c->busy = ds_conn_enter(c->entry);
                 if (enter_conn(c, c->entry) != DS_CONN_RELEASED)
                         return 1;
                 /* released: what a healthy idle connection reports */
@@ -1152,8 +1224,7 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         case DS_KIND_ERRMSG:
                 if (!c->entry)
                         return 1;
-                atomic_fetch_add(&c->entry->busy, 1);
-                c->busy = 1;
+                c->busy = ds_conn_enter(c->entry);
                 if (c->entry->error) {
                         c->out.str = c->entry->error;
                         c->skip = 1;
@@ -1222,7 +1293,11 @@ static void end_connect(struct ds_call *c)
                         e->lease = c->lease;
                         e->fd = -1;
                         e->last_used_ns = coarse_now();
-                        ds_conn_add(e);
+                        if (ds_conn_add(e) != 0) {
+                                /* untracked: its slot stays taken until exit */
+                                ds_log(DS_LOG_WARN, "out of memory recording a connection");
+                                ds_conn_free(e);
+                        }
                 }
         }
         if (bad && c->leased)
@@ -1240,7 +1315,7 @@ void ds_end(struct ds_call *c)
                 return;
         struct ds_conn *e = c->entry;
         if (c->busy)
-                atomic_fetch_sub(&e->busy, 1);
+                ds_conn_leave(e, c->busy);
         if (c->skip)
                 return;
         switch (c->kind) {
@@ -1285,7 +1360,6 @@ void ds_end(struct ds_call *c)
                         uint64_t now = touch(c->coord);
                         if (e)
                                 atomic_store_explicit(&e->last_used_ns, now, memory_order_relaxed);
-                        ds_inflight_add(c->coord, -1);
                 } else if (e) {
                         atomic_store_explicit(&e->last_used_ns, coarse_now(), memory_order_relaxed);
                 }

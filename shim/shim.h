@@ -70,6 +70,8 @@ struct ds_lib *ds_lib_for_caller(const void *ra);
 /* The libpq copy that defines the code at addr, registered on first use.
  * NULL if addr is not in a libpq copy (or in this shim). */
 struct ds_lib *ds_lib_containing(const void *addr);
+/* The libpq copy known to contain addr, or NULL: no lookup, no lock. */
+struct ds_lib *ds_lib_at(const void *addr);
 
 /* The copy registered in slot k, or NULL. */
 struct ds_lib *ds_lib_slot(int k);
@@ -97,7 +99,6 @@ struct ds_slot {
  * that uses the connection (libpq connections are not shared between
  * threads without the application's own locking) or under the table lock. */
 struct ds_conn {
-        struct ds_conn *next; /* hash chain */
         const PGconn *conn;
         struct ds_lib *lib; /* the library that created it: every call goes there */
         pid_t owner;        /* the process that opened it; a forked child is not it */
@@ -109,12 +110,12 @@ struct ds_conn {
          * with expand_dbname). Process memory only, never the segment. */
         char **keywords, **values;
         int expand_dbname;
-        _Atomic int busy; /* calls in flight on it (and state checks) */
+        _Atomic int busy; /* nested calls in flight on it (ds_conn_enter) */
         /* Idle release: rstate is DS_CONN_OPEN, or owned by one thread while
          * RELEASING / REVIVING, or RELEASED (closed on the server side, no
          * slot; the PGconn keeps its parameters). A thread using the
-         * connection raises busy before it reads rstate; the releaser moves
-         * OPEN -> RELEASING before it reads busy. */
+         * connection enters it (ds_conn_enter) before it reads rstate; the
+         * releaser moves OPEN -> RELEASING before it checks for calls inside. */
         _Atomic int rstate;
         int pinned;                    /* holds session state a reconnect would lose */
         int fd;                        /* while released: the fd number kept for it, or -1 */
@@ -150,7 +151,30 @@ void ds_conn_free(struct ds_conn *c);
 void ds_conns_lock(void);
 void ds_conns_unlock(void);
 
+/* A call is inside e from enter to leave: the idle release leaves it
+ * alone. enter returns how (pass it to leave); the caller then reads the
+ * state. try_enter takes the thread's own record only, and only if e is
+ * OPEN: 1, or 0 with nothing taken. */
+enum { DS_IN_NONE = 0, DS_IN_RECORD = 1, DS_IN_COUNTER = 2 };
+int ds_conn_enter(struct ds_conn *e);
+int ds_conn_try_enter(struct ds_conn *e);
+void ds_conn_leave(struct ds_conn *e, int how);
+/* The releaser's side: e[0..n) are in RELEASING; those a call is inside go
+ * back to OPEN and leave the array. Returns how many remain. */
+int ds_conns_unused(struct ds_conn **e, int n);
+/* Whether any thread is inside a call on a connection now. */
+int ds_conns_any_inside(void);
+void ds_conns_fork_prepare(void);
+void ds_conns_fork_parent(void);
+void ds_conns_fork_child(void);
+
 /* ---- the call record (shim.c) ---- */
+
+/* The fast path of a state getter: the record of conn, entered, when the
+ * call needs nothing but the real function of the connection's library
+ * (a known, OPEN connection; not nested); else NULL and nothing done. */
+struct ds_conn *ds_fast_enter(int id, int slot, const void *ra, const void *conn);
+void ds_fast_leave(struct ds_conn *e);
 
 struct ds_call {
         int id;
@@ -164,8 +188,8 @@ struct ds_call {
         struct ds_conn *entry;
         int leased;
         struct ds_slot lease;
-        ds_handle *coord; /* activity: the handle its in-flight mark went to */
-        int busy;         /* entry->busy was raised for this call */
+        ds_handle *coord; /* activity: the handle whose clock the return touches */
+        int busy;         /* how the call is inside entry (DS_IN_*), for ds_conn_leave */
         int gone_fd;      /* finish: a duplicate of the socket, to see the backend go */
         /* A connect's arguments as the caller passed them (not copied; set
          * by the wrapper before ds_begin, copied into the record by ds_end). */
@@ -185,6 +209,12 @@ struct ds_call {
                 char *str;
         } out;
 };
+
+/* The same for a call that talks to the server (c->args filled): notes the
+ * session state its SQL pins; the end touches the activity clock. */
+struct ds_conn *ds_fast_activity(struct ds_call *c, int id, int slot, const void *ra,
+                                 const void *conn);
+void ds_fast_activity_end(struct ds_conn *e);
 
 /* Every wrapper: ds_begin decides (and returns 1 if the real function must
  * be called through c->real), the wrapper calls it and stores the result in

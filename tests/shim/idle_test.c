@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libpq-fe.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -305,6 +306,46 @@ static void transaction_is_never_released(void)
         server_log_is_clean();
 }
 
+static void *run_long_query(void *arg)
+{
+        command_ok(arg, "SELECT pg_sleep(4)");
+        return NULL;
+}
+
+/* A call in flight longer than idle_timeout keeps its scraper active: no
+ * idle release meanwhile, of it or of the process's other connection;
+ * once it has returned and the scraper rests, both are released. */
+static void long_call_keeps_scraper_active(void)
+{
+        make_pool(20, 10, 15, 1000, 1);
+        PGconn *busy = connect_ok(), *idle = connect_ok();
+        command_ok(idle, "SELECT 1");
+        pthread_t th;
+        CHECK(pthread_create(&th, NULL, run_long_query, busy) == 0, "pthread_create");
+        double t0 = now_s();
+        int samples = 0;
+        while (now_s() - t0 < 3.6) {
+                struct ds_scraper_stats s = scraper("dsidle");
+                if (now_s() - t0 > 0.3) {
+                        CHECK(s.active, "%.1f s into a 4 s query the scraper is idle",
+                              now_s() - t0);
+                        CHECK(s.held == 2, "%.1f s into a 4 s query the scraper holds %u",
+                              now_s() - t0, s.held);
+                        samples++;
+                }
+                sleep_s(0.1);
+        }
+        CHECK(server_count() == 2, "the server shows %d sessions during the query", server_count());
+        pthread_join(th, NULL);
+        CHECK(samples > 20, "only %d samples", samples);
+        CHECK(wait_for(0, 5.0) >= 0, "after the query the scraper's connections were kept");
+        CHECK(query_int(busy, "SELECT 7") == 7 && query_int(idle, "SELECT 8") == 8,
+              "the released connections do not come back");
+        PQfinish(busy);
+        PQfinish(idle);
+        server_log_is_clean();
+}
+
 /* Each kind of session state pins its connection (SPEC 4.5). */
 static void pinned_connections_are_never_released(void)
 {
@@ -475,6 +516,8 @@ int main(int argc, char **argv)
                 transaction_is_never_released();
         else if (!strcmp(name, "pinned_connections_are_never_released"))
                 pinned_connections_are_never_released();
+        else if (!strcmp(name, "long_call_keeps_scraper_active"))
+                long_call_keeps_scraper_active();
         else if (!strcmp(name, "idle_release_off_keeps_connections"))
                 idle_release_off_keeps_connections();
         else if (!strcmp(name, "surplus_goes_to_waiting_scraper"))
