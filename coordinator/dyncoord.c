@@ -1555,6 +1555,14 @@ static int check_segment(const struct options *o)
                 print_error("unhealthy: could not read segment %s: %s", name, strerror(-rc));
                 goto out;
         }
+        if (st.agent_state == 2) {
+                print_error("unhealthy: segment %s: its cluster agent (pid %d) is gone: the pool "
+                            "grants no new slots until an agent runs again",
+                            name, (int)st.cfg.agent_pid);
+                ds_stats_free(&st);
+                rc = -ESRCH;
+                goto out;
+        }
         printf("segment %s is healthy: pool %u/%u in use, %u waiting, %u %s", name, st.held,
                st.cfg.pool_size, st.waiting, st.procs, plural(st.procs, "process", "processes"));
         if (usage_above_warning(&st))

@@ -258,6 +258,10 @@ def run_scenarios(c, net, cl):
     s2 = cl.stats(1)
     check(s2["cluster_agent"] == "gone" and s2["held"] < before,
           f"host 2 without its agent: {s2['cluster_agent']}, held {s2['held']} (was {before})")
+    r = subprocess.run([cl.dyncoord, "--segment", cl.seg[1], "--health"],
+                       env=cl.local_env(1), capture_output=True, text=True, timeout=30)
+    check(r.returncode == 1 and "cluster agent" in r.stderr,
+          f"--health of host 2 without its agent: exit {r.returncode}: {r.stderr}")
     log(f"with host 2's agent dead and {backends_of(c, 1)} of its backends left, host 3 "
         f"stays at {st['pool_size']} (host 2 claims {h2['claim']})")
     holder.stdin.write("exit\n")
