@@ -406,7 +406,9 @@ static const char hosts_sql[] =
     "  AND s.backend_type = 'client backend')"
     " FROM dynshim.cluster_hosts h WHERE h.cluster = $1 ORDER BY h.id";
 
-static int load_hosts(struct cluster_agent *a, long *self)
+/* Reads the cluster's rows (the first MAX_HOSTS for the policy) and
+ * *total, the sum of every row's claim. */
+static int load_hosts(struct cluster_agent *a, long *self, uint64_t *total)
 {
         const char *p[] = {a->o->cluster};
         PGresult *r = run(a, "hosts", hosts_sql, 1, p);
@@ -415,6 +417,9 @@ static int load_hosts(struct cluster_agent *a, long *self)
         int n = PQntuples(r);
         a->n_hosts = 0;
         *self = -1;
+        *total = 0;
+        for (int i = 0; i < n; i++)
+                *total += strtoul(PQgetvalue(r, i, 2), NULL, 10);
         for (int i = 0; i < n && a->n_hosts < MAX_HOSTS; i++) {
                 size_t k = a->n_hosts++;
                 struct ds_cluster_host *x = &a->hosts[k];
@@ -483,15 +488,13 @@ static int round_trip(struct cluster_agent *a, ds_handle *h)
         }
         a->budget = (uint32_t)one_long(r);
         PQclear(r);
-        if (load_hosts(a, &self))
+        uint64_t total;
+        if (load_hosts(a, &self, &total))
                 goto fail;
         if (self < 0) {
                 error_once(a, "lost its row", "our host's row is gone; joining again");
                 goto fail;
         }
-        uint64_t total = 0;
-        for (size_t i = 0; i < a->n_hosts; i++)
-                total += a->hosts[i].claim;
         ds_policy_cluster_targets(a->hosts, a->n_hosts, a->budget);
         a->target = a->hosts[self].target;
         uint32_t grown = ds_policy_cluster_grow(a->budget, total, a->claim, a->target);
