@@ -1028,7 +1028,13 @@ static void advice_handler(void *arg)
                 ds_debug("closed %u parked connection(s)", closed);
         int owed = 0;
         if (advised_ok && a.give_back) {
+                /* An idle scraper's connections have all gone unused for
+                 * idle_timeout; one used since (the advice was computed just
+                 * before the application woke up) is not idle. */
+                struct ds_config cf;
                 uint64_t min_unused = 0;
+                if (a.reason == DS_RELEASE_IDLE && ds_get_config(h, &cf) == 0)
+                        min_unused = (uint64_t)cf.idle_timeout_ms * 1000000ull / 2;
                 if (a.reason == DS_RELEASE_SURPLUS) {
                         uint64_t now = coarse_now(), since = atomic_load(&surplus_owed_since);
                         if (!since)
