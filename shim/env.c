@@ -146,8 +146,14 @@ static int statement_pins(const char *p)
         }
         if (word_at(p, "create")) {
                 const char *q = skip_blank(p + 6);
-                if (word_at(q, "or"))
-                        q = skip_blank(skip_blank(q + 2) + 7); /* or replace */
+                if (word_at(q, "or")) {
+                        /* or replace; "or" then anything else cannot be a
+                         * temporary object (and may end the text) */
+                        q = skip_blank(q + 2);
+                        if (!word_at(q, "replace"))
+                                return 0;
+                        q = skip_blank(q + 7);
+                }
                 if (word_at(q, "global") || word_at(q, "local"))
                         q = skip_blank(q + (word_at(q, "local") ? 5 : 6));
                 return word_at(q, "temp") || word_at(q, "temporary");
