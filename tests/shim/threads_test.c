@@ -31,20 +31,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dstest.h"
+
 #define APP "application_name=dsthreads"
 
 static const char *segment;
 static atomic_int failures;
-
-#define CHECK(cond, ...)                                                                           \
-        do {                                                                                       \
-                if (!(cond)) {                                                                     \
-                        fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);            \
-                        fprintf(stderr, __VA_ARGS__);                                              \
-                        fprintf(stderr, "\n");                                                     \
-                        exit(1);                                                                   \
-                }                                                                                  \
-        } while (0)
 
 /* In a thread: counts the failure and says what it was. */
 #define EXPECT(cond, ...)                                                                          \
@@ -66,20 +58,13 @@ static void sleep_ms(unsigned ms)
 static void make_pool(uint32_t size, uint32_t idle_ms, uint32_t realloc_ms)
 {
         struct ds_config cfg;
-        struct ds_capacity cap;
         ds_config_defaults(&cfg);
-        ds_capacity_defaults(&cap);
-        cfg.pool_size = size;
-        cfg.soft_limit = size;
-        cfg.max_limit = size;
+        cfg.pool_size = cfg.soft_limit = cfg.max_limit = size;
         cfg.idle_timeout_ms = idle_ms;
         cfg.realloc_interval_ms = realloc_ms;
         cfg.wait_timeout_ms = 60000;
         cfg.idle_release = 1;
-        struct ds_create_opts o = {.mode = 0600, .group = (gid_t)-1, .force = 1};
-        char err[256];
-        CHECK(ds_segment_create(segment, &cfg, &cap, &o, err, sizeof(err)) == 0, "create %s: %s",
-              segment, err);
+        dstest_create_pool(segment, &cfg);
 }
 
 static struct ds_stats stats(void)
@@ -306,11 +291,7 @@ static void coordinator_threads(void)
 
 int main(int argc, char **argv)
 {
-        CHECK(argc == 2, "usage: %s CASE", argv[0]);
-        segment = getenv("DYNSHIM_SEGMENT");
-        CHECK(segment && *segment, "DYNSHIM_SEGMENT must name the test's segment");
-        CHECK(getenv("LD_PRELOAD") && strstr(getenv("LD_PRELOAD"), "libdynshim"),
-              "the shim must be preloaded");
+        segment = dstest_start(argc, argv);
         if (!strcmp(argv[1], "connect_query_finish"))
                 connect_query_finish();
         else if (!strcmp(argv[1], "coordinator_threads"))
