@@ -66,6 +66,8 @@ enum option_id {
         OPT_WAIT_TIMEOUT,
         OPT_WARN_USAGE,
         OPT_IDLE_RELEASE,
+        OPT_REUSE,
+        OPT_REUSE_TIMEOUT,
         OPT_MAX_PROCESSES,
         OPT_MAX_LEASES,
         OPT_MAX_SCRAPERS,
@@ -105,6 +107,8 @@ static const struct option long_options[] = {
     {"wait-timeout", required_argument, NULL, OPT_WAIT_TIMEOUT},
     {"warn-usage", required_argument, NULL, OPT_WARN_USAGE},
     {"idle-release", required_argument, NULL, OPT_IDLE_RELEASE},
+    {"reuse", required_argument, NULL, OPT_REUSE},
+    {"reuse-timeout", required_argument, NULL, OPT_REUSE_TIMEOUT},
     {"max-processes", required_argument, NULL, OPT_MAX_PROCESSES},
     {"max-leases", required_argument, NULL, OPT_MAX_LEASES},
     {"max-scrapers", required_argument, NULL, OPT_MAX_SCRAPERS},
@@ -148,6 +152,9 @@ static const struct value_option {
      0},
     {OPT_WARN_USAGE, "--warn-usage", V_PERCENT, 0, offsetof(struct ds_config, warn_usage_pct), 100},
     {OPT_IDLE_RELEASE, "--idle-release", V_ONOFF, 0, offsetof(struct ds_config, idle_release), 0},
+    {OPT_REUSE, "--reuse", V_ONOFF, 0, offsetof(struct ds_config, reuse), 0},
+    {OPT_REUSE_TIMEOUT, "--reuse-timeout", V_DURATION, 0,
+     offsetof(struct ds_config, reuse_timeout_ms), 0},
     {OPT_MAX_PROCESSES, "--max-processes", V_COUNT, 1, offsetof(struct ds_capacity, max_procs),
      DS_CAP_PROCS_MAX},
     {OPT_MAX_LEASES, "--max-leases", V_COUNT, 1, offsetof(struct ds_capacity, max_leases),
@@ -208,7 +215,8 @@ static void print_usage(FILE *f)
               "  --init                 create the pool's segment\n"
               "  --set KEY=VALUE...     change the live configuration (keys: pool_size,\n"
               "                         soft_limit, max_limit, idle_timeout, realloc_interval,\n"
-              "                         wait_timeout, warn_usage, idle_release; and per scraper\n"
+              "                         wait_timeout, warn_usage, idle_release, reuse,\n"
+              "                         reuse_timeout; and per scraper\n"
               "                         scraper.NAME.max, .reserve, .weight, .idle_release)\n"
               "  --unset KEY...         remove scraper overrides (scraper.NAME.KEY, or\n"
               "                         scraper.NAME for all of them)\n"
@@ -238,6 +246,9 @@ static void print_usage(FILE *f)
               "  --wait-timeout S       a connect waits at most this long for a slot (30)\n"
               "  --warn-usage PCT       usage above this percentage is a warning (80)\n"
               "  --idle-release on|off  release the connections of idle scrapers (on)\n"
+              "  --reuse on|off         park finished connections for the process's next\n"
+              "                         connect with the same parameters (off)\n"
+              "  --reuse-timeout S      a parked connection is closed after this long (5)\n"
               "  --max-processes N      processes attached at once (1024)\n"
               "  --max-leases N         slots held plus connects waiting, at once (4096)\n"
               "  --max-scrapers N       distinct scraper names remembered (256)\n"
@@ -865,9 +876,10 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
                 printf("warning: usage %u%% is above warn_usage %u%%\n", usage_pct(st),
                        st->cfg.warn_usage_pct);
         printf("config: soft_limit %u, max_limit %u, idle_timeout %s, realloc_interval %s, "
-               "wait_timeout %s, warn_usage %u%%, idle_release %s\n",
+               "wait_timeout %s, warn_usage %u%%, idle_release %s, reuse %s (timeout %.3gs)\n",
                st->cfg.soft_limit, st->cfg.max_limit, it, ri, wt, st->cfg.warn_usage_pct,
-               st->cfg.idle_release ? "on" : "off");
+               st->cfg.idle_release ? "on" : "off", st->cfg.reuse ? "on" : "off",
+               st->cfg.reuse_timeout_ms / 1000.0);
         printf("totals: %llu grants, peak %llu held, %llu dead processes reclaimed, %llu lock "
                "repairs; capacity %u processes, %u leases, %u scrapers (%zu bytes)\n",
                (unsigned long long)st->grants, (unsigned long long)st->peak_held,
@@ -885,10 +897,10 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
                 if (w > col)
                         col = w;
         }
-        printf("%-*s  %-6s %5s %5s %7s %5s %9s %9s %9s %9s %10s %9s %13s %12s  %s\n", (int)col,
-               "SCRAPER", "STATE", "HELD", "LIMIT", "WAITING", "PROCS", "CONNECTS", "RELEASES",
-               "IDLE_REL", "SURPL_REL", "RECONNECTS", "TIMEOUTS", "WAIT_MEAN_MS", "WAIT_MAX_MS",
-               "OVERRIDES");
+        printf("%-*s  %-6s %5s %5s %7s %5s %9s %9s %9s %9s %10s %9s %13s %12s %6s %9s  %s\n",
+               (int)col, "SCRAPER", "STATE", "HELD", "LIMIT", "WAITING", "PROCS", "CONNECTS",
+               "RELEASES", "IDLE_REL", "SURPL_REL", "RECONNECTS", "TIMEOUTS", "WAIT_MEAN_MS",
+               "WAIT_MAX_MS", "PARKED", "REUSES", "OVERRIDES");
         for (size_t i = 0; i < st->n_scrapers; i++) {
                 const struct ds_scraper_stats *s = &st->scrapers[i];
                 size_t w = display_name(s->name, name, sizeof(name));
@@ -896,13 +908,13 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
                 if (!s->ov.flags || ds_override_format(&s->ov, ov, sizeof(ov)) <= 0)
                         snprintf(ov, sizeof(ov), "-");
                 printf("%s%*s  %-6s %5u %5u %7u %5u %9llu %9llu %9llu %9llu %10llu %9llu %13.3f "
-                       "%12.3f  %s\n",
+                       "%12.3f %6u %9llu  %s\n",
                        name, (int)(col - w), "", s->active ? "active" : "idle", s->held, s->limit,
                        s->waiting, s->procs, (unsigned long long)s->connects,
                        (unsigned long long)s->releases, (unsigned long long)s->idle_releases,
                        (unsigned long long)s->surplus_releases, (unsigned long long)s->reconnects,
                        (unsigned long long)s->timeouts, wait_ms_mean(s), ms_of_ns(s->wait_ns_max),
-                       ov);
+                       s->parked, (unsigned long long)s->reuses, ov);
         }
 }
 
@@ -938,9 +950,10 @@ static void print_stats_json(const char *segment, const struct ds_stats *st)
                usage_above_warning(st) ? "true" : "false");
         printf(", \"soft_limit\": %u, \"max_limit\": %u, \"idle_timeout_ms\": %u, "
                "\"realloc_interval_ms\": %u, \"wait_timeout_ms\": %u, \"warn_usage_pct\": %u, "
-               "\"idle_release\": %s",
+               "\"idle_release\": %s, \"reuse\": %s, \"reuse_timeout_ms\": %u",
                c->soft_limit, c->max_limit, c->idle_timeout_ms, c->realloc_interval_ms,
-               c->wait_timeout_ms, c->warn_usage_pct, c->idle_release ? "true" : "false");
+               c->wait_timeout_ms, c->warn_usage_pct, c->idle_release ? "true" : "false",
+               c->reuse ? "true" : "false", c->reuse_timeout_ms);
         printf(", \"processes\": %u, \"active_scrapers\": %u, \"grants\": %llu, "
                "\"peak_held\": %llu, \"reclaimed_processes\": %llu, \"repairs\": %llu",
                st->procs, st->n_active, (unsigned long long)st->grants,
@@ -968,6 +981,8 @@ static void print_stats_json(const char *segment, const struct ds_stats *st)
                        (unsigned long long)s->waits);
                 printf(", \"wait_ms_mean\": %.3f, \"wait_ms_max\": %.3f", wait_ms_mean(s),
                        ms_of_ns(s->wait_ns_max));
+                printf(", \"parked\": %u, \"reuses\": %llu", s->parked,
+                       (unsigned long long)s->reuses);
                 print_overrides_json(s);
                 printf("}");
         }
@@ -1024,6 +1039,8 @@ PROM_FIELD(surplus_releases)
 PROM_FIELD(reconnects)
 PROM_FIELD(reclaimed)
 PROM_FIELD(timeouts)
+PROM_FIELD(parked)
+PROM_FIELD(reuses)
 
 PROM_FIELD(claimed)
 PROM_FIELD(idle_release)
@@ -1063,6 +1080,11 @@ static const struct prom_scraper_metric prom_scraper_metrics[] = {
      "Slots reclaimed from dead processes of the scraper.", prom_reclaimed},
     {"dynshim_scraper_timeouts_total", "counter",
      "Connects that waited wait_timeout for a slot in vain.", prom_timeouts},
+    {"dynshim_scraper_parked", "gauge",
+     "Finished connections parked for reuse by the scraper's processes (each holds a slot).",
+     prom_parked},
+    {"dynshim_scraper_reuses_total", "counter",
+     "Connects served with a parked connection instead of a new one.", prom_reuses},
     {"dynshim_scraper_wait_seconds_max", "gauge", "Longest wait for a slot so far.", prom_wait_max},
     {"dynshim_scraper_reserve", "gauge", "Slots guaranteed to the scraper (its reserve; 0: none).",
      prom_reserve},

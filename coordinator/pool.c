@@ -99,6 +99,7 @@ static void rebuild_caches(ds_handle *h)
         for (uint32_t i = 0; i < c->max_procs; i++) {
                 struct ds_proc *p = &h->procs[i];
                 p->held = p->waiting = 0;
+                atomic_store(&p->parked, 0);
                 if (p->pid == 0)
                         continue;
                 if (p->scraper >= c->max_scrapers || !h->scrapers[p->scraper].name[0]) {
@@ -253,6 +254,7 @@ static void drop_proc(ds_handle *h, uint32_t pi, int count_reclaimed)
                 atomic_store(&s->inflight, cur > f ? cur - f : 0);
         }
         p->held = p->waiting = 0;
+        atomic_store(&p->parked, 0);
         p->pid = 0;
         while (H->proc_hwm > 0 && h->procs[H->proc_hwm - 1].pid == 0)
                 H->proc_hwm--;
@@ -438,6 +440,7 @@ static void grant_waiters(ds_handle *h, uint64_t now)
 }
 
 static void notify_surplus(ds_handle *h);
+static void notify_parked(ds_handle *h);
 
 /* ---- registration ---- */
 
@@ -816,8 +819,10 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
             t0 - atomic_load(&H->last_sweep_ns) >= SWEEP_INTERVAL_NS / 10)
                 sweep_dead(h);
         grant_waiters(h, t0);
-        if (atomic_load(&l->wake) == 0)
+        if (atomic_load(&l->wake) == 0) {
                 notify_surplus(h);
+                notify_parked(h);
+        }
         ds_unlock(h);
 
         /* A granter stores HELD, then 1 into the wake word, then wakes us: a
@@ -1204,11 +1209,11 @@ int ds_stats_get(ds_handle *h, struct ds_stats *out)
 {
         memset(out, 0, sizeof(*out));
         struct ds_scraper_stats *v = calloc(h->cap.max_scrapers, sizeof(*v));
-        if (!v)
-                return -ENOMEM;
-        int rc = ds_lock(h);
+        uint32_t *parked = calloc(h->cap.max_scrapers, sizeof(*parked));
+        int rc = v && parked ? ds_lock(h) : -ENOMEM;
         if (rc) {
                 free(v);
+                free(parked);
                 return rc;
         }
         struct ds_header *H = h->hdr;
@@ -1230,6 +1235,12 @@ int ds_stats_get(ds_handle *h, struct ds_stats *out)
         uint32_t phwm = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
         for (uint32_t i = 0; i < phwm; i++)
                 out->procs += h->procs[i].pid != 0;
+        for (uint32_t i = 0; i < phwm; i++) {
+                const struct ds_proc *p = &h->procs[i];
+                uint32_t n = atomic_load(&p->parked);
+                if (p->pid != 0 && p->scraper < h->cap.max_scrapers)
+                        parked[p->scraper] += n < p->held ? n : p->held;
+        }
         size_t n = 0;
         uint32_t shwm =
             H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
@@ -1246,12 +1257,15 @@ int ds_stats_get(ds_handle *h, struct ds_stats *out)
                 o->connects = s->connects, o->releases = s->releases;
                 o->idle_releases = s->idle_releases, o->surplus_releases = s->surplus_releases;
                 o->reconnects = s->reconnects, o->reclaimed = s->reclaimed;
+                o->reuses = s->reuses;
                 o->timeouts = s->timeouts, o->waits = s->waits;
                 o->wait_ns_total = s->wait_ns_total, o->wait_ns_max = s->wait_ns_max;
                 o->ov = s->ov;
                 o->claimed = s->claimed;
                 o->idle_release = (int)ds_override_idle_release(&s->ov, &H->cfg);
+                o->parked = parked[i];
         }
+        free(parked);
         ds_unlock(h);
         qsort(v, n, sizeof(*v), by_name);
         out->scrapers = v;
@@ -1407,6 +1421,20 @@ static void notify_surplus(ds_handle *h)
         }
 }
 
+/* Asks every process with parked connections to look at its advice now:
+ * a connect waits, and parked connections are the first to go (under the
+ * lock). */
+static void notify_parked(ds_handle *h)
+{
+        struct ds_header *H = h->hdr;
+        uint32_t phwm = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
+        for (uint32_t i = 0; i < phwm; i++) {
+                struct ds_proc *p = &h->procs[i];
+                if (p->pid != 0 && p->held > 0 && atomic_load(&p->parked) > 0)
+                        poke_proc(p);
+        }
+}
+
 int ds_advise(ds_handle *h, struct ds_advice *out)
 {
         memset(out, 0, sizeof(*out));
@@ -1436,6 +1464,7 @@ int ds_advise(ds_handle *h, struct ds_advice *out)
         out->active = (int)s->active;
         out->held = p->held;
         out->limit = s->limit;
+        out->waiting = h->hdr->waiting;
         ds_unlock(h);
         return 0;
 }
@@ -1469,6 +1498,30 @@ void ds_note_reconnect(ds_handle *h)
         if (p->scraper < h->cap.max_scrapers)
                 h->scrapers[p->scraper].reconnects++;
         ds_unlock(h);
+}
+
+void ds_note_parked(ds_handle *h, int delta, int reuse)
+{
+        if (handle_pid(h) != self_pid() || h->proc_idx >= h->cap.max_procs)
+                return;
+        struct ds_proc *p = &h->procs[h->proc_idx];
+        if (delta > 0) {
+                atomic_fetch_add(&p->parked, 1);
+        } else {
+                uint32_t v = atomic_load(&p->parked);
+                while (v > 0 && !atomic_compare_exchange_weak(&p->parked, &v, v - 1))
+                        ;
+        }
+        if (reuse && ds_lock(h) == 0) {
+                if (p->scraper < h->cap.max_scrapers)
+                        h->scrapers[p->scraper].reuses++;
+                ds_unlock(h);
+        }
+}
+
+uint32_t ds_waiting_now(ds_handle *h)
+{
+        return __atomic_load_n(&h->hdr->waiting, __ATOMIC_RELAXED);
 }
 
 void ds_inflight_add(ds_handle *h, int delta)

@@ -108,10 +108,25 @@ void ds_scraper_from_cmdline(const char *buf, size_t n, char *out, size_t len)
 
 /* ---- pins: session state a reconnect would lose ---- */
 
+/* Whether the word w (lowercase letters) starts at p, in any case. A byte
+ * with bit 5 set equals a lowercase letter only if it is that letter in
+ * either case, and the text's NUL ends the comparison. */
 static int word_at(const char *p, const char *w)
 {
-        size_t n = strlen(w);
-        return strncasecmp(p, w, n) == 0 && !isalnum((unsigned char)p[n]) && p[n] != '_';
+        size_t n = 0;
+        for (; w[n]; n++)
+                if ((p[n] | 0x20) != w[n])
+                        return 0;
+        return !isalnum((unsigned char)p[n]) && p[n] != '_';
+}
+
+/* Whether the text at p starts with the lowercase identifier w, in any case. */
+static int name_at(const char *p, const char *w)
+{
+        for (size_t n = 0; w[n]; n++)
+                if ((p[n] | 0x20) != w[n] && !(w[n] == '_' && p[n] == '_'))
+                        return 0;
+        return 1;
 }
 
 static const char *skip_blank(const char *p)
@@ -137,6 +152,15 @@ static const char *skip_blank(const char *p)
 /* A statement starting at p that keeps state in the session. */
 static int statement_pins(const char *p)
 {
+        switch (*p | 0x20) {
+        case 'p':
+        case 'l':
+        case 's':
+        case 'c':
+                break;
+        default:
+                return 0; /* SELECT, INSERT, UPDATE, ... at one comparison */
+        }
         if (word_at(p, "prepare") || word_at(p, "listen"))
                 return 1;
         if (word_at(p, "set")) {
@@ -192,7 +216,11 @@ static int set_config_pins(const char *p)
 
 /* Whether SQL text q (one or more statements) keeps state in the session
  * that a reconnect would lose (SPEC 4.5). String literals are skipped; a
- * keyword anywhere else errs on the side of pinning. Linear in the text. */
+ * keyword anywhere else errs on the side of pinning. Linear in the text,
+ * and cheap, as it runs on every query of an unpinned connection: after a
+ * statement's first word only quotes, semicolons and underscores (in
+ * pg_advisory_lock, pg_try_advisory_lock, set_config) need a look, and
+ * strcspn finds them a vector at a time; a DECLARE also looks at w's. */
 int ds_sql_pins(const char *q)
 {
         const char *p = q;
@@ -202,24 +230,26 @@ int ds_sql_pins(const char *q)
                         break;
                 if (statement_pins(p))
                         return 1;
-                int declare = word_at(p, "declare");
-                for (; *p && *p != ';'; p++) {
-                        char ch = (char)(*p | 0x20);
+                const char *stops = word_at(p, "declare") ? "'_;wW" : "'_;";
+                for (p += strcspn(p, stops); *p && *p != ';'; p += strcspn(p, stops)) {
                         if (*p == '\'') {
-                                while (*++p && *p != '\'')
-                                        ;
-                                if (!*p)
-                                        break;
-                        } else if (ch == 'p' && (!strncasecmp(p, "pg_advisory_lock", 16) ||
-                                                 !strncasecmp(p, "pg_try_advisory_lock", 20))) {
-                                return 1;
-                        } else if (ch == 's' && !strncasecmp(p, "set_config", 10) &&
-                                   set_config_pins(p + 10)) {
-                                return 1;
-                        } else if (declare && ch == 'w' && word_at(p, "with") &&
-                                   word_at(skip_blank(p + 4), "hold")) {
+                                const char *end = strchr(p + 1, '\'');
+                                if (!end)
+                                        return 0;
+                                p = end + 1;
+                                continue;
+                        }
+                        if (*p == '_') {
+                                if (p - q >= 2 && (name_at(p - 2, "pg_advisory_lock") ||
+                                                   name_at(p - 2, "pg_try_advisory_lock")))
+                                        return 1;
+                                if (p - q >= 3 && name_at(p - 3, "set_config") &&
+                                    set_config_pins(p + 7))
+                                        return 1;
+                        } else if (word_at(p, "with") && word_at(skip_blank(p + 4), "hold")) {
                                 return 1;
                         }
+                        p++;
                 }
                 if (*p == ';')
                         p++;

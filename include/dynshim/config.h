@@ -29,7 +29,9 @@ struct ds_config {
         uint32_t wait_timeout_ms;     /* a connect waits at most this long */
         uint32_t warn_usage_pct;      /* usage above this is a warning (1..100) */
         uint32_t idle_release;        /* 1: release idle scrapers' connections */
-        uint32_t reserved[8];         /* zero; room for later keys */
+        uint32_t reuse;               /* 1: finished healthy connections are parked for reuse */
+        uint32_t reuse_timeout_ms;    /* a parked connection is closed after this long */
+        uint32_t reserved[6];         /* zero; room for later keys */
 };
 
 /* Table sizes fixed when a segment is created. */

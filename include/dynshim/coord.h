@@ -89,6 +89,7 @@ struct ds_advice {
         int active;         /* the scraper's state */
         uint32_t held;      /* slots this process holds */
         uint32_t limit;     /* the scraper's limit */
+        uint32_t waiting;   /* connects of any scraper waiting for a slot now */
 };
 
 /* Computes the advice for this process under the lock (recomputing limits
@@ -106,6 +107,15 @@ void ds_set_advice_handler(ds_handle *h, void (*fn)(void *), void *arg, uint32_t
 
 /* Counts a transparent reconnect of this process's scraper. */
 void ds_note_reconnect(ds_handle *h);
+
+/* Connection reuse: this process parked (+1) or took back / closed (-1) a
+ * finished connection that keeps its slot; reuse also counts a hit. Parked
+ * connections are shown by ds_stats_get, and the processes that have any
+ * are poked whenever a connect starts to wait (they give them back first). */
+void ds_note_parked(ds_handle *h, int delta, int reuse);
+
+/* Connects of any scraper waiting for a slot now (a racy read, no lock). */
+uint32_t ds_waiting_now(ds_handle *h);
 
 /* Marks a libpq call of this process starting (+1) or ending (-1): a call
  * in flight keeps the scraper active. No lock, no system call. */
@@ -153,6 +163,8 @@ struct ds_scraper_stats {
         struct ds_override ov; /* its overrides (ov.flags 0: none) */
         uint32_t claimed;      /* the reserve it claims now (0: none) */
         int idle_release;      /* its effective idle_release */
+        uint32_t parked;       /* connections its live processes keep parked */
+        uint64_t reuses;       /* connects served with a parked connection */
 };
 
 struct ds_stats {
