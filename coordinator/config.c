@@ -71,6 +71,11 @@ int ds_config_validate(const struct ds_config *cfg, const struct ds_capacity *ca
                 WHY("max_limit %u is above pool_size %u", cfg->max_limit, cfg->pool_size);
                 return -EINVAL;
         }
+        if (cap && cfg->agent_proc > cap->max_procs) {
+                WHY("agent_proc %u is above the segment's capacity of %u processes",
+                    cfg->agent_proc, cap->max_procs);
+                return -EINVAL;
+        }
         if (cap && cfg->pool_size > cap->max_leases) {
                 WHY("pool_size %u is above the segment's capacity of %u leases", cfg->pool_size,
                     cap->max_leases);

@@ -83,6 +83,9 @@ enum option_id {
         OPT_LOG,
         OPT_WATCH,
         OPT_PROMETHEUS,
+        OPT_CLUSTER,
+        OPT_CLUSTER_BUDGET,
+        OPT_CLUSTER_HOST,
 };
 
 static const struct option long_options[] = {
@@ -124,6 +127,9 @@ static const struct option long_options[] = {
     {"log", required_argument, NULL, OPT_LOG},
     {"watch", required_argument, NULL, OPT_WATCH},
     {"prometheus", no_argument, NULL, OPT_PROMETHEUS},
+    {"cluster", required_argument, NULL, OPT_CLUSTER},
+    {"cluster-budget", required_argument, NULL, OPT_CLUSTER_BUDGET},
+    {"cluster-host", required_argument, NULL, OPT_CLUSTER_HOST},
     {NULL, 0, NULL, 0},
 };
 
@@ -227,6 +233,7 @@ static void print_usage(FILE *f)
               "  --run NAME [--replace] [--restart on-failure [--max-restarts N]] [--grace S]\n"
               "        -- CMD [ARGS...] run a scraper under the shim and supervise it\n"
               "  --watchdog [--interval S] [--ping-interval S] [--conninfo STR] [--log FILE]\n"
+              "             [--cluster NAME --cluster-budget N [--cluster-host NAME]]\n"
               "                         reclaim dead processes' slots, watch usage, zombies\n"
               "                         and the server, in the foreground\n"
               "  --destroy              remove the segment\n"
@@ -271,6 +278,11 @@ static void print_usage(FILE *f)
               "  --ping-interval S      ping the server this often (300)\n"
               "  --conninfo STR         the server to ping (also --health); no ping without it\n"
               "  --log FILE             append the log to FILE instead of stderr\n"
+              "  --cluster NAME         share one connection budget with the other hosts of\n"
+              "                         cluster NAME through the server of --conninfo: this\n"
+              "                         host's pool_size becomes its share (docs/cluster.md)\n"
+              "  --cluster-budget N     the connections the cluster may use in all\n"
+              "  --cluster-host NAME    this host's name in the cluster (hostname+segment)\n"
               "\n"
               "Durations S are seconds (\"60\", \"0.5\") or carry a unit (\"500ms\", \"2s\").\n"
               "\n"
@@ -420,6 +432,19 @@ static void note_only(const char **slot, const char *name)
                 *slot = name;
 }
 
+/* A cluster or host name: 1 to 127 printable bytes, no spaces. */
+static int check_cluster_name(const char *opt, const char *v)
+{
+        size_t n = strlen(v);
+        if (n == 0 || n > 127)
+                return usage_error("%s: the name must have 1 to 127 bytes", opt);
+        for (const unsigned char *p = (const unsigned char *)v; *p; p++)
+                if (*p <= 0x20 || *p == 0x7f)
+                        return usage_error("%s: '%s' contains a space or a control character", opt,
+                                           v);
+        return 0;
+}
+
 static int parse_option(int c, struct options *o, char *const argv[])
 {
         switch (c) {
@@ -518,6 +543,23 @@ static int parse_option(int c, struct options *o, char *const argv[])
                         return usage_error("--log: the file name is empty");
                 o->log_path = optarg;
                 return 0;
+        case OPT_CLUSTER:
+                note_only(&o->watchdog_only, "--cluster");
+                o->cluster = optarg;
+                return check_cluster_name("--cluster", optarg);
+        case OPT_CLUSTER_HOST:
+                note_only(&o->watchdog_only, "--cluster-host");
+                note_only(&o->cluster_only, "--cluster-host");
+                o->cluster_host = optarg;
+                return check_cluster_name("--cluster-host", optarg);
+        case OPT_CLUSTER_BUDGET:
+                note_only(&o->watchdog_only, "--cluster-budget");
+                note_only(&o->cluster_only, "--cluster-budget");
+                if (ds_parse_u32(optarg, 2, 1000000, &o->cluster_budget) != 0)
+                        return usage_error("--cluster-budget: '%s' is not a whole number from 2 "
+                                           "to 1000000",
+                                           optarg);
+                return 0;
         case OPT_CONNINFO:
                 o->conninfo_opt = "--conninfo";
                 o->conninfo = optarg;
@@ -550,6 +592,11 @@ static int check_command_options(struct options *o)
                 return usage_error("%s only applies to --run", o->run_only);
         if (o->watchdog_only && o->cmd != CMD_WATCHDOG)
                 return usage_error("%s only applies to --watchdog", o->watchdog_only);
+        if (o->cluster_only && !o->cluster)
+                return usage_error("%s only applies with --cluster", o->cluster_only);
+        if (o->cluster && (!o->cluster_budget || !o->conninfo))
+                return usage_error("--cluster needs --cluster-budget N and --conninfo STR (the "
+                                   "server that holds the cluster's table, over TCP/IP)");
         if (o->conninfo_opt && o->cmd != CMD_HEALTH && o->cmd != CMD_WATCHDOG)
                 return usage_error("--conninfo only applies to --health and --watchdog");
         if (o->json && o->prometheus)
@@ -862,6 +909,9 @@ out:
         return rc;
 }
 
+static void print_scraper_table(const struct ds_stats *st);
+static void print_cluster_table(const char *segment);
+
 static void print_stats_table(const char *segment, const struct ds_stats *st)
 {
         char it[32], ri[32], wt[32];
@@ -875,6 +925,13 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
         if (usage_above_warning(st))
                 printf("warning: usage %u%% is above warn_usage %u%%\n", usage_pct(st),
                        st->cfg.warn_usage_pct);
+        if (st->agent_state == 1)
+                printf("cluster: pool_size is this host's share, kept by agent pid %d\n",
+                       (int)st->cfg.agent_pid);
+        else if (st->agent_state == 2)
+                printf("warning: the cluster agent (pid %d) is gone: no new slots until it is "
+                       "back\n",
+                       (int)st->cfg.agent_pid);
         printf("config: soft_limit %u, max_limit %u, idle_timeout %s, realloc_interval %s, "
                "wait_timeout %s, warn_usage %u%%, idle_release %s, reuse %s (timeout %.3gs)\n",
                st->cfg.soft_limit, st->cfg.max_limit, it, ri, wt, st->cfg.warn_usage_pct,
@@ -886,10 +943,15 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
                (unsigned long long)st->reclaimed_procs, (unsigned long long)st->repairs,
                st->cap.max_procs, st->cap.max_leases, st->cap.max_scrapers, st->segment_size);
         putchar('\n');
-        if (st->n_scrapers == 0) {
+        if (st->n_scrapers == 0)
                 printf("no scrapers yet\n");
-                return;
-        }
+        else
+                print_scraper_table(st);
+        print_cluster_table(segment);
+}
+
+static void print_scraper_table(const struct ds_stats *st)
+{
         char name[DS_NAME_MAX * 4 + 8];
         size_t col = strlen("SCRAPER");
         for (size_t i = 0; i < st->n_scrapers; i++) {
@@ -916,6 +978,55 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
                        (unsigned long long)s->timeouts, wait_ms_mean(s), ms_of_ns(s->wait_ns_max),
                        s->parked, (unsigned long long)s->reuses, ov);
         }
+}
+
+/* The cluster this segment's agent belongs to, as it last saw it. */
+static void print_cluster_table(const char *segment)
+{
+        struct cluster_view *v = calloc(1, sizeof(*v));
+        if (!v || cluster_read_state(segment, v) != 0) {
+                free(v);
+                return;
+        }
+        printf("\ncluster %s: budget %u, %u claimed; this host %s is %s (as of %llds ago)\n",
+               v->name, v->budget, v->claimed, v->host, v->state,
+               (long long)(time(NULL) - v->updated));
+        printf("%-32s %-11s %5s %5s %6s %5s %6s %8s\n", "HOST", "STATE", "SHARE", "CLAIM", "DEMAND",
+               "HELD", "TARGET", "BACKENDS");
+        for (size_t i = 0; i < v->n_hosts; i++) {
+                const struct cluster_view_host *x = &v->hosts[i];
+                printf("%-32s %-11s %5u %5u %6u %5u %6u %8u\n", x->name, x->state, x->share,
+                       x->claim, x->demand, x->held, x->target, x->backends);
+        }
+        free(v);
+}
+
+static void print_cluster_json(const char *segment)
+{
+        struct cluster_view *v = calloc(1, sizeof(*v));
+        if (!v || cluster_read_state(segment, v) != 0) {
+                free(v);
+                return;
+        }
+        printf(", \"cluster\": {\"name\": ");
+        json_string(stdout, v->name);
+        printf(", \"budget\": %u, \"claimed\": %u, \"host\": ", v->budget, v->claimed);
+        json_string(stdout, v->host);
+        printf(", \"state\": ");
+        json_string(stdout, v->state);
+        printf(", \"updated\": %lld, \"hosts\": [", (long long)v->updated);
+        for (size_t i = 0; i < v->n_hosts; i++) {
+                const struct cluster_view_host *x = &v->hosts[i];
+                printf("%s{\"host\": ", i ? ", " : "");
+                json_string(stdout, x->name);
+                printf(", \"state\": ");
+                json_string(stdout, x->state);
+                printf(", \"share\": %u, \"claim\": %u, \"demand\": %u, \"held\": %u, "
+                       "\"target\": %u, \"backends\": %u}",
+                       x->share, x->claim, x->demand, x->held, x->target, x->backends);
+        }
+        printf("]}");
+        free(v);
 }
 
 /* A scraper's overrides in --json: "overrides" holds only the keys set;
@@ -986,7 +1097,11 @@ static void print_stats_json(const char *segment, const struct ds_stats *st)
                 print_overrides_json(s);
                 printf("}");
         }
-        printf("]}\n");
+        printf("], \"cluster_agent\": \"%s\"", st->agent_state == 1   ? "live"
+                                               : st->agent_state == 2 ? "gone"
+                                                                      : "none");
+        print_cluster_json(segment);
+        printf("}\n");
 }
 
 /* ---- Prometheus text exposition format ---- */
@@ -1098,6 +1213,56 @@ static const struct prom_scraper_metric prom_scraper_metrics[] = {
 /* Wait times: the segment keeps a count, a sum and a maximum per scraper,
  * so they are exposed as a summary without quantiles (_count, _sum) plus a
  * gauge for the maximum. */
+/* One sample of a cluster metric: labels segment, cluster and (if not
+ * NULL) host. */
+static void prom_cluster_sample(FILE *f, const char *name, const char *segment, const char *cluster,
+                                const char *host, double value)
+{
+        fprintf(f, "%s{segment=\"", name);
+        write_escaped(f, segment, 0);
+        fputs("\",cluster=\"", f);
+        write_escaped(f, cluster, 0);
+        if (host) {
+                fputs("\",host=\"", f);
+                write_escaped(f, host, 0);
+        }
+        fprintf(f, "\"} %.17g\n", value);
+}
+
+/* The cluster as the segment's agent last saw it (docs/cluster.md). */
+static void print_cluster_prometheus(FILE *f, const char *segment)
+{
+        struct cluster_view *v = calloc(1, sizeof(*v));
+        if (!v || cluster_read_state(segment, v) != 0) {
+                free(v);
+                return;
+        }
+        prom_family(f, "dynshim_cluster_budget", "gauge",
+                    "The connections the whole cluster may use.");
+        prom_cluster_sample(f, "dynshim_cluster_budget", segment, v->name, NULL, v->budget);
+        prom_family(f, "dynshim_cluster_claimed", "gauge", "Units claimed by all hosts.");
+        prom_cluster_sample(f, "dynshim_cluster_claimed", segment, v->name, NULL, v->claimed);
+        prom_family(f, "dynshim_cluster_live", "gauge",
+                    "1 if this host's agent is joined to the cluster.");
+        prom_cluster_sample(f, "dynshim_cluster_live", segment, v->name, NULL,
+                            strcmp(v->state, "live") == 0);
+        static const char *const names[] = {"dynshim_cluster_host_claim",
+                                            "dynshim_cluster_host_demand",
+                                            "dynshim_cluster_host_held"};
+        static const char *const helps[] = {"Units the host claims (its pool_size when live).",
+                                            "Slots the host holds plus connects waiting.",
+                                            "Slots the host holds."};
+        for (size_t m = 0; m < 3; m++) {
+                prom_family(f, names[m], "gauge", helps[m]);
+                for (size_t i = 0; i < v->n_hosts; i++) {
+                        const struct cluster_view_host *x = &v->hosts[i];
+                        uint32_t val = m == 0 ? x->claim : m == 1 ? x->demand : x->held;
+                        prom_cluster_sample(f, names[m], segment, v->name, x->name, val);
+                }
+        }
+        free(v);
+}
+
 static void print_stats_prometheus(const char *segment, const struct ds_stats *st)
 {
         FILE *f = stdout;
@@ -1158,6 +1323,7 @@ static void print_stats_prometheus(const char *segment, const struct ds_stats *s
                 prom_sample(f, "dynshim_scraper_wait_seconds_sum", segment, s->name,
                             (double)s->wait_ns_total / 1e9);
         }
+        print_cluster_prometheus(f, segment);
 }
 
 /* ---- --stats ---- */
@@ -1409,6 +1575,14 @@ static int check_segment(const struct options *o)
         }
         if ((rc = ds_stats_get(h, &st))) {
                 print_error("unhealthy: could not read segment %s: %s", name, strerror(-rc));
+                goto out;
+        }
+        if (st.agent_state == 2) {
+                print_error("unhealthy: segment %s: its cluster agent (pid %d) is gone: the pool "
+                            "grants no new slots until an agent runs again",
+                            name, (int)st.cfg.agent_pid);
+                ds_stats_free(&st);
+                rc = -ESRCH;
                 goto out;
         }
         printf("segment %s is healthy: pool %u/%u in use, %u waiting, %u %s", name, st.held,

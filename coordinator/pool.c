@@ -366,6 +366,39 @@ static uint32_t unfilled_others(const struct ds_scraper *s, uint32_t unfilled)
 
 static void free_lease(ds_handle *h, uint32_t i);
 
+/* 1 if the pool's cluster agent (cfg.agent_proc) lives. Its life lock is
+ * held by its life thread; once it is free or owner-dead the agent is gone
+ * (the record itself is left to sweep_dead). */
+static int agent_alive(ds_handle *h)
+{
+        const struct ds_config *c = &h->hdr->cfg;
+        uint32_t i = c->agent_proc - 1;
+        if (i >= h->cap.max_procs || c->agent_pid == 0 || h->procs[i].pid != c->agent_pid)
+                return 0;
+        pthread_mutex_t *m = &h->procs[i].life;
+        if (m->__data.__kind != h->mutex_kind)
+                return 0;
+        int rc = pthread_mutex_trylock(m);
+        if (rc == EBUSY)
+                return 1;
+        if (rc == EOWNERDEAD)
+                pthread_mutex_consistent(m);
+        if (rc == 0 || rc == EOWNERDEAD)
+                pthread_mutex_unlock(m);
+        return 0;
+}
+
+/* The number of slots that may be held after a grant (under the lock):
+ * pool_size, or, in cluster mode with the agent gone, what is held now: a
+ * share that no agent keeps in the cluster's budget grants nothing new. */
+static uint32_t grant_cap(ds_handle *h)
+{
+        const struct ds_header *H = h->hdr;
+        if (H->cfg.agent_proc == 0 || agent_alive(h))
+                return H->cfg.pool_size;
+        return H->held < H->cfg.pool_size ? H->held : H->cfg.pool_size;
+}
+
 /* Hands free slots to waiters by the policy, waking each one granted. */
 static void grant_waiters(ds_handle *h, uint64_t now)
 {
@@ -376,7 +409,8 @@ static void grant_waiters(ds_handle *h, uint64_t now)
         for (uint32_t i = 0; i < shwm; i++)
                 if (h->scrapers[i].held < h->scrapers[i].claimed)
                         unfilled += h->scrapers[i].claimed - h->scrapers[i].held;
-        while (H->waiting > 0 && H->held < H->cfg.pool_size) {
+        uint32_t cap = grant_cap(h);
+        while (H->waiting > 0 && H->held < cap) {
                 for (uint32_t i = 0; i < shwm; i++)
                         h->scrapers[i].oldest_ticket = UINT64_MAX;
                 uint32_t lhwm =
@@ -401,9 +435,8 @@ static void grant_waiters(ds_handle *h, uint64_t now)
                         if (s->oldest_ticket == UINT64_MAX)
                                 continue;
                         struct ds_pick_entry e = {s->held, s->limit, 1, s->oldest_ticket};
-                        if (!ds_policy_may_grant_reserved(H->cfg.pool_size, H->held,
-                                                          unfilled_others(s, unfilled), e.held,
-                                                          e.limit))
+                        if (!ds_policy_may_grant_reserved(
+                                cap, H->held, unfilled_others(s, unfilled), e.held, e.limit))
                                 continue;
                         if (best < 0 || ds_policy_prefer_reserved(&e, s->claimed, &be, bres)) {
                                 best = (long)i;
@@ -750,9 +783,47 @@ static void describe_full(ds_handle *h, const struct ds_scraper *s, uint32_t tim
                 snprintf(t, sizeof(t), "%.3g s", timeout_ms / 1000.0);
         snprintf(why, whylen,
                  "no connection slot for scraper \"%s\" within %s (pool %u/%u in use, limit %u, "
-                 "%u held by this scraper, %u waiting)",
+                 "%u held by this scraper, %u waiting%s)",
                  s->name, t, h->hdr->held, h->hdr->cfg.pool_size, s->limit, s->held,
-                 h->hdr->waiting);
+                 h->hdr->waiting,
+                 h->hdr->cfg.agent_proc && !agent_alive(h)
+                     ? "; the pool's cluster agent is gone: no new slots until it is back"
+                     : "");
+}
+
+/* A new lease of process p (under the lock), neither waiting nor held
+ * yet: its index, or -ENOSPC when the table is full. */
+static long new_lease(ds_handle *h, const struct ds_proc *p, uint64_t now)
+{
+        struct ds_header *H = h->hdr;
+        long li = alloc_lease(h);
+        if (li < 0) {
+                sweep_dead(h);
+                li = alloc_lease(h);
+        }
+        if (li < 0)
+                return -ENOSPC;
+        struct ds_lease *l = &h->leases[li];
+        uint64_t id = H->next_lease_id++;
+        if (id == 0) /* 0 means "no lease": a corrupt counter must not hand it out */
+                id = H->next_lease_id++;
+        l->proc = h->proc_idx;
+        l->scraper = p->scraper;
+        l->id = id;
+        l->since_ns = now;
+        return li;
+}
+
+/* Grants lease l to its process at once (under the lock). */
+static void mark_held(ds_handle *h, struct ds_proc *p, struct ds_scraper *s, struct ds_lease *l)
+{
+        struct ds_header *H = h->hdr;
+        atomic_store(&l->wake, 1);
+        atomic_store(&l->state, DS_LEASE_HELD);
+        H->held++, s->held++, p->held++;
+        s->connects++, H->grants++;
+        if (H->held > H->peak_held)
+                H->peak_held = H->held;
 }
 
 int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char *why,
@@ -775,34 +846,19 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
         atomic_store_explicit(&p->last_activity_ns, now, memory_order_relaxed);
         atomic_store_explicit(&s->last_activity_ns, now, memory_order_relaxed);
         s->last_used_ns = now;
-        long li = alloc_lease(h);
-        if (li < 0) {
-                sweep_dead(h);
-                li = alloc_lease(h);
-        }
+        long li = new_lease(h, p, now);
         if (li < 0) {
                 ds_unlock(h);
                 return -ENOSPC;
         }
         struct ds_lease *l = &h->leases[li];
-        uint64_t id = H->next_lease_id++;
-        if (id == 0) /* 0 means "no lease": a corrupt counter must not hand it out */
-                id = H->next_lease_id++;
-        l->proc = h->proc_idx;
-        l->scraper = p->scraper;
-        l->id = id;
-        l->since_ns = now;
+        uint64_t id = l->id;
         uint32_t unfilled = recompute_limits(h, now);
         if (H->waiting == 0 &&
-            ds_policy_may_grant_reserved(H->cfg.pool_size, H->held, unfilled_others(s, unfilled),
+            ds_policy_may_grant_reserved(grant_cap(h), H->held, unfilled_others(s, unfilled),
                                          s->held, s->limit)) {
                 /* fast path: nobody waits, a slot is free */
-                atomic_store(&l->wake, 1);
-                atomic_store(&l->state, DS_LEASE_HELD);
-                H->held++, s->held++, p->held++;
-                s->connects++, H->grants++;
-                if (H->held > H->peak_held)
-                        H->peak_held = H->held;
+                mark_held(h, p, s, l);
                 ds_unlock(h);
                 out->idx = (uint32_t)li;
                 out->id = id;
@@ -1017,11 +1073,51 @@ int ds_set_config(ds_handle *h, const struct ds_config *cfg, char *err, size_t e
                 return rc;
         }
         uint64_t now = ds_now_ns();
-        h->hdr->cfg = *cfg;
+        struct ds_config c = *cfg;
+        c.agent_proc = h->hdr->cfg.agent_proc; /* only ds_cluster_gate changes these */
+        c.agent_pid = h->hdr->cfg.agent_pid;
+        h->hdr->cfg = c;
         recompute_limits(h, now);
         grant_waiters(h, now);
         ds_unlock(h);
         return 0;
+}
+
+int ds_cluster_gate(ds_handle *h, int on, struct ds_lease_ref *own)
+{
+        uint64_t now = now_coarse_ns();
+        int rc = lock_registered(h, now);
+        if (rc)
+                return rc;
+        struct ds_header *H = h->hdr;
+        struct ds_config *c = &H->cfg;
+        struct ds_proc *p = &h->procs[h->proc_idx];
+        c->agent_proc = on ? h->proc_idx + 1 : 0;
+        c->agent_pid = on ? handle_pid(h) : 0;
+        if (on && own && p->scraper < h->cap.max_scrapers) {
+                /* the agent's own slot, ahead of every waiter */
+                long li = H->held < c->pool_size ? new_lease(h, p, now) : -EAGAIN;
+                if (li >= 0) {
+                        mark_held(h, p, &h->scrapers[p->scraper], &h->leases[li]);
+                        own->idx = (uint32_t)li;
+                        own->id = h->leases[li].id;
+                }
+                rc = li >= 0 ? 0 : (int)li;
+        }
+        recompute_limits(h, now);
+        grant_waiters(h, ds_now_ns());
+        ds_unlock(h);
+        return rc;
+}
+
+int ds_cluster_agent(ds_handle *h)
+{
+        int rc = ds_lock(h);
+        if (rc)
+                return rc;
+        int r = h->hdr->cfg.agent_proc == 0 ? 0 : agent_alive(h) ? 1 : 2;
+        ds_unlock(h);
+        return r;
 }
 
 /* The record named name, or -1 (under the lock). */
@@ -1222,6 +1318,7 @@ int ds_stats_get(ds_handle *h, struct ds_stats *out)
         recompute_limits(h, now);
         grant_waiters(h, now);
         out->cfg = H->cfg;
+        out->agent_state = H->cfg.agent_proc == 0 ? 0 : agent_alive(h) ? 1 : 2;
         out->cap = h->cap;
         out->held = H->held;
         out->waiting = H->waiting;

@@ -726,8 +726,15 @@ static uint32_t release_some(ds_handle *h, uint32_t n, int reason, uint64_t min_
         return done;
 }
 
-/* Surplus release and self-reclaim take only connections unused this long. */
+/* Surplus release and self-reclaim take only connections unused this long,
+ * at first. A surplus still owed after that long takes any connection no
+ * call is inside, however recently used: a client-side pool that keeps all
+ * its connections busy would otherwise never give one back, and the other
+ * scrapers would wait until they time out. The connection's next use then
+ * reconnects, and waits for a slot like any connect of a scraper above its
+ * limit. */
 #define SURPLUS_UNUSED_NS (1000ull * 1000 * 1000)
+static _Atomic uint64_t surplus_owed_since; /* coarse ns; 0: no surplus owed */
 
 static uint32_t advice_period(ds_handle *h)
 {
@@ -821,14 +828,27 @@ static void advice_handler(void *arg)
         }
         if (closed)
                 ds_debug("closed %u parked connection(s)", closed);
+        int owed = 0;
         if (advised_ok && a.give_back) {
-                uint64_t min_unused = a.reason == DS_RELEASE_SURPLUS ? SURPLUS_UNUSED_NS : 0;
+                uint64_t min_unused = 0;
+                if (a.reason == DS_RELEASE_SURPLUS) {
+                        uint64_t now = coarse_now(), since = atomic_load(&surplus_owed_since);
+                        if (!since)
+                                atomic_store(&surplus_owed_since, since = now);
+                        min_unused = now - since >= SURPLUS_UNUSED_NS ? 0 : SURPLUS_UNUSED_NS;
+                }
                 uint32_t n = release_some(h, a.give_back, a.reason, min_unused);
-                if (a.reason == DS_RELEASE_SURPLUS && n < a.give_back)
+                if (a.reason == DS_RELEASE_SURPLUS && n < a.give_back) {
                         ds_advice_unused(h, a.give_back - n);
+                        owed = 1;
+                }
         }
+        if (!owed)
+                atomic_store(&surplus_owed_since, 0);
         self_reclaim(h);
-        uint32_t p = atomic_load(&self_waiters) > 0 ? SELF_RECLAIM_PERIOD_MS : advice_period(h);
+        /* while a surplus is owed, look for a moment between calls often */
+        uint32_t p =
+            atomic_load(&self_waiters) > 0 || owed ? SELF_RECLAIM_PERIOD_MS : advice_period(h);
         if (p != atomic_load(&advice_period_ms)) {
                 atomic_store(&advice_period_ms, p);
                 ds_set_advice_handler(h, advice_handler, h, p);

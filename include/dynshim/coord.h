@@ -149,6 +149,21 @@ int ds_update_config(ds_handle *h, const char *const *pairs, size_t n, struct ds
 int ds_update(ds_handle *h, const char *const *set, size_t nset, const char *const *unset,
               size_t nunset, struct ds_config *out, char *err, size_t errlen);
 
+/* Cluster mode (docs/cluster.md). on=1 makes this process (registered
+ * under its scraper name, which must be set) the pool's cluster agent:
+ * from then on the pool grants slots only while this process lives; once
+ * it is gone, nothing new is granted until another process takes the gate.
+ * With own not NULL the agent also takes a slot for its own connection at
+ * once, ahead of every waiting connect: -EAGAIN when the pool has none
+ * free (the gate is taken all the same; ds_acquire waits for one), -ENOSPC
+ * when the lease table is full. on=0 clears the gate. A later
+ * configuration change keeps it. */
+int ds_cluster_gate(ds_handle *h, int on, struct ds_lease_ref *own);
+
+/* The gate's state: 0 none, 1 its agent lives, 2 its agent is gone (no new
+ * grants), or a negative errno. */
+int ds_cluster_agent(ds_handle *h);
+
 /* Reclaims the leases of dead processes and recomputes limits. Returns the
  * number of processes reclaimed, or a negative errno. */
 int ds_reclaim(ds_handle *h);
@@ -172,6 +187,7 @@ struct ds_stats {
         struct ds_capacity cap;
         uint32_t held, waiting, procs, n_active;
         uint64_t grants, peak_held, repairs, reclaimed_procs, generation;
+        int agent_state; /* cluster gate: 0 none, 1 agent lives, 2 agent gone */
         size_t segment_size;
         size_t n_scrapers;
         struct ds_scraper_stats *scrapers; /* n_scrapers, by name; malloc'd */
