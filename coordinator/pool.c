@@ -146,6 +146,31 @@ static void rebuild_caches(ds_handle *h)
         H->repairs++;
 }
 
+/* ThreadSanitizer does not intercept pthread_mutex_clocklock (GCC 12):
+ * the build with DYNSHIM_TSAN tells it about that lock itself, else it
+ * would take every access under the segment's lock for a race. */
+#ifdef __SANITIZE_THREAD__
+#include <sanitizer/tsan_interface.h>
+static void tsan_pre_lock(void *m)
+{
+        __tsan_mutex_pre_lock(m, __tsan_mutex_try_lock);
+}
+static void tsan_post_lock(void *m, int locked)
+{
+        __tsan_mutex_post_lock(
+            m, __tsan_mutex_try_lock | (locked ? 0 : __tsan_mutex_try_lock_failed), 0);
+}
+#else
+static void tsan_pre_lock(void *m)
+{
+        (void)m;
+}
+static void tsan_post_lock(void *m, int locked)
+{
+        (void)m, (void)locked;
+}
+#endif
+
 int ds_lock(ds_handle *h)
 {
         pthread_mutex_t *m = &h->hdr->lock;
@@ -155,7 +180,9 @@ int ds_lock(ds_handle *h)
         if (rc == EBUSY) {
                 uint64_t dl = ds_now_ns() + LOCK_TIMEOUT_NS;
                 struct timespec ts = {(time_t)(dl / 1000000000ull), (long)(dl % 1000000000ull)};
+                tsan_pre_lock(m);
                 rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+                tsan_post_lock(m, rc == 0 || rc == EOWNERDEAD);
         }
         if (rc == EOWNERDEAD) {
                 rebuild_caches(h);
@@ -580,6 +607,13 @@ static int life_lock_free(ds_handle *h, struct ds_proc *p)
         return 1;
 }
 
+/* The process the handle is registered for (0: none). Read by any thread
+ * without h->local; written by register_proc. */
+static pid_t handle_pid(const ds_handle *h)
+{
+        return __atomic_load_n(&h->pid, __ATOMIC_ACQUIRE);
+}
+
 /* Registers this process (under the lock and h->local). */
 static int register_proc(ds_handle *h, uint64_t now)
 {
@@ -617,7 +651,9 @@ static int register_proc(ds_handle *h, uint64_t now)
         h->scrapers[si].procs++;
         if ((uint32_t)pi + 1 > H->proc_hwm)
                 H->proc_hwm = (uint32_t)pi + 1;
-        h->pid = me;
+        /* release: a thread that sees pid == me on the fast path of
+         * lock_registered also sees proc_idx and the record */
+        __atomic_store_n(&h->pid, me, __ATOMIC_RELEASE);
         return 0;
 }
 
@@ -677,7 +713,7 @@ int ds_set_scraper(ds_handle *h, const char *scraper)
                 return -EINVAL;
         pthread_mutex_lock(&h->local);
         int rc = 0;
-        if (h->pid == self_pid() && strncmp(h->scraper, scraper, DS_NAME_MAX - 1) != 0)
+        if (handle_pid(h) == self_pid() && strncmp(h->scraper, scraper, DS_NAME_MAX - 1) != 0)
                 rc = -EBUSY;
         else
                 snprintf(h->scraper, sizeof(h->scraper), "%s", scraper);
@@ -692,7 +728,7 @@ static int lock_registered(ds_handle *h, uint64_t now)
 {
         if (atomic_load(&h->hdr->destroyed))
                 return -ESTALE;
-        if (__atomic_load_n(&h->pid, __ATOMIC_ACQUIRE) == self_pid()) {
+        if (handle_pid(h) == self_pid()) {
                 int rc = ds_lock(h);
                 return rc;
         }
@@ -700,7 +736,7 @@ static int lock_registered(ds_handle *h, uint64_t now)
                 return -EINVAL;
         pthread_mutex_lock(&h->local);
         int rc = ds_lock(h);
-        if (rc == 0 && h->pid != self_pid()) {
+        if (rc == 0 && handle_pid(h) != self_pid()) {
                 rc = register_proc(h, now);
                 if (rc)
                         ds_unlock(h);
@@ -921,7 +957,7 @@ int ds_release_for(ds_handle *h, const struct ds_lease_ref *ref, int reason)
 {
         if (!ref || ref->idx >= h->cap.max_leases || ref->id == 0)
                 return -EINVAL;
-        if (h->pid != self_pid())
+        if (handle_pid(h) != self_pid())
                 return -EPERM; /* not registered in this process: not ours */
         int rc = ds_lock(h);
         if (rc)
@@ -966,7 +1002,7 @@ out:
 
 void ds_touch(ds_handle *h, uint64_t now_ns)
 {
-        if (h->pid != self_pid() || h->proc_idx >= h->cap.max_procs)
+        if (handle_pid(h) != self_pid() || h->proc_idx >= h->cap.max_procs)
                 return;
         if (!now_ns)
                 now_ns = now_coarse_ns();
@@ -996,9 +1032,9 @@ void ds_detach(ds_handle *h)
         if (!h)
                 return;
         track_handle(h, 0);
-        if (h->pid != 0 && h->pid == self_pid()) {
+        if (handle_pid(h) != 0 && handle_pid(h) == self_pid()) {
                 if (ds_lock(h) == 0) {
-                        if (h->procs[h->proc_idx].pid == h->pid) {
+                        if (h->procs[h->proc_idx].pid == handle_pid(h)) {
                                 drop_proc(h, h->proc_idx, 0);
                                 uint64_t now = ds_now_ns();
                                 recompute_limits(h, now);
@@ -1057,7 +1093,7 @@ int ds_cluster_gate(ds_handle *h, int on, struct ds_lease_ref *own)
         struct ds_config *c = &H->cfg;
         struct ds_proc *p = &h->procs[h->proc_idx];
         c->agent_proc = on ? h->proc_idx + 1 : 0;
-        c->agent_pid = on ? h->pid : 0;
+        c->agent_pid = on ? handle_pid(h) : 0;
         if (on && own && p->scraper < h->cap.max_scrapers) {
                 /* the agent's own slot, ahead of every waiter */
                 long li = H->held < c->pool_size ? new_lease(h, p, now) : -EAGAIN;
@@ -1499,13 +1535,13 @@ static void notify_parked(ds_handle *h)
 int ds_advise(ds_handle *h, struct ds_advice *out)
 {
         memset(out, 0, sizeof(*out));
-        if (h->pid != self_pid() || h->proc_idx >= h->cap.max_procs)
+        if (handle_pid(h) != self_pid() || h->proc_idx >= h->cap.max_procs)
                 return -EPERM;
         int rc = ds_lock(h);
         if (rc)
                 return rc;
         struct ds_proc *p = &h->procs[h->proc_idx];
-        if (p->pid != h->pid || p->scraper >= h->cap.max_scrapers) {
+        if (p->pid != handle_pid(h) || p->scraper >= h->cap.max_scrapers) {
                 ds_unlock(h);
                 return -ESTALE;
         }
@@ -1532,7 +1568,7 @@ int ds_advise(ds_handle *h, struct ds_advice *out)
 
 void ds_advice_unused(ds_handle *h, uint32_t n)
 {
-        if (n == 0 || h->pid != self_pid() || ds_lock(h) != 0)
+        if (n == 0 || handle_pid(h) != self_pid() || ds_lock(h) != 0)
                 return;
         struct ds_proc *p = &h->procs[h->proc_idx];
         if (p->scraper < h->cap.max_scrapers) {
@@ -1547,13 +1583,13 @@ void ds_set_advice_handler(ds_handle *h, void (*fn)(void *), void *arg, uint32_t
         atomic_store(&h->advice_arg, arg);
         atomic_store(&h->advice_period_ms, period_ms);
         atomic_store(&h->advice_fn, fn);
-        if (h->pid == self_pid() && h->proc_idx < h->cap.max_procs)
+        if (handle_pid(h) == self_pid() && h->proc_idx < h->cap.max_procs)
                 poke_proc(&h->procs[h->proc_idx]);
 }
 
 void ds_note_reconnect(ds_handle *h)
 {
-        if (h->pid != self_pid() || ds_lock(h) != 0)
+        if (handle_pid(h) != self_pid() || ds_lock(h) != 0)
                 return;
         struct ds_proc *p = &h->procs[h->proc_idx];
         if (p->scraper < h->cap.max_scrapers)
@@ -1563,7 +1599,7 @@ void ds_note_reconnect(ds_handle *h)
 
 void ds_note_parked(ds_handle *h, int delta, int reuse)
 {
-        if (h->pid != self_pid() || h->proc_idx >= h->cap.max_procs)
+        if (handle_pid(h) != self_pid() || h->proc_idx >= h->cap.max_procs)
                 return;
         struct ds_proc *p = &h->procs[h->proc_idx];
         if (delta > 0) {
@@ -1587,7 +1623,7 @@ uint32_t ds_waiting_now(ds_handle *h)
 
 void ds_inflight_add(ds_handle *h, int delta)
 {
-        if (h->pid != self_pid() || h->proc_idx >= h->cap.max_procs)
+        if (handle_pid(h) != self_pid() || h->proc_idx >= h->cap.max_procs)
                 return;
         struct ds_proc *p = &h->procs[h->proc_idx];
         if (p->scraper >= h->cap.max_scrapers)
