@@ -1499,12 +1499,52 @@ static uint32_t count_starved(ds_handle *h)
         return n;
 }
 
+/* The sum of the active scrapers' weights (under the lock). */
+static uint64_t active_weight_sum(ds_handle *h)
+{
+        struct ds_header *H = h->hdr;
+        uint64_t w = 0;
+        uint32_t shwm =
+            H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
+        for (uint32_t i = 0; i < shwm; i++)
+                if (h->scrapers[i].name[0] && h->scrapers[i].active)
+                        w += ds_override_weight(&h->scrapers[i].ov);
+        return w;
+}
+
+/* With the pool full: connects waiting of active scrapers below their fair
+ * share, at most as many per scraper as its share leaves room for (under
+ * the lock). */
+static uint32_t count_below_fair(ds_handle *h, uint64_t wsum)
+{
+        struct ds_header *H = h->hdr;
+        if (H->held < H->cfg.pool_size)
+                return 0;
+        uint32_t n = 0;
+        uint32_t shwm =
+            H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
+        for (uint32_t i = 0; i < shwm; i++) {
+                const struct ds_scraper *s = &h->scrapers[i];
+                if (!s->waiting || !s->active)
+                        continue;
+                uint32_t fair =
+                    ds_policy_fair_share(H->cfg.pool_size, ds_override_weight(&s->ov), wsum);
+                uint32_t cap = fair < s->limit ? fair : s->limit;
+                if (s->held < cap)
+                        n += s->waiting < cap - s->held ? s->waiting : cap - s->held;
+        }
+        return n;
+}
+
 /* Asks the processes of scrapers above their limit (with idle release on)
  * to look at their advice now, when others starve (under the lock). */
 static void notify_surplus(ds_handle *h)
 {
         struct ds_header *H = h->hdr;
-        if (count_starved(h) == 0)
+        int starved = count_starved(h) > 0;
+        uint64_t wsum = active_weight_sum(h);
+        int below_fair = count_below_fair(h, wsum) > 0;
+        if (!starved && !below_fair)
                 return;
         uint32_t phwm = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
         for (uint32_t i = 0; i < phwm; i++) {
@@ -1512,8 +1552,12 @@ static void notify_surplus(ds_handle *h)
                 if (p->pid == 0 || p->held == 0 || p->scraper >= h->cap.max_scrapers)
                         continue;
                 const struct ds_scraper *s = &h->scrapers[p->scraper];
-                if (s->held > s->limit + s->surplus_pending &&
-                    ds_override_idle_release(&s->ov, &H->cfg))
+                if (!ds_override_idle_release(&s->ov, &H->cfg))
+                        continue;
+                uint32_t fair =
+                    ds_policy_fair_share(H->cfg.pool_size, ds_override_weight(&s->ov), wsum);
+                if ((starved && s->held > s->limit + s->surplus_pending) ||
+                    (below_fair && s->active && s->held > fair + s->surplus_pending))
                         poke_proc(p);
         }
 }
@@ -1552,6 +1596,15 @@ int ds_advise(ds_handle *h, struct ds_advice *out)
         cfg.idle_release = ds_override_idle_release(&s->ov, &cfg);
         uint32_t n = ds_policy_give_back(&cfg, (int)s->active, s->held, s->limit,
                                          s->surplus_pending, count_starved(h), &why);
+        if (n == 0 && s->active && cfg.idle_release) {
+                uint64_t wsum = active_weight_sum(h);
+                uint32_t fair =
+                    ds_policy_fair_share(h->hdr->cfg.pool_size, ds_override_weight(&s->ov), wsum);
+                n = ds_policy_give_back_fair(s->held, fair, s->surplus_pending,
+                                             count_below_fair(h, wsum));
+                if (n)
+                        why = DS_RELEASE_SURPLUS;
+        }
         if (n > p->held)
                 n = p->held;
         if (why == DS_RELEASE_SURPLUS)
