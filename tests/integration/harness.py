@@ -487,7 +487,7 @@ def read_line(p, timeout, what):
     t.start()
     t.join(timeout)
     check(box and box[0], f"{what}: no line within {timeout} s (exit {p.poll()}); "
-          f"stderr: {p.stderr.read() if p.poll() is not None else '(running)'}")
+          f"stderr: {p.stderr.read() if p.stderr and p.poll() is not None else '(running)'}")
     return box[0].strip()
 
 
