@@ -52,6 +52,7 @@ struct ds_lib {
         void *fn[DS_ID_COUNT]; /* its own definitions of the intercepted names */
         ConnStatusType (*status)(const PGconn *);
         int (*socket)(const PGconn *);
+        int (*backend_pid)(const PGconn *);
         PGpipelineStatus (*pipeline)(const PGconn *);
         const char *(*encoding_name)(int);
         int no_release; /* a release of its connections could not keep them */

@@ -139,6 +139,22 @@ int ds_update_config(ds_handle *h, const char *const *pairs, size_t n, struct ds
 int ds_update(ds_handle *h, const char *const *set, size_t nset, const char *const *unset,
               size_t nunset, struct ds_config *out, char *err, size_t errlen);
 
+/* Records the server backend (PQbackendPID) of the connection that uses a
+ * slot of this process, and, when that backend is a process of this host,
+ * its start time. When the process dies (or detaches) while the backend may
+ * still run, the slot drains: it stays counted against pool_size until the
+ * backend is gone (seen in /proc for a local backend; for a remote one,
+ * ds_drain_gone, or after a bound). -ENOENT if the lease is not held. */
+int ds_lease_set_backend(ds_handle *h, const struct ds_lease_ref *lease, int32_t backend_pid);
+
+/* The backend PIDs of draining slots not visible on this host (up to max). */
+int ds_drain_list(ds_handle *h, int32_t *pids, size_t max, size_t *n);
+
+/* The server says these backends are gone: frees the draining slots
+ * (not visible on this host) that wait for them and hands them to waiters.
+ * Returns how many were freed, or a negative errno. */
+int ds_drain_gone(ds_handle *h, const int32_t *pids, size_t n);
+
 /* Reclaims the leases of dead processes and recomputes limits. Returns the
  * number of processes reclaimed, or a negative errno. */
 int ds_reclaim(ds_handle *h);
@@ -159,6 +175,7 @@ struct ds_stats {
         struct ds_config cfg;
         struct ds_capacity cap;
         uint32_t held, waiting, procs, n_active;
+        uint32_t draining; /* slots of dead processes whose backend still runs (in held) */
         uint64_t grants, peak_held, repairs, reclaimed_procs, generation;
         size_t segment_size;
         size_t n_scrapers;
