@@ -1458,10 +1458,12 @@ int ds_check(ds_handle *h, char *why, size_t whylen)
                 else
                         held++;
         }
-        if (held != H->held || waiting != H->waiting || draining != H->draining)
-                FAIL("pool counters say %u held/%u waiting/%u draining, the lease table "
-                     "%u/%u/%u",
-                     H->held, H->waiting, H->draining, held, waiting, draining);
+        if (held != H->held || waiting != H->waiting)
+                FAIL("pool counters say %u held/%u waiting, the lease table %u/%u", H->held,
+                     H->waiting, held, waiting);
+        if (draining != H->draining)
+                FAIL("the pool counts %u draining slots, the lease table %u", H->draining,
+                     draining);
         for (uint32_t i = 0; i < c->max_scrapers; i++) {
                 const struct ds_scraper *s = &h->scrapers[i];
                 if (s->held != sh[i * 2] || s->waiting != sh[i * 2 + 1])
