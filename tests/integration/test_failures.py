@@ -93,6 +93,64 @@ def killed_holder_slots_return_and_waiter_proceeds():
         again.wait(30)
 
 
+def killed_mid_query_slot_waits_for_its_backend():
+    """SPEC 6: a backend whose client was SIGKILLed in the middle of a long
+    query lives until the query ends. Its slot must not go to a waiter
+    before that (the sampler would see pool_size + 1), and goes right after."""
+    with Case("midquery", pool_size=1) as c:
+        c.start_sampler()
+        victim = c.spawn_python("holder.py", 1, scraper="victim", stdin=subprocess.PIPE)
+        ready = read_line(victim, 30, "holder.py")
+        check(ready.startswith("ready "), f"holder.py said {ready!r}")
+        backend = int(ready.split()[1])
+        victim.stdin.write("sleep 3\n")
+        victim.stdin.flush()
+        check(read_line(victim, 30, "holder.py") == "sleeping", "holder.py did not start its query")
+        end = time.monotonic() + 10
+        while not c.admin(f"SELECT 1 FROM pg_stat_activity WHERE pid = {backend} "
+                          f"AND state = 'active' AND query LIKE '%pg_sleep%'"):
+            check(time.monotonic() < end, "the long query never showed as active")
+            time.sleep(0.02)
+
+        waiter = c.spawn_python("connect_once.py", env=c.env("waiter", DYNSHIM_WAIT_TIMEOUT=30))
+        end = time.monotonic() + 10
+        while c.stats()["waiting"] < 1:
+            check(time.monotonic() < end and waiter.poll() is None,
+                  f"the waiter never waited for a slot (exit {waiter.poll()})")
+            time.sleep(0.02)
+
+        killed_at = time.time()
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        # the server's view: when does the backend leave pg_stat_activity?
+        draining_seen = False
+        while c.admin(f"SELECT 1 FROM pg_stat_activity WHERE pid = {backend}"):
+            st = c.stats()
+            draining_seen |= st.get("draining", 0) == 1 and st["held"] == 1
+            check(time.time() - killed_at < 15, f"backend {backend} outlived its query by far")
+            time.sleep(0.01)
+        gone_at = time.time()
+        res = collect(waiter, "connect_once.py (waiter)", timeout=60)
+        log(f"waiter: {res}; backend {backend} gone {(gone_at - killed_at) * 1000:.0f} ms after "
+            f"the SIGKILL, waiter connected {(res['connected_at'] - gone_at) * 1000:.0f} ms "
+            f"after that")
+        check(res["ok"], f"the waiter failed: {res['error']}")
+        check(draining_seen, "dyncoord --stats never showed the killed client's slot draining")
+        check(gone_at - killed_at >= 1.5,
+              f"the backend left {gone_at - killed_at:.2f} s after the SIGKILL: the query did "
+              f"not keep it, so this test proves nothing")
+        check(res["connected_at"] >= gone_at - 0.05,
+              f"the waiter connected {gone_at - res['connected_at']:.3f} s before the killed "
+              f"client's backend was gone")
+        check(res["connected_at"] - gone_at <= 1.0,
+              f"the waiter connected {res['connected_at'] - gone_at:.2f} s after the backend "
+              f"was gone, not right after")
+        c.check_server_view()
+        st = c.stats()
+        check(st["held"] == 0 and st.get("draining") == 0, f"slots left: {st}")
+
+
 if __name__ == "__main__":
     main({f.__name__: f for f in (wait_timeout_fails_with_dynshim_error_and_holder_unaffected,
-                                  killed_holder_slots_return_and_waiter_proceeds)})
+                                  killed_holder_slots_return_and_waiter_proceeds,
+                                  killed_mid_query_slot_waits_for_its_backend)})
