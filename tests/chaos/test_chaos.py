@@ -393,7 +393,11 @@ def chaos_60_clients_kills_stops_and_cap_changes():
             "releases/reclaimed: " + ", ".join(
                 f"{s['name']} {s['connects']}/{s['idle_releases']}/"
                 f"{s.get('surplus_releases', '?')}/{s.get('reclaimed', '?')}"
-                for s in st["scrapers"] if not s["name"].startswith("idler-")))
+                for s in st["scrapers"] if not s["name"].startswith("idler-")) +
+            "; idlers: %d idle releases, %d reconnects" % (
+                sum(s["idle_releases"] for s in st["scrapers"] if s["name"].startswith("idler-")),
+                sum(s.get("reconnects", 0) for s in st["scrapers"]
+                    if s["name"].startswith("idler-"))))
         health = dyncoord(c, "--health")
 
         check(not over, f"{len(over)} samples saw more client backends than allowed, first: "
