@@ -15,7 +15,7 @@ Passes when
   was sent, a change from the moment dyncoord returned: a sample sent after
   that moment saw a server state after it;
 - no client ever got "too many clients" or "remaining connection slots are
-  reserved" from the server;
+  reserved" from the server, nor any other error (client stderr is empty);
 - every death inside the segment's lock was repaired (lock repairs >= lock
   holders killed), and after everything stops: held = 0, no lease left
   (waiting = 0, draining = 0, no process registered), no client backend
@@ -33,7 +33,8 @@ import psycopg2
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "integration"))
 
-from harness import PYTHON, Case, Failure, check, log, main  # noqa: E402
+from harness import (PYTHON, Case, Failure, Skip, check, log, main,  # noqa: E402
+                     native_clients_usable)
 
 CLIENTS = os.path.join(HERE, "clients")
 POOL_SIZE = 10  # the server admits exactly this many client connections
@@ -161,7 +162,9 @@ class Chaos:
             args = ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c",
                     f"SELECT {mark}pg_sleep({sleep:.2f})", "-c", "SELECT 1"]
         else:
-            args = ["pgbench", "-n", "-C", "-c", "2", "-j", "1", "-T",
+            # a thread per client: one thread with two clients would hold
+            # one connection while its connect for the other waits for a slot
+            args = ["pgbench", "-n", "-C", "-c", "2", "-j", "2", "-T",
                     str(random.randint(3, 10)), "-f", self.script]
         path = os.path.join(self.dir, f"client-{i}-{kind}.err")
         err = open(path, "w")
@@ -269,6 +272,8 @@ class Chaos:
 
 
 def chaos_60_clients_kills_stops_and_cap_changes():
+    if not native_clients_usable():
+        raise Skip("psql and pgbench hang at exit with libasan preloaded")
     with Case("chaos", pool_size=POOL_SIZE, wait_timeout=120, idle_timeout=1,
               sample=False) as c:
         c.admin(f"DO $$ BEGIN CREATE ROLE {ROLE} LOGIN; "
@@ -289,8 +294,11 @@ def chaos_60_clients_kills_stops_and_cap_changes():
                                         if k != "LD_PRELOAD"})
         try:
             check(sampler.stdout.readline().strip() == "ready", "the sampler did not start")
+            log("sampler started")
             check_server_is_tight(c)
+            log("the server admits exactly pool_size client connections")
             t0 = time.monotonic()
+            ch.end = time.time() + RUN_SECONDS
             kinds = [k for k, n in MIX for _ in range(n)]
             check(len(kinds) == N_CLIENTS, "the mix is not 60 clients")
             for k in kinds:
@@ -376,15 +384,15 @@ def chaos_60_clients_kills_stops_and_cap_changes():
             f"{[(round(t - t0, 2), cap) for t, cap in ch.allowed[1:]]}")
         log(f"counts: {ch.counts}; peak held {ch.peak_held}")
 
-        refusals, other = [], 0
+        refusals, other = [], []
         for path in ch.stderr_files:
             with open(path, errors="replace") as f:
                 for line in f:
                     if any(s in line for s in SERVER_REFUSALS):
                         refusals.append(f"{os.path.basename(path)}: {line.strip()}")
                     elif line.strip():
-                        other += 1
-        log(f"client stderr: {len(refusals)} server refusals, {other} other lines")
+                        other.append(f"{os.path.basename(path)}: {line.strip()}")
+        log(f"client stderr: {len(refusals)} server refusals, {len(other)} other lines")
 
         st = stats(c)
         log("final stats: " + json.dumps({k: st.get(k) for k in (
@@ -403,6 +411,7 @@ def chaos_60_clients_kills_stops_and_cap_changes():
         check(not over, f"{len(over)} samples saw more client backends than allowed, first: "
               + "; ".join(f"{n} > {a} at {t - t0:.3f} s" for t, n, a in over[:5]))
         check(not refusals, "clients got refused by the server: " + "; ".join(refusals[:5]))
+        check(not other, "clients reported errors: " + "; ".join(other[:5]))
         check(p99 <= 0.020, f"samples were more than 20 ms apart too often (p99 "
               f"{p99 * 1000:.1f} ms)")
         check(st["repairs"] >= ch.counts["kills_in_lock"],
