@@ -304,30 +304,28 @@ def chaos_60_clients_kills_stops_and_cap_changes():
             for k in kinds:
                 ch.spawn(k)
             log(f"{N_CLIENTS} clients started; chaos for {RUN_SECONDS:.0f} s")
-            nxt = {"kill": t0 + 1, "long": t0 + 2, "lock": t0 + 1.5, "stop": t0 + 0.5,
-                   "cap": t0 + 5, "stats": t0}
+            # (action, first at, next after a random delay in this range, s)
+            events = [
+                (ch.kill_random, 1.0, (0.2, 0.8)),
+                (ch.kill_long_query, 2.0, (0.5, 2.0)),
+                (ch.kill_in_lock, 1.5, (0.5, 2.0)),
+                (ch.stop_random, 0.5, (0.2, 0.8)),
+                (lambda: ch.set_cap(random.choice([x for x in CAPS if x != ch.cap])), 5.0,
+                 (4, 9)),
+            ]
+            due = [t0 + first for _, first, _ in events]
+            next_stats = t0
             while time.time() < ch.end:
                 now = time.monotonic()
                 ch.reap(respawn=True)
                 ch.continue_due()
-                if now >= nxt["kill"]:
-                    ch.kill_random()
-                    nxt["kill"] = now + random.uniform(0.2, 0.8)
-                if now >= nxt["long"]:
-                    ch.kill_long_query()
-                    nxt["long"] = now + random.uniform(0.5, 2.0)
-                if now >= nxt["lock"]:
-                    ch.kill_in_lock()
-                    nxt["lock"] = now + random.uniform(0.5, 2.0)
-                if now >= nxt["stop"]:
-                    ch.stop_random()
-                    nxt["stop"] = now + random.uniform(0.2, 0.8)
-                if now >= nxt["cap"]:
-                    ch.set_cap(random.choice([x for x in CAPS if x != ch.cap]))
-                    nxt["cap"] = now + random.uniform(4, 9)
-                if now >= nxt["stats"]:
-                    ch.poll_stats()
-                    nxt["stats"] = now + (0.03 if ch.pending is not None else 0.5)
+                for k, (action, _, delay) in enumerate(events):
+                    if now >= due[k]:
+                        action()
+                        due[k] = now + random.uniform(*delay)
+                if now >= next_stats:
+                    ch.poll_stats()  # closely while a lowered cap is not reached yet
+                    next_stats = now + (0.03 if ch.pending is not None else 0.5)
                 time.sleep(0.01)
             # wind down: everyone continues; clients stop at CHAOS_END
             ch.continue_due(everyone=True)

@@ -57,6 +57,15 @@ def wait_timeout_fails_with_dynshim_error_and_holder_unaffected():
         check(holder.returncode == 0, f"holder.py exited {holder.returncode}")
 
 
+def wait_until_waiting(c, waiter):
+    """Waits until the spawned client waiter waits for a slot (10 s at most)."""
+    end = time.monotonic() + 10
+    while (st := c.stats())["waiting"] < 1:
+        check(time.monotonic() < end and waiter.poll() is None,
+              f"the waiter never waited for a slot (stats {st}, exit {waiter.poll()})")
+        time.sleep(0.02)
+
+
 def killed_holder_slots_return_and_waiter_proceeds():
     with Case("sigkill", pool_size=2) as c:
         c.start_sampler()
@@ -65,14 +74,7 @@ def killed_holder_slots_return_and_waiter_proceeds():
         check(ready.startswith("ready "), f"holder.py said {ready!r}")
 
         waiter = c.spawn_python("connect_once.py", env=c.env("waiter", DYNSHIM_WAIT_TIMEOUT=30))
-        end = time.monotonic() + 10
-        while True:
-            st = c.stats()
-            if st["waiting"] >= 1:
-                break
-            check(time.monotonic() < end and waiter.poll() is None,
-                  f"the waiter never waited for a slot (stats {st}, exit {waiter.poll()})")
-            time.sleep(0.05)
+        wait_until_waiting(c, waiter)
 
         killed_at = time.time()
         os.kill(victim.pid, signal.SIGKILL)
@@ -115,11 +117,7 @@ def killed_mid_query_slot_waits_for_its_backend():
             time.sleep(0.02)
 
         waiter = c.spawn_python("connect_once.py", env=c.env("waiter", DYNSHIM_WAIT_TIMEOUT=30))
-        end = time.monotonic() + 10
-        while c.stats()["waiting"] < 1:
-            check(time.monotonic() < end and waiter.poll() is None,
-                  f"the waiter never waited for a slot (exit {waiter.poll()})")
-            time.sleep(0.02)
+        wait_until_waiting(c, waiter)
 
         killed_at = time.time()
         os.kill(victim.pid, signal.SIGKILL)

@@ -66,6 +66,22 @@ static struct ds_stats stats(ds_handle *h)
         return st;
 }
 
+/* The pool holds `held` slots, `draining` of them draining, and its
+ * counters agree with the lease table. */
+static void expect(ds_handle *h, uint32_t held, uint32_t draining)
+{
+        struct ds_stats st = stats(h);
+        cr_assert_eq(st.held, held);
+        cr_assert_eq(st.draining, draining);
+        tu_assert_consistent(h);
+}
+
+static void done(ds_handle *h, const char *seg)
+{
+        ds_detach(h);
+        ds_segment_destroy(seg, NULL, 0);
+}
+
 static int try_acquire(ds_handle *h, uint32_t ms, struct ds_lease_ref *l)
 {
         return ds_acquire(h, ms, l, NULL, 0);
@@ -115,10 +131,7 @@ Test(drain, local_backend_holds_the_slot_until_it_is_gone)
         pid_t c = client(seg, b, &ref);
         end_process(c);
         cr_assert_eq(ds_reclaim(h), 1);
-        struct ds_stats st = stats(h);
-        cr_assert_eq(st.held, 1);
-        cr_assert_eq(st.draining, 1);
-        tu_assert_consistent(h);
+        expect(h, 1, 1);
         cr_assert_eq(try_acquire(h, 150, &l), -ETIMEDOUT, "granted while the backend runs");
         /* the waiter gets the slot right after the backend is gone */
         int p[2];
@@ -138,14 +151,10 @@ Test(drain, local_backend_holds_the_slot_until_it_is_gone)
         cr_assert_gt(got, killed);
         cr_assert_lt(got - killed, 500ull * 1000 * 1000, "granted %llu ms after the backend died",
                      (unsigned long long)((got - killed) / 1000000));
-        st = stats(h);
-        cr_assert_eq(st.held, 1);
-        cr_assert_eq(st.draining, 0);
-        tu_assert_consistent(h);
+        expect(h, 1, 0);
         cr_assert_eq(ds_release(h, &l), 0);
-        cr_assert_eq(tu_held(h), 0);
-        ds_detach(h);
-        ds_segment_destroy(seg, NULL, 0);
+        expect(h, 0, 0);
+        done(h, seg);
 }
 
 /* No backend recorded (the connect had not finished) or one already gone:
@@ -163,12 +172,8 @@ Test(drain, no_live_backend_frees_at_once)
         end_process(c1);
         end_process(c2);
         cr_assert_eq(ds_reclaim(h), 2);
-        struct ds_stats st = stats(h);
-        cr_assert_eq(st.held, 0);
-        cr_assert_eq(st.draining, 0);
-        tu_assert_consistent(h);
-        ds_detach(h);
-        ds_segment_destroy(seg, NULL, 0);
+        expect(h, 0, 0);
+        done(h, seg);
 }
 
 /* A reused PID: the process now behind the recorded PID started at another
@@ -190,8 +195,7 @@ Test(drain, reused_pid_is_not_the_backend)
         cr_assert_eq(stats(h).draining, 0);
         cr_assert_eq(try_acquire(h, 100, &l), 0);
         end_process(b);
-        ds_detach(h);
-        ds_segment_destroy(seg, NULL, 0);
+        done(h, seg);
 }
 
 /* A backend not visible here (a remote server) drains until the server
@@ -219,8 +223,7 @@ Test(drain, remote_backend_waits_for_the_server)
         tu_assert_consistent(h);
         cr_assert_eq(try_acquire(h, 100, &l), 0);
         cr_assert_eq(stats(h).draining, 0);
-        ds_detach(h);
-        ds_segment_destroy(seg, NULL, 0);
+        done(h, seg);
 }
 
 /* The lease table is the truth: a repair after a death inside the lock
@@ -248,19 +251,12 @@ Test(drain, repair_rebuilds_draining_counts)
         int status;
         waitpid(k, &status, 0);
         cr_assert_eq(WEXITSTATUS(status), 0);
-        struct ds_stats st = stats(h);
-        cr_assert_eq(st.repairs, 1);
-        cr_assert_eq(st.held, 1);
-        cr_assert_eq(st.draining, 1);
-        tu_assert_consistent(h);
+        cr_assert_eq(stats(h).repairs, 1);
+        expect(h, 1, 1);
         end_process(b);
         cr_assert_eq(ds_reclaim(h), 0);
-        st = stats(h);
-        cr_assert_eq(st.held, 0);
-        cr_assert_eq(st.draining, 0);
-        tu_assert_consistent(h);
-        ds_detach(h);
-        ds_segment_destroy(seg, NULL, 0);
+        expect(h, 0, 0);
+        done(h, seg);
 }
 
 /* A process that detaches (or exits) while a backend of its own still runs
@@ -283,6 +279,5 @@ Test(drain, detach_with_a_running_backend_drains)
         end_process(b);
         cr_assert_eq(try_acquire(h, 1000, &w), 0);
         tu_assert_consistent(h);
-        ds_detach(h);
-        ds_segment_destroy(seg, NULL, 0);
+        done(h, seg);
 }
