@@ -121,7 +121,8 @@ static void rebuild_caches(ds_handle *h)
                         continue;
                 if (st == DS_LEASE_DRAINING && atomic_load(&l->backend_pid) > 0) {
                         /* owned by no process: counted against the pool only */
-                        H->held++, H->draining++;
+                        H->held++;
+                        H->draining++;
                         lease_hwm = i + 1;
                         continue;
                 }
@@ -232,12 +233,13 @@ static void end_drain(ds_handle *h, uint32_t i)
 static uint32_t reap_draining(ds_handle *h, uint64_t now)
 {
         struct ds_header *H = h->hdr;
-        uint32_t n = 0;
+        uint32_t n = 0, seen = 0, total = atomic_load(&H->draining);
         uint32_t hwm = H->lease_hwm <= h->cap.max_leases ? H->lease_hwm : h->cap.max_leases;
-        for (uint32_t i = 0; i < hwm && H->draining > n; i++) {
+        for (uint32_t i = 0; i < hwm && seen < total; i++) {
                 struct ds_lease *l = &h->leases[i];
                 if (atomic_load(&l->state) != DS_LEASE_DRAINING)
                         continue;
+                seen++;
                 int remote = atomic_load(&l->backend_start) == 0;
                 if (remote ? now - l->since_ns < DRAIN_REMOTE_MAX_NS : backend_may_run(l))
                         continue;
@@ -266,7 +268,8 @@ static void drop_proc(ds_handle *h, uint32_t pi, int count_reclaimed)
                         l->since_ns = ds_now_ns();
                         l->proc = UINT32_MAX;
                         atomic_store(&l->state, DS_LEASE_DRAINING);
-                        H->draining++, s->held--;
+                        H->draining++;
+                        s->held--;
                         if (count_reclaimed)
                                 s->reclaimed++;
                         continue;
@@ -864,10 +867,9 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
                         break;
                 /* a draining slot is looked at more often: it goes to a
                  * waiter right after its backend is gone */
-                uint64_t every =
-                    atomic_load_explicit((_Atomic uint32_t *)&H->draining, memory_order_relaxed)
-                        ? DRAIN_POLL_NS
-                        : SWEEP_INTERVAL_NS;
+                uint64_t every = atomic_load_explicit(&H->draining, memory_order_relaxed)
+                                     ? DRAIN_POLL_NS
+                                     : SWEEP_INTERVAL_NS;
                 uint64_t slice = deadline - t < every ? deadline - t : every;
                 struct timespec ts = {(time_t)(slice / 1000000000ull),
                                       (long)(slice % 1000000000ull)};
@@ -1400,8 +1402,11 @@ int ds_check(ds_handle *h, char *why, size_t whylen)
         }
         struct ds_header *H = h->hdr;
         uint32_t held = 0, waiting = 0, draining = 0;
-        if (H->draining)
-                reap_draining(h, ds_now_ns());
+        if (H->draining && reap_draining(h, ds_now_ns())) {
+                uint64_t now = ds_now_ns();
+                recompute_limits(h, now);
+                grant_waiters(h, now);
+        }
         if (H->lease_hwm > c->max_leases || H->proc_hwm > c->max_procs ||
             H->scraper_hwm > c->max_scrapers)
                 FAIL("table bounds out of range (%u/%u/%u)", H->lease_hwm, H->proc_hwm,

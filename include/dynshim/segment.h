@@ -131,10 +131,12 @@ struct ds_header {
         /* Robust, process-shared; guards every field below and the tables. */
         pthread_mutex_t lock;
 
-        struct ds_config cfg;           /* validated before it is written */
-        uint32_t held;                  /* cache: HELD and DRAINING leases; <= pool_size
-                                           when granted */
-        uint32_t draining;              /* cache: DRAINING leases */
+        struct ds_config cfg; /* validated before it is written */
+        uint32_t held;        /* cache: HELD and DRAINING leases; <= pool_size
+                                 when granted */
+        /* cache: DRAINING leases; atomic because waiters read it without
+         * the lock, to look at draining slots more often */
+        _Atomic uint32_t draining;
         uint32_t waiting;               /* cache: WAITING leases */
         uint32_t n_active;              /* active scrapers at the last recomputation */
         uint32_t lease_hwm;             /* 1 + highest lease index in use, <= max_leases */

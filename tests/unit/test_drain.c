@@ -76,6 +76,13 @@ static void expect(ds_handle *h, uint32_t held, uint32_t draining)
         tu_assert_consistent(h);
 }
 
+/* A fresh pool of `size` slots (every limit the same), attached as "waiter". */
+static ds_handle *pool(const char *seg, uint32_t size)
+{
+        tu_create(seg, size, size, size);
+        return tu_attach(seg, "waiter");
+}
+
 static void done(ds_handle *h, const char *seg)
 {
         ds_detach(h);
@@ -124,8 +131,7 @@ Test(drain, parses_proc_stat)
 Test(drain, local_backend_holds_the_slot_until_it_is_gone)
 {
         const char *seg = tu_segname("drain-local");
-        tu_create(seg, 1, 1, 1);
-        ds_handle *h = tu_attach(seg, "waiter");
+        ds_handle *h = pool(seg, 1);
         pid_t b = fake_backend();
         struct ds_lease_ref ref, l;
         pid_t c = client(seg, b, &ref);
@@ -162,8 +168,7 @@ Test(drain, local_backend_holds_the_slot_until_it_is_gone)
 Test(drain, no_live_backend_frees_at_once)
 {
         const char *seg = tu_segname("drain-none");
-        tu_create(seg, 2, 2, 2);
-        ds_handle *h = tu_attach(seg, "waiter");
+        ds_handle *h = pool(seg, 2);
         struct ds_lease_ref r1, r2;
         pid_t b = fake_backend();
         pid_t c1 = client(seg, 0, &r1);
@@ -181,8 +186,7 @@ Test(drain, no_live_backend_frees_at_once)
 Test(drain, reused_pid_is_not_the_backend)
 {
         const char *seg = tu_segname("drain-reuse");
-        tu_create(seg, 1, 1, 1);
-        ds_handle *h = tu_attach(seg, "waiter");
+        ds_handle *h = pool(seg, 1);
         pid_t b = fake_backend();
         struct ds_lease_ref ref, l;
         pid_t c = client(seg, b, &ref);
@@ -203,8 +207,7 @@ Test(drain, reused_pid_is_not_the_backend)
 Test(drain, remote_backend_waits_for_the_server)
 {
         const char *seg = tu_segname("drain-remote");
-        tu_create(seg, 1, 1, 1);
-        ds_handle *h = tu_attach(seg, "waiter");
+        ds_handle *h = pool(seg, 1);
         struct ds_lease_ref ref, l;
         /* this test's own PID is no "postgres" process: remote */
         pid_t c = client(seg, getpid(), &ref);
@@ -231,8 +234,7 @@ Test(drain, remote_backend_waits_for_the_server)
 Test(drain, repair_rebuilds_draining_counts)
 {
         const char *seg = tu_segname("drain-repair");
-        tu_create(seg, 2, 2, 2);
-        ds_handle *h = tu_attach(seg, "waiter");
+        ds_handle *h = pool(seg, 2);
         pid_t b = fake_backend();
         struct ds_lease_ref ref;
         pid_t c = client(seg, b, &ref);
@@ -264,8 +266,7 @@ Test(drain, repair_rebuilds_draining_counts)
 Test(drain, detach_with_a_running_backend_drains)
 {
         const char *seg = tu_segname("drain-detach");
-        tu_create(seg, 1, 1, 1);
-        ds_handle *h = tu_attach(seg, "waiter");
+        ds_handle *h = pool(seg, 1);
         ds_handle *k = tu_attach(seg, "client");
         pid_t b = fake_backend();
         struct ds_lease_ref l, w;
