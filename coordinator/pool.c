@@ -219,6 +219,16 @@ static int backend_may_run(const struct ds_lease *l)
 
 static void free_lease(ds_handle *h, uint32_t i);
 
+/* Turns HELD lease l into a DRAINING one, still counted in the pool's held
+ * (under the lock; the caller uncounts it from its scraper and process). */
+static void start_drain(ds_handle *h, struct ds_lease *l)
+{
+        l->since_ns = ds_now_ns();
+        l->proc = UINT32_MAX;
+        atomic_store(&l->state, DS_LEASE_DRAINING);
+        h->hdr->draining++;
+}
+
 /* Frees DRAINING lease i (under the lock). */
 static void end_drain(ds_handle *h, uint32_t i)
 {
@@ -265,10 +275,7 @@ static void drop_proc(ds_handle *h, uint32_t pi, int count_reclaimed)
                         continue;
                 struct ds_scraper *s = &h->scrapers[l->scraper];
                 if (st == DS_LEASE_HELD && backend_may_run(l)) {
-                        l->since_ns = ds_now_ns();
-                        l->proc = UINT32_MAX;
-                        atomic_store(&l->state, DS_LEASE_DRAINING);
-                        H->draining++;
+                        start_drain(h, l);
                         s->held--;
                         if (count_reclaimed)
                                 s->reclaimed++;
@@ -955,9 +962,15 @@ int ds_release_for(ds_handle *h, const struct ds_lease_ref *ref, int reason)
         struct ds_scraper *s = &h->scrapers[l->scraper];
         struct ds_proc *p = &h->procs[l->proc];
         uint64_t now = ds_now_ns();
-        free_lease(h, ref->idx);
-        H->held--, s->held--, p->held--;
+        if ((reason & DS_RELEASE_MAY_RUN) && backend_may_run(l)) {
+                start_drain(h, l); /* still counted in the pool's held */
+        } else {
+                free_lease(h, ref->idx);
+                H->held--;
+        }
+        s->held--, p->held--;
         s->last_used_ns = now;
+        reason &= ~DS_RELEASE_MAY_RUN;
         if (reason == DS_RELEASE_IDLE) {
                 s->idle_releases++;
         } else if (reason == DS_RELEASE_SURPLUS) {

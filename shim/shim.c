@@ -658,7 +658,8 @@ static void note_pins(struct ds_call *c, struct ds_conn *e)
 static char empty_message[1];
 
 /* How long the life thread waits for a released connection's idle backend
- * to exit before it gives the slot back all the same. */
+ * to exit; a slot whose backend has not gone by then drains in the pool
+ * (counted against pool_size until the backend is gone). */
 #define RELEASE_GONE_WAIT_MS 2000
 
 /* Waits while another thread releases or reconnects e; OPEN or RELEASED. */
@@ -811,14 +812,18 @@ static int release_conn(struct ds_conn *e, int reason)
         e->leased = 0;
         ds_conns_unlock();
         atomic_store(&e->rstate, DS_CONN_RELEASED);
+        int gone = 0;
         if (gone_fd >= 0) {
                 shutdown(gone_fd, SHUT_WR);
-                if (!backend_gone(gone_fd, RELEASE_GONE_WAIT_MS))
-                        ds_debug("a released connection's backend is still there after %d ms",
+                gone = backend_gone(gone_fd, RELEASE_GONE_WAIT_MS);
+                if (!gone)
+                        ds_debug("a released connection's backend is still there after %d ms; "
+                                 "its slot drains",
                                  RELEASE_GONE_WAIT_MS);
                 close(gone_fd);
         }
-        int rc = ds_release_for(l.h, &l.ref, reason);
+        /* not seen gone: the slot stays counted until the backend is */
+        int rc = ds_release_for(l.h, &l.ref, gone ? reason : reason | DS_RELEASE_MAY_RUN);
         ds_debug("connection %p released (%s), fd %d %s: %s", (void *)conn,
                  reason == DS_RELEASE_IDLE      ? "idle"
                  : reason == DS_RELEASE_SURPLUS ? "surplus"

@@ -79,7 +79,11 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
 int ds_release(ds_handle *h, const struct ds_lease_ref *lease);
 
 /* Gives a slot back for a reason counted in the statistics (idle or
- * surplus releases); ds_release is ds_release_for(..., DS_RELEASE_NORMAL). */
+ * surplus releases); ds_release is ds_release_for(..., DS_RELEASE_NORMAL).
+ * With DS_RELEASE_MAY_RUN or'ed into reason the caller could not see the
+ * connection's backend end: if the backend recorded for the slot may still
+ * run, the slot drains (counted against pool_size) until it is gone. */
+#define DS_RELEASE_MAY_RUN 0x100
 int ds_release_for(ds_handle *h, const struct ds_lease_ref *lease, int reason);
 
 /* What this process should give back now. */

@@ -282,3 +282,28 @@ Test(drain, detach_with_a_running_backend_drains)
         tu_assert_consistent(h);
         done(h, seg);
 }
+
+/* A release whose caller could not see the backend end (an idle release
+ * that waited in vain) drains while that backend runs; with the backend
+ * gone, or none recorded, it frees the slot at once. */
+Test(drain, release_of_a_running_backend_drains)
+{
+        const char *seg = tu_segname("drain-release");
+        ds_handle *h = pool(seg, 1);
+        pid_t b = fake_backend();
+        struct ds_lease_ref l, w;
+        cr_assert_eq(try_acquire(h, 100, &l), 0);
+        cr_assert_eq(ds_lease_set_backend(h, &l, b), 0);
+        cr_assert_eq(ds_release_for(h, &l, DS_RELEASE_IDLE | DS_RELEASE_MAY_RUN), 0);
+        expect(h, 1, 1);
+        cr_assert_eq(tu_scraper(h, "waiter").idle_releases, 1);
+        cr_assert_eq(tu_scraper(h, "waiter").held, 0);
+        cr_assert_eq(try_acquire(h, 100, &w), -ETIMEDOUT);
+        end_process(b);
+        cr_assert_eq(try_acquire(h, 1000, &w), 0);
+        expect(h, 1, 0);
+        /* nothing recorded: freed at once */
+        cr_assert_eq(ds_release_for(h, &w, DS_RELEASE_NORMAL | DS_RELEASE_MAY_RUN), 0);
+        expect(h, 0, 0);
+        done(h, seg);
+}
