@@ -17,6 +17,8 @@ void ds_config_defaults(struct ds_config *cfg)
         cfg->wait_timeout_ms = 30000;
         cfg->warn_usage_pct = 80;
         cfg->idle_release = 1;
+        cfg->reuse = 0;
+        cfg->reuse_timeout_ms = 5000;
 }
 
 void ds_capacity_defaults(struct ds_capacity *cap)
@@ -69,6 +71,11 @@ int ds_config_validate(const struct ds_config *cfg, const struct ds_capacity *ca
                 WHY("max_limit %u is above pool_size %u", cfg->max_limit, cfg->pool_size);
                 return -EINVAL;
         }
+        if (cap && cfg->agent_proc > cap->max_procs) {
+                WHY("agent_proc %u is above the segment's capacity of %u processes",
+                    cfg->agent_proc, cap->max_procs);
+                return -EINVAL;
+        }
         if (cap && cfg->pool_size > cap->max_leases) {
                 WHY("pool_size %u is above the segment's capacity of %u leases", cfg->pool_size,
                     cap->max_leases);
@@ -92,6 +99,14 @@ int ds_config_validate(const struct ds_config *cfg, const struct ds_capacity *ca
         }
         if (cfg->idle_release > 1) {
                 WHY("idle_release must be on or off");
+                return -EINVAL;
+        }
+        if (cfg->reuse > 1) {
+                WHY("reuse must be on or off");
+                return -EINVAL;
+        }
+        if (cfg->reuse_timeout_ms == 0 || cfg->reuse_timeout_ms > DS_DURATION_MAX_MS) {
+                WHY("reuse_timeout must be above 0 and at most one day");
                 return -EINVAL;
         }
         return 0;
@@ -196,6 +211,8 @@ static const struct kv_key {
     {"wait_timeout", KV_DURATION, offsetof(struct ds_config, wait_timeout_ms)},
     {"warn_usage", KV_PERCENT, offsetof(struct ds_config, warn_usage_pct)},
     {"idle_release", KV_ONOFF, offsetof(struct ds_config, idle_release)},
+    {"reuse", KV_ONOFF, offsetof(struct ds_config, reuse)},
+    {"reuse_timeout", KV_DURATION, offsetof(struct ds_config, reuse_timeout_ms)},
 };
 
 int ds_config_set_kv(struct ds_config *cfg, const char *kv, char *why, size_t whylen)
@@ -243,8 +260,8 @@ int ds_config_set_kv(struct ds_config *cfg, const char *kv, char *why, size_t wh
                 return 0;
         }
         WHY("unknown key '%.*s' (keys: pool_size, soft_limit, max_limit, idle_timeout, "
-            "realloc_interval, wait_timeout, warn_usage, idle_release, and "
-            "scraper.NAME.max, .reserve, .weight, .idle_release)",
+            "realloc_interval, wait_timeout, warn_usage, idle_release, reuse, "
+            "reuse_timeout, and scraper.NAME.max, .reserve, .weight, .idle_release)",
             (int)klen, kv);
         return -EINVAL;
 }
@@ -259,15 +276,18 @@ static void fmt_ms(char *b, size_t n, uint32_t ms)
 
 int ds_config_format(const struct ds_config *cfg, char *buf, size_t len)
 {
-        char it[24], ri[24], wt[24];
+        char it[24], ri[24], wt[24], rt[24];
         fmt_ms(it, sizeof(it), cfg->idle_timeout_ms);
+        fmt_ms(rt, sizeof(rt), cfg->reuse_timeout_ms);
         fmt_ms(ri, sizeof(ri), cfg->realloc_interval_ms);
         fmt_ms(wt, sizeof(wt), cfg->wait_timeout_ms);
         return snprintf(buf, len,
                         "pool_size=%u\nsoft_limit=%u\nmax_limit=%u\nidle_timeout=%s\n"
-                        "realloc_interval=%s\nwait_timeout=%s\nwarn_usage=%u\nidle_release=%s\n",
+                        "realloc_interval=%s\nwait_timeout=%s\nwarn_usage=%u\nidle_release=%s\n"
+                        "reuse=%s\nreuse_timeout=%s\n",
                         cfg->pool_size, cfg->soft_limit, cfg->max_limit, it, ri, wt,
-                        cfg->warn_usage_pct, cfg->idle_release ? "on" : "off");
+                        cfg->warn_usage_pct, cfg->idle_release ? "on" : "off",
+                        cfg->reuse ? "on" : "off", rt);
 }
 
 /* ---- per-scraper overrides ---- */

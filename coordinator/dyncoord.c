@@ -66,6 +66,8 @@ enum option_id {
         OPT_WAIT_TIMEOUT,
         OPT_WARN_USAGE,
         OPT_IDLE_RELEASE,
+        OPT_REUSE,
+        OPT_REUSE_TIMEOUT,
         OPT_MAX_PROCESSES,
         OPT_MAX_LEASES,
         OPT_MAX_SCRAPERS,
@@ -81,6 +83,9 @@ enum option_id {
         OPT_LOG,
         OPT_WATCH,
         OPT_PROMETHEUS,
+        OPT_CLUSTER,
+        OPT_CLUSTER_BUDGET,
+        OPT_CLUSTER_HOST,
 };
 
 static const struct option long_options[] = {
@@ -105,6 +110,8 @@ static const struct option long_options[] = {
     {"wait-timeout", required_argument, NULL, OPT_WAIT_TIMEOUT},
     {"warn-usage", required_argument, NULL, OPT_WARN_USAGE},
     {"idle-release", required_argument, NULL, OPT_IDLE_RELEASE},
+    {"reuse", required_argument, NULL, OPT_REUSE},
+    {"reuse-timeout", required_argument, NULL, OPT_REUSE_TIMEOUT},
     {"max-processes", required_argument, NULL, OPT_MAX_PROCESSES},
     {"max-leases", required_argument, NULL, OPT_MAX_LEASES},
     {"max-scrapers", required_argument, NULL, OPT_MAX_SCRAPERS},
@@ -120,6 +127,9 @@ static const struct option long_options[] = {
     {"log", required_argument, NULL, OPT_LOG},
     {"watch", required_argument, NULL, OPT_WATCH},
     {"prometheus", no_argument, NULL, OPT_PROMETHEUS},
+    {"cluster", required_argument, NULL, OPT_CLUSTER},
+    {"cluster-budget", required_argument, NULL, OPT_CLUSTER_BUDGET},
+    {"cluster-host", required_argument, NULL, OPT_CLUSTER_HOST},
     {NULL, 0, NULL, 0},
 };
 
@@ -148,6 +158,9 @@ static const struct value_option {
      0},
     {OPT_WARN_USAGE, "--warn-usage", V_PERCENT, 0, offsetof(struct ds_config, warn_usage_pct), 100},
     {OPT_IDLE_RELEASE, "--idle-release", V_ONOFF, 0, offsetof(struct ds_config, idle_release), 0},
+    {OPT_REUSE, "--reuse", V_ONOFF, 0, offsetof(struct ds_config, reuse), 0},
+    {OPT_REUSE_TIMEOUT, "--reuse-timeout", V_DURATION, 0,
+     offsetof(struct ds_config, reuse_timeout_ms), 0},
     {OPT_MAX_PROCESSES, "--max-processes", V_COUNT, 1, offsetof(struct ds_capacity, max_procs),
      DS_CAP_PROCS_MAX},
     {OPT_MAX_LEASES, "--max-leases", V_COUNT, 1, offsetof(struct ds_capacity, max_leases),
@@ -208,7 +221,8 @@ static void print_usage(FILE *f)
               "  --init                 create the pool's segment\n"
               "  --set KEY=VALUE...     change the live configuration (keys: pool_size,\n"
               "                         soft_limit, max_limit, idle_timeout, realloc_interval,\n"
-              "                         wait_timeout, warn_usage, idle_release; and per scraper\n"
+              "                         wait_timeout, warn_usage, idle_release, reuse,\n"
+              "                         reuse_timeout; and per scraper\n"
               "                         scraper.NAME.max, .reserve, .weight, .idle_release)\n"
               "  --unset KEY...         remove scraper overrides (scraper.NAME.KEY, or\n"
               "                         scraper.NAME for all of them)\n"
@@ -219,6 +233,7 @@ static void print_usage(FILE *f)
               "  --run NAME [--replace] [--restart on-failure [--max-restarts N]] [--grace S]\n"
               "        -- CMD [ARGS...] run a scraper under the shim and supervise it\n"
               "  --watchdog [--interval S] [--ping-interval S] [--conninfo STR] [--log FILE]\n"
+              "             [--cluster NAME --cluster-budget N [--cluster-host NAME]]\n"
               "                         reclaim dead processes' slots, watch usage, zombies\n"
               "                         and the server, in the foreground\n"
               "  --destroy              remove the segment\n"
@@ -238,6 +253,9 @@ static void print_usage(FILE *f)
               "  --wait-timeout S       a connect waits at most this long for a slot (30)\n"
               "  --warn-usage PCT       usage above this percentage is a warning (80)\n"
               "  --idle-release on|off  release the connections of idle scrapers (on)\n"
+              "  --reuse on|off         park finished connections for the process's next\n"
+              "                         connect with the same parameters (off)\n"
+              "  --reuse-timeout S      a parked connection is closed after this long (5)\n"
               "  --max-processes N      processes attached at once (1024)\n"
               "  --max-leases N         slots held plus connects waiting, at once (4096)\n"
               "  --max-scrapers N       distinct scraper names remembered (256)\n"
@@ -260,6 +278,11 @@ static void print_usage(FILE *f)
               "  --ping-interval S      ping the server this often (300)\n"
               "  --conninfo STR         the server to ping (also --health); no ping without it\n"
               "  --log FILE             append the log to FILE instead of stderr\n"
+              "  --cluster NAME         share one connection budget with the other hosts of\n"
+              "                         cluster NAME through the server of --conninfo: this\n"
+              "                         host's pool_size becomes its share (docs/cluster.md)\n"
+              "  --cluster-budget N     the connections the cluster may use in all\n"
+              "  --cluster-host NAME    this host's name in the cluster (hostname+segment)\n"
               "\n"
               "Durations S are seconds (\"60\", \"0.5\") or carry a unit (\"500ms\", \"2s\").\n"
               "\n"
@@ -409,6 +432,19 @@ static void note_only(const char **slot, const char *name)
                 *slot = name;
 }
 
+/* A cluster or host name: 1 to 127 printable bytes, no spaces. */
+static int check_cluster_name(const char *opt, const char *v)
+{
+        size_t n = strlen(v);
+        if (n == 0 || n > 127)
+                return usage_error("%s: the name must have 1 to 127 bytes", opt);
+        for (const unsigned char *p = (const unsigned char *)v; *p; p++)
+                if (*p <= 0x20 || *p == 0x7f)
+                        return usage_error("%s: '%s' contains a space or a control character", opt,
+                                           v);
+        return 0;
+}
+
 static int parse_option(int c, struct options *o, char *const argv[])
 {
         switch (c) {
@@ -507,6 +543,23 @@ static int parse_option(int c, struct options *o, char *const argv[])
                         return usage_error("--log: the file name is empty");
                 o->log_path = optarg;
                 return 0;
+        case OPT_CLUSTER:
+                note_only(&o->watchdog_only, "--cluster");
+                o->cluster = optarg;
+                return check_cluster_name("--cluster", optarg);
+        case OPT_CLUSTER_HOST:
+                note_only(&o->watchdog_only, "--cluster-host");
+                note_only(&o->cluster_only, "--cluster-host");
+                o->cluster_host = optarg;
+                return check_cluster_name("--cluster-host", optarg);
+        case OPT_CLUSTER_BUDGET:
+                note_only(&o->watchdog_only, "--cluster-budget");
+                note_only(&o->cluster_only, "--cluster-budget");
+                if (ds_parse_u32(optarg, 2, 1000000, &o->cluster_budget) != 0)
+                        return usage_error("--cluster-budget: '%s' is not a whole number from 2 "
+                                           "to 1000000",
+                                           optarg);
+                return 0;
         case OPT_CONNINFO:
                 o->conninfo_opt = "--conninfo";
                 o->conninfo = optarg;
@@ -539,6 +592,11 @@ static int check_command_options(struct options *o)
                 return usage_error("%s only applies to --run", o->run_only);
         if (o->watchdog_only && o->cmd != CMD_WATCHDOG)
                 return usage_error("%s only applies to --watchdog", o->watchdog_only);
+        if (o->cluster_only && !o->cluster)
+                return usage_error("%s only applies with --cluster", o->cluster_only);
+        if (o->cluster && (!o->cluster_budget || !o->conninfo))
+                return usage_error("--cluster needs --cluster-budget N and --conninfo STR (the "
+                                   "server that holds the cluster's table, over TCP/IP)");
         if (o->conninfo_opt && o->cmd != CMD_HEALTH && o->cmd != CMD_WATCHDOG)
                 return usage_error("--conninfo only applies to --health and --watchdog");
         if (o->json && o->prometheus)
@@ -851,6 +909,9 @@ out:
         return rc;
 }
 
+static void print_scraper_table(const struct ds_stats *st);
+static void print_cluster_table(const char *segment);
+
 static void print_stats_table(const char *segment, const struct ds_stats *st)
 {
         char it[32], ri[32], wt[32];
@@ -868,20 +929,33 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
                 printf("draining: %u of the slots in use wait for the server backends of dead "
                        "processes to end\n",
                        st->draining);
+        if (st->agent_state == 1)
+                printf("cluster: pool_size is this host's share, kept by agent pid %d\n",
+                       (int)st->cfg.agent_pid);
+        else if (st->agent_state == 2)
+                printf("warning: the cluster agent (pid %d) is gone: no new slots until it is "
+                       "back\n",
+                       (int)st->cfg.agent_pid);
         printf("config: soft_limit %u, max_limit %u, idle_timeout %s, realloc_interval %s, "
-               "wait_timeout %s, warn_usage %u%%, idle_release %s\n",
+               "wait_timeout %s, warn_usage %u%%, idle_release %s, reuse %s (timeout %.3gs)\n",
                st->cfg.soft_limit, st->cfg.max_limit, it, ri, wt, st->cfg.warn_usage_pct,
-               st->cfg.idle_release ? "on" : "off");
+               st->cfg.idle_release ? "on" : "off", st->cfg.reuse ? "on" : "off",
+               st->cfg.reuse_timeout_ms / 1000.0);
         printf("totals: %llu grants, peak %llu held, %llu dead processes reclaimed, %llu lock "
                "repairs; capacity %u processes, %u leases, %u scrapers (%zu bytes)\n",
                (unsigned long long)st->grants, (unsigned long long)st->peak_held,
                (unsigned long long)st->reclaimed_procs, (unsigned long long)st->repairs,
                st->cap.max_procs, st->cap.max_leases, st->cap.max_scrapers, st->segment_size);
         putchar('\n');
-        if (st->n_scrapers == 0) {
+        if (st->n_scrapers == 0)
                 printf("no scrapers yet\n");
-                return;
-        }
+        else
+                print_scraper_table(st);
+        print_cluster_table(segment);
+}
+
+static void print_scraper_table(const struct ds_stats *st)
+{
         char name[DS_NAME_MAX * 4 + 8];
         size_t col = strlen("SCRAPER");
         for (size_t i = 0; i < st->n_scrapers; i++) {
@@ -889,10 +963,10 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
                 if (w > col)
                         col = w;
         }
-        printf("%-*s  %-6s %5s %5s %7s %5s %9s %9s %9s %9s %10s %9s %13s %12s  %s\n", (int)col,
-               "SCRAPER", "STATE", "HELD", "LIMIT", "WAITING", "PROCS", "CONNECTS", "RELEASES",
-               "IDLE_REL", "SURPL_REL", "RECONNECTS", "TIMEOUTS", "WAIT_MEAN_MS", "WAIT_MAX_MS",
-               "OVERRIDES");
+        printf("%-*s  %-6s %5s %5s %7s %5s %9s %9s %9s %9s %10s %9s %13s %12s %6s %9s  %s\n",
+               (int)col, "SCRAPER", "STATE", "HELD", "LIMIT", "WAITING", "PROCS", "CONNECTS",
+               "RELEASES", "IDLE_REL", "SURPL_REL", "RECONNECTS", "TIMEOUTS", "WAIT_MEAN_MS",
+               "WAIT_MAX_MS", "PARKED", "REUSES", "OVERRIDES");
         for (size_t i = 0; i < st->n_scrapers; i++) {
                 const struct ds_scraper_stats *s = &st->scrapers[i];
                 size_t w = display_name(s->name, name, sizeof(name));
@@ -900,14 +974,63 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
                 if (!s->ov.flags || ds_override_format(&s->ov, ov, sizeof(ov)) <= 0)
                         snprintf(ov, sizeof(ov), "-");
                 printf("%s%*s  %-6s %5u %5u %7u %5u %9llu %9llu %9llu %9llu %10llu %9llu %13.3f "
-                       "%12.3f  %s\n",
+                       "%12.3f %6u %9llu  %s\n",
                        name, (int)(col - w), "", s->active ? "active" : "idle", s->held, s->limit,
                        s->waiting, s->procs, (unsigned long long)s->connects,
                        (unsigned long long)s->releases, (unsigned long long)s->idle_releases,
                        (unsigned long long)s->surplus_releases, (unsigned long long)s->reconnects,
                        (unsigned long long)s->timeouts, wait_ms_mean(s), ms_of_ns(s->wait_ns_max),
-                       ov);
+                       s->parked, (unsigned long long)s->reuses, ov);
         }
+}
+
+/* The cluster this segment's agent belongs to, as it last saw it. */
+static void print_cluster_table(const char *segment)
+{
+        struct cluster_view *v = calloc(1, sizeof(*v));
+        if (!v || cluster_read_state(segment, v) != 0) {
+                free(v);
+                return;
+        }
+        printf("\ncluster %s: budget %u, %u claimed; this host %s is %s (as of %llds ago)\n",
+               v->name, v->budget, v->claimed, v->host, v->state,
+               (long long)(time(NULL) - v->updated));
+        printf("%-32s %-11s %5s %5s %6s %5s %6s %8s\n", "HOST", "STATE", "SHARE", "CLAIM", "DEMAND",
+               "HELD", "TARGET", "BACKENDS");
+        for (size_t i = 0; i < v->n_hosts; i++) {
+                const struct cluster_view_host *x = &v->hosts[i];
+                printf("%-32s %-11s %5u %5u %6u %5u %6u %8u\n", x->name, x->state, x->share,
+                       x->claim, x->demand, x->held, x->target, x->backends);
+        }
+        free(v);
+}
+
+static void print_cluster_json(const char *segment)
+{
+        struct cluster_view *v = calloc(1, sizeof(*v));
+        if (!v || cluster_read_state(segment, v) != 0) {
+                free(v);
+                return;
+        }
+        printf(", \"cluster\": {\"name\": ");
+        json_string(stdout, v->name);
+        printf(", \"budget\": %u, \"claimed\": %u, \"host\": ", v->budget, v->claimed);
+        json_string(stdout, v->host);
+        printf(", \"state\": ");
+        json_string(stdout, v->state);
+        printf(", \"updated\": %lld, \"hosts\": [", (long long)v->updated);
+        for (size_t i = 0; i < v->n_hosts; i++) {
+                const struct cluster_view_host *x = &v->hosts[i];
+                printf("%s{\"host\": ", i ? ", " : "");
+                json_string(stdout, x->name);
+                printf(", \"state\": ");
+                json_string(stdout, x->state);
+                printf(", \"share\": %u, \"claim\": %u, \"demand\": %u, \"held\": %u, "
+                       "\"target\": %u, \"backends\": %u}",
+                       x->share, x->claim, x->demand, x->held, x->target, x->backends);
+        }
+        printf("]}");
+        free(v);
 }
 
 /* A scraper's overrides in --json: "overrides" holds only the keys set;
@@ -942,9 +1065,10 @@ static void print_stats_json(const char *segment, const struct ds_stats *st)
                usage_above_warning(st) ? "true" : "false");
         printf(", \"soft_limit\": %u, \"max_limit\": %u, \"idle_timeout_ms\": %u, "
                "\"realloc_interval_ms\": %u, \"wait_timeout_ms\": %u, \"warn_usage_pct\": %u, "
-               "\"idle_release\": %s",
+               "\"idle_release\": %s, \"reuse\": %s, \"reuse_timeout_ms\": %u",
                c->soft_limit, c->max_limit, c->idle_timeout_ms, c->realloc_interval_ms,
-               c->wait_timeout_ms, c->warn_usage_pct, c->idle_release ? "true" : "false");
+               c->wait_timeout_ms, c->warn_usage_pct, c->idle_release ? "true" : "false",
+               c->reuse ? "true" : "false", c->reuse_timeout_ms);
         printf(", \"processes\": %u, \"active_scrapers\": %u, \"grants\": %llu, "
                "\"peak_held\": %llu, \"reclaimed_processes\": %llu, \"repairs\": %llu",
                st->procs, st->n_active, (unsigned long long)st->grants,
@@ -972,10 +1096,16 @@ static void print_stats_json(const char *segment, const struct ds_stats *st)
                        (unsigned long long)s->waits);
                 printf(", \"wait_ms_mean\": %.3f, \"wait_ms_max\": %.3f", wait_ms_mean(s),
                        ms_of_ns(s->wait_ns_max));
+                printf(", \"parked\": %u, \"reuses\": %llu", s->parked,
+                       (unsigned long long)s->reuses);
                 print_overrides_json(s);
                 printf("}");
         }
-        printf("]}\n");
+        printf("], \"cluster_agent\": \"%s\"", st->agent_state == 1   ? "live"
+                                               : st->agent_state == 2 ? "gone"
+                                                                      : "none");
+        print_cluster_json(segment);
+        printf("}\n");
 }
 
 /* ---- Prometheus text exposition format ---- */
@@ -1028,6 +1158,8 @@ PROM_FIELD(surplus_releases)
 PROM_FIELD(reconnects)
 PROM_FIELD(reclaimed)
 PROM_FIELD(timeouts)
+PROM_FIELD(parked)
+PROM_FIELD(reuses)
 
 PROM_FIELD(claimed)
 PROM_FIELD(idle_release)
@@ -1067,6 +1199,11 @@ static const struct prom_scraper_metric prom_scraper_metrics[] = {
      "Slots reclaimed from dead processes of the scraper.", prom_reclaimed},
     {"dynshim_scraper_timeouts_total", "counter",
      "Connects that waited wait_timeout for a slot in vain.", prom_timeouts},
+    {"dynshim_scraper_parked", "gauge",
+     "Finished connections parked for reuse by the scraper's processes (each holds a slot).",
+     prom_parked},
+    {"dynshim_scraper_reuses_total", "counter",
+     "Connects served with a parked connection instead of a new one.", prom_reuses},
     {"dynshim_scraper_wait_seconds_max", "gauge", "Longest wait for a slot so far.", prom_wait_max},
     {"dynshim_scraper_reserve", "gauge", "Slots guaranteed to the scraper (its reserve; 0: none).",
      prom_reserve},
@@ -1080,6 +1217,56 @@ static const struct prom_scraper_metric prom_scraper_metrics[] = {
 /* Wait times: the segment keeps a count, a sum and a maximum per scraper,
  * so they are exposed as a summary without quantiles (_count, _sum) plus a
  * gauge for the maximum. */
+/* One sample of a cluster metric: labels segment, cluster and (if not
+ * NULL) host. */
+static void prom_cluster_sample(FILE *f, const char *name, const char *segment, const char *cluster,
+                                const char *host, double value)
+{
+        fprintf(f, "%s{segment=\"", name);
+        write_escaped(f, segment, 0);
+        fputs("\",cluster=\"", f);
+        write_escaped(f, cluster, 0);
+        if (host) {
+                fputs("\",host=\"", f);
+                write_escaped(f, host, 0);
+        }
+        fprintf(f, "\"} %.17g\n", value);
+}
+
+/* The cluster as the segment's agent last saw it (docs/cluster.md). */
+static void print_cluster_prometheus(FILE *f, const char *segment)
+{
+        struct cluster_view *v = calloc(1, sizeof(*v));
+        if (!v || cluster_read_state(segment, v) != 0) {
+                free(v);
+                return;
+        }
+        prom_family(f, "dynshim_cluster_budget", "gauge",
+                    "The connections the whole cluster may use.");
+        prom_cluster_sample(f, "dynshim_cluster_budget", segment, v->name, NULL, v->budget);
+        prom_family(f, "dynshim_cluster_claimed", "gauge", "Units claimed by all hosts.");
+        prom_cluster_sample(f, "dynshim_cluster_claimed", segment, v->name, NULL, v->claimed);
+        prom_family(f, "dynshim_cluster_live", "gauge",
+                    "1 if this host's agent is joined to the cluster.");
+        prom_cluster_sample(f, "dynshim_cluster_live", segment, v->name, NULL,
+                            strcmp(v->state, "live") == 0);
+        static const char *const names[] = {"dynshim_cluster_host_claim",
+                                            "dynshim_cluster_host_demand",
+                                            "dynshim_cluster_host_held"};
+        static const char *const helps[] = {"Units the host claims (its pool_size when live).",
+                                            "Slots the host holds plus connects waiting.",
+                                            "Slots the host holds."};
+        for (size_t m = 0; m < 3; m++) {
+                prom_family(f, names[m], "gauge", helps[m]);
+                for (size_t i = 0; i < v->n_hosts; i++) {
+                        const struct cluster_view_host *x = &v->hosts[i];
+                        uint32_t val = m == 0 ? x->claim : m == 1 ? x->demand : x->held;
+                        prom_cluster_sample(f, names[m], segment, v->name, x->name, val);
+                }
+        }
+        free(v);
+}
+
 static void print_stats_prometheus(const char *segment, const struct ds_stats *st)
 {
         FILE *f = stdout;
@@ -1142,6 +1329,7 @@ static void print_stats_prometheus(const char *segment, const struct ds_stats *s
                 prom_sample(f, "dynshim_scraper_wait_seconds_sum", segment, s->name,
                             (double)s->wait_ns_total / 1e9);
         }
+        print_cluster_prometheus(f, segment);
 }
 
 /* ---- --stats ---- */
@@ -1393,6 +1581,14 @@ static int check_segment(const struct options *o)
         }
         if ((rc = ds_stats_get(h, &st))) {
                 print_error("unhealthy: could not read segment %s: %s", name, strerror(-rc));
+                goto out;
+        }
+        if (st.agent_state == 2) {
+                print_error("unhealthy: segment %s: its cluster agent (pid %d) is gone: the pool "
+                            "grants no new slots until an agent runs again",
+                            name, (int)st.cfg.agent_pid);
+                ds_stats_free(&st);
+                rc = -ESRCH;
                 goto out;
         }
         printf("segment %s is healthy: pool %u/%u in use, %u waiting, %u %s", name, st.held,

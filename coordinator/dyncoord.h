@@ -67,6 +67,11 @@ struct options {
         uint32_t ping_interval_ms;
         const char *conninfo; /* NULL: no server check */
         const char *log_path; /* NULL: stderr */
+        /* --watchdog --cluster */
+        const char *cluster;      /* NULL: no cluster */
+        const char *cluster_host; /* NULL: hostname + segment */
+        uint32_t cluster_budget;
+        const char *cluster_only; /* first option only --cluster takes */
 };
 
 void print_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -82,6 +87,8 @@ void write_escaped(FILE *f, const char *s, int json);
  * root, else $XDG_RUNTIME_DIR/dynshim, else /tmp/dynshim-UID; created if
  * missing, refused if another user owns it or others may write to it. */
 int runtime_dir(char *out, size_t len);
+/* The path runtime_dir uses, without creating or checking it. */
+void runtime_dir_path(char *out, size_t len);
 
 /* Takes the exclusive flock on path (created 0644), writing our pid in it.
  * 0 when taken (*fd holds it, close-on-exec); -EBUSY when a live process
@@ -109,7 +116,47 @@ int cmd_watchdog(const struct options *o);
  * description (host and port, never a password). */
 int check_server(const char *conninfo, char *what, size_t whatlen, char *why, size_t whylen);
 
+/* Drops trailing newlines and spaces of a libpq message and joins its
+ * lines with spaces. */
+void trim_message(char *s);
+
 /* 0 if conninfo parses, else a usage error (printed) and -EINVAL. */
 int validate_conninfo(const char *conninfo);
+
+/* ---- the cluster agent (dyncoord_cluster.c, docs/cluster.md) ---- */
+
+typedef void (*cluster_log_fn)(void *ctx, const char *level, const char *msg);
+struct cluster_agent;
+
+/* The agent of --watchdog --cluster; logs through fn. NULL: out of memory. */
+struct cluster_agent *cluster_open(const struct options *o, const char *segment, cluster_log_fn fn,
+                                   void *ctx);
+/* One round: report, free the claims of dead hosts whose backends are gone,
+ * grow or give back, set the local pool_size. h NULL: nothing to do. */
+void cluster_step(struct cluster_agent *a, ds_handle *h, const char *segment);
+/* The segment handle given to cluster_step is about to be detached. */
+void cluster_segment_gone(struct cluster_agent *a);
+void cluster_close(struct cluster_agent *a);
+
+/* The host name an agent uses by default: the hostname, then the segment. */
+int cluster_default_host(const char *segment, char *out, size_t len);
+
+/* What the agent of a segment last saw (its state file), for --stats. */
+#define CLUSTER_VIEW_HOSTS 64
+struct cluster_view_host {
+        char name[128];
+        char state[32];
+        uint32_t share, claim, demand, held, target, backends;
+};
+struct cluster_view {
+        int present;
+        char name[128], host[128], state[32];
+        uint32_t budget, claimed;
+        int64_t updated; /* Unix time of the agent's last round */
+        size_t n_hosts;
+        struct cluster_view_host hosts[CLUSTER_VIEW_HOSTS];
+};
+/* 0, or -ENOENT when the segment has no cluster agent's state. */
+int cluster_read_state(const char *segment, struct cluster_view *v);
 
 #endif

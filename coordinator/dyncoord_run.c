@@ -87,23 +87,25 @@ static int ensure_private_dir(const char *dir, mode_t mode)
         return 0;
 }
 
-int runtime_dir(char *out, size_t len)
+void runtime_dir_path(char *out, size_t len)
 {
         const char *env = getenv("DYNSHIM_RUN_DIR");
         const char *xdg = getenv("XDG_RUNTIME_DIR");
-        if (env && env[0]) {
+        if (env && env[0])
                 snprintf(out, len, "%s", env);
-                return ensure_private_dir(out, 0700);
-        }
-        if (geteuid() == 0) {
+        else if (geteuid() == 0)
                 snprintf(out, len, "/run/dynshim");
-                return ensure_private_dir(out, 0755);
-        }
-        if (xdg && xdg[0] == '/')
+        else if (xdg && xdg[0] == '/')
                 snprintf(out, len, "%s/dynshim", xdg);
         else
                 snprintf(out, len, "/tmp/dynshim-%u", (unsigned)geteuid());
-        return ensure_private_dir(out, 0700);
+}
+
+int runtime_dir(char *out, size_t len)
+{
+        const char *env = getenv("DYNSHIM_RUN_DIR");
+        runtime_dir_path(out, len);
+        return ensure_private_dir(out, !(env && env[0]) && geteuid() == 0 ? 0755 : 0700);
 }
 
 void file_name_part(char *buf, size_t len, const char *name)

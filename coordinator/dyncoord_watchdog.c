@@ -72,7 +72,7 @@ static void describe_server(const char *conninfo, char *out, size_t len)
         PQconninfoFree(opts);
 }
 
-static void trim_message(char *s)
+void trim_message(char *s)
 {
         size_t n = strlen(s);
         while (n && (s[n - 1] == '\n' || s[n - 1] == ' '))
@@ -127,6 +127,7 @@ struct watchdog {
         uint64_t next_ping_ns;
         size_t zombies;
         char zombie_parents[512];
+        struct cluster_agent *cluster;
 };
 
 static void wlog(struct watchdog *w, const char *level, const char *fmt, ...)
@@ -166,6 +167,11 @@ static int open_log(struct watchdog *w)
                 fclose(w->log);
         w->log = f;
         return 0;
+}
+
+static void cluster_log(void *ctx, const char *level, const char *msg)
+{
+        wlog(ctx, level, "%s", msg);
 }
 
 /* ---- one round ---- */
@@ -219,6 +225,7 @@ static void check_segment(struct watchdog *w)
         if (w->h && atomic_load(&ds_handle_header(w->h)->destroyed)) {
                 wlog(w, "warning", "segment %s was destroyed or recreated; attaching again",
                      w->segment);
+                cluster_segment_gone(w->cluster);
                 ds_detach(w->h);
                 w->h = NULL;
                 snprintf(w->attach_error, sizeof(w->attach_error), "(reattaching)");
@@ -406,10 +413,17 @@ int cmd_watchdog(const struct options *o)
         if (o->conninfo)
                 wlog(&w, "info", "pinging server %s every %.1f s", w.server,
                      o->ping_interval_ms / 1000.0);
+        if (o->cluster && !(w.cluster = cluster_open(o, w.segment, cluster_log, &w))) {
+                print_error("out of memory");
+                close(lock);
+                return 1;
+        }
         for (;;) {
                 check_segment(&w);
                 if (o->conninfo)
                         check_drains(&w);
+                if (w.cluster)
+                        cluster_step(w.cluster, w.h, w.segment);
                 check_zombies(&w);
                 uint64_t now = ds_now_ns();
                 if (o->conninfo && now >= w.next_ping_ns) {
@@ -435,6 +449,7 @@ int cmd_watchdog(const struct options *o)
                         break;
                 }
         }
+        cluster_close(w.cluster);
         ds_detach(w.h);
         if (w.log != stderr)
                 fclose(w.log);

@@ -272,3 +272,37 @@ uint32_t ds_policy_limits(const struct ds_config *cfg, struct ds_policy_scraper 
                 *pressure = starved;
         return unfilled > UINT32_MAX ? UINT32_MAX : (uint32_t)unfilled;
 }
+
+void ds_policy_cluster_targets(struct ds_cluster_host *h, size_t n, uint32_t budget)
+{
+        uint64_t fixed = 0;
+        for (size_t i = 0; i < n; i++)
+                if (!h[i].live)
+                        fixed += h[i].claim;
+        uint32_t avail = fixed < budget ? budget - (uint32_t)fixed : 0;
+        /* first the demands, max-min; then the rest, max-min over totals */
+        for (size_t i = 0; i < n; i++) {
+                struct ds_share *s = &h[i].share;
+                s->weight = h[i].live ? DS_WEIGHT_ONE : 0;
+                s->floor = DS_CLUSTER_FLOOR;
+                s->cap = h[i].demand > DS_CLUSTER_FLOOR ? h[i].demand : DS_CLUSTER_FLOOR;
+        }
+        ds_policy_fill(&h->share, n, sizeof(*h), avail);
+        for (size_t i = 0; i < n; i++) {
+                struct ds_share *s = &h[i].share;
+                s->floor = s->alloc;
+                s->cap = avail > s->alloc ? avail : s->alloc;
+        }
+        ds_policy_fill(&h->share, n, sizeof(*h), avail);
+        for (size_t i = 0; i < n; i++)
+                h[i].target = h[i].live ? h[i].share.alloc : h[i].claim;
+}
+
+uint32_t ds_policy_cluster_grow(uint32_t budget, uint64_t claimed_total, uint32_t claim,
+                                uint32_t target)
+{
+        if (target <= claim || claimed_total >= budget)
+                return claim;
+        uint64_t room = budget - claimed_total;
+        return target - claim < room ? target : claim + (uint32_t)room;
+}

@@ -90,7 +90,8 @@ static void rebuild_caches(ds_handle *h)
 {
         struct ds_header *H = h->hdr;
         const struct ds_capacity *c = &h->cap;
-        H->held = H->waiting = H->draining = 0;
+        H->held = H->waiting = 0;
+        atomic_store(&H->draining, 0);
         uint32_t proc_hwm = 0, lease_hwm = 0, scraper_hwm = 0;
         for (uint32_t i = 0; i < c->max_scrapers; i++) {
                 struct ds_scraper *s = &h->scrapers[i];
@@ -104,6 +105,7 @@ static void rebuild_caches(ds_handle *h)
         for (uint32_t i = 0; i < c->max_procs; i++) {
                 struct ds_proc *p = &h->procs[i];
                 p->held = p->waiting = 0;
+                atomic_store(&p->parked, 0);
                 if (p->pid == 0)
                         continue;
                 if (p->scraper >= c->max_scrapers || !h->scrapers[p->scraper].name[0]) {
@@ -302,6 +304,7 @@ static void drop_proc(ds_handle *h, uint32_t pi, int count_reclaimed)
                 atomic_store(&s->inflight, cur > f ? cur - f : 0);
         }
         p->held = p->waiting = 0;
+        atomic_store(&p->parked, 0);
         p->pid = 0;
         while (H->proc_hwm > 0 && h->procs[H->proc_hwm - 1].pid == 0)
                 H->proc_hwm--;
@@ -414,6 +417,39 @@ static uint32_t unfilled_others(const struct ds_scraper *s, uint32_t unfilled)
         return unfilled > own ? unfilled - own : 0;
 }
 
+/* 1 if the pool's cluster agent (cfg.agent_proc) lives. Its life lock is
+ * held by its life thread; once it is free or owner-dead the agent is gone
+ * (the record itself is left to sweep_dead). */
+static int agent_alive(ds_handle *h)
+{
+        const struct ds_config *c = &h->hdr->cfg;
+        uint32_t i = c->agent_proc - 1;
+        if (i >= h->cap.max_procs || c->agent_pid == 0 || h->procs[i].pid != c->agent_pid)
+                return 0;
+        pthread_mutex_t *m = &h->procs[i].life;
+        if (m->__data.__kind != h->mutex_kind)
+                return 0;
+        int rc = pthread_mutex_trylock(m);
+        if (rc == EBUSY)
+                return 1;
+        if (rc == EOWNERDEAD)
+                pthread_mutex_consistent(m);
+        if (rc == 0 || rc == EOWNERDEAD)
+                pthread_mutex_unlock(m);
+        return 0;
+}
+
+/* The number of slots that may be held after a grant (under the lock):
+ * pool_size, or, in cluster mode with the agent gone, what is held now: a
+ * share that no agent keeps in the cluster's budget grants nothing new. */
+static uint32_t grant_cap(ds_handle *h)
+{
+        const struct ds_header *H = h->hdr;
+        if (H->cfg.agent_proc == 0 || agent_alive(h))
+                return H->cfg.pool_size;
+        return H->held < H->cfg.pool_size ? H->held : H->cfg.pool_size;
+}
+
 /* Hands free slots to waiters by the policy, waking each one granted. */
 static void grant_waiters(ds_handle *h, uint64_t now)
 {
@@ -424,7 +460,8 @@ static void grant_waiters(ds_handle *h, uint64_t now)
         for (uint32_t i = 0; i < shwm; i++)
                 if (h->scrapers[i].held < h->scrapers[i].claimed)
                         unfilled += h->scrapers[i].claimed - h->scrapers[i].held;
-        while (H->waiting > 0 && H->held < H->cfg.pool_size) {
+        uint32_t cap = grant_cap(h);
+        while (H->waiting > 0 && H->held < cap) {
                 for (uint32_t i = 0; i < shwm; i++)
                         h->scrapers[i].oldest_ticket = UINT64_MAX;
                 uint32_t lhwm =
@@ -449,9 +486,8 @@ static void grant_waiters(ds_handle *h, uint64_t now)
                         if (s->oldest_ticket == UINT64_MAX)
                                 continue;
                         struct ds_pick_entry e = {s->held, s->limit, 1, s->oldest_ticket};
-                        if (!ds_policy_may_grant_reserved(H->cfg.pool_size, H->held,
-                                                          unfilled_others(s, unfilled), e.held,
-                                                          e.limit))
+                        if (!ds_policy_may_grant_reserved(
+                                cap, H->held, unfilled_others(s, unfilled), e.held, e.limit))
                                 continue;
                         if (best < 0 || ds_policy_prefer_reserved(&e, s->claimed, &be, bres)) {
                                 best = (long)i;
@@ -488,6 +524,7 @@ static void grant_waiters(ds_handle *h, uint64_t now)
 }
 
 static void notify_surplus(ds_handle *h);
+static void notify_parked(ds_handle *h);
 
 /* ---- registration ---- */
 
@@ -788,9 +825,49 @@ static void describe_full(ds_handle *h, const struct ds_scraper *s, uint32_t tim
                 snprintf(t, sizeof(t), "%.3g s", timeout_ms / 1000.0);
         snprintf(why, whylen,
                  "no connection slot for scraper \"%s\" within %s (pool %u/%u in use, limit %u, "
-                 "%u held by this scraper, %u waiting)",
+                 "%u held by this scraper, %u waiting%s)",
                  s->name, t, h->hdr->held, h->hdr->cfg.pool_size, s->limit, s->held,
-                 h->hdr->waiting);
+                 h->hdr->waiting,
+                 h->hdr->cfg.agent_proc && !agent_alive(h)
+                     ? "; the pool's cluster agent is gone: no new slots until it is back"
+                     : "");
+}
+
+/* A new lease of process p (under the lock), neither waiting nor held
+ * yet: its index, or -ENOSPC when the table is full. */
+static long new_lease(ds_handle *h, const struct ds_proc *p, uint64_t now)
+{
+        struct ds_header *H = h->hdr;
+        long li = alloc_lease(h);
+        if (li < 0) {
+                sweep_dead(h);
+                li = alloc_lease(h);
+        }
+        if (li < 0)
+                return -ENOSPC;
+        struct ds_lease *l = &h->leases[li];
+        uint64_t id = H->next_lease_id++;
+        if (id == 0) /* 0 means "no lease": a corrupt counter must not hand it out */
+                id = H->next_lease_id++;
+        l->proc = h->proc_idx;
+        l->scraper = p->scraper;
+        atomic_store_explicit(&l->backend_pid, 0, memory_order_relaxed);
+        atomic_store_explicit(&l->backend_start, 0, memory_order_relaxed);
+        l->id = id;
+        l->since_ns = now;
+        return li;
+}
+
+/* Grants lease l to its process at once (under the lock). */
+static void mark_held(ds_handle *h, struct ds_proc *p, struct ds_scraper *s, struct ds_lease *l)
+{
+        struct ds_header *H = h->hdr;
+        atomic_store(&l->wake, 1);
+        atomic_store(&l->state, DS_LEASE_HELD);
+        H->held++, s->held++, p->held++;
+        s->connects++, H->grants++;
+        if (H->held > H->peak_held)
+                H->peak_held = H->held;
 }
 
 int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char *why,
@@ -813,36 +890,19 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
         atomic_store_explicit(&p->last_activity_ns, now, memory_order_relaxed);
         atomic_store_explicit(&s->last_activity_ns, now, memory_order_relaxed);
         s->last_used_ns = now;
-        long li = alloc_lease(h);
-        if (li < 0) {
-                sweep_dead(h);
-                li = alloc_lease(h);
-        }
+        long li = new_lease(h, p, now);
         if (li < 0) {
                 ds_unlock(h);
                 return -ENOSPC;
         }
         struct ds_lease *l = &h->leases[li];
-        uint64_t id = H->next_lease_id++;
-        if (id == 0) /* 0 means "no lease": a corrupt counter must not hand it out */
-                id = H->next_lease_id++;
-        l->proc = h->proc_idx;
-        l->scraper = p->scraper;
-        atomic_store_explicit(&l->backend_pid, 0, memory_order_relaxed);
-        atomic_store_explicit(&l->backend_start, 0, memory_order_relaxed);
-        l->id = id;
-        l->since_ns = now;
+        uint64_t id = l->id;
         uint32_t unfilled = recompute_limits(h, now);
         if (H->waiting == 0 &&
-            ds_policy_may_grant_reserved(H->cfg.pool_size, H->held, unfilled_others(s, unfilled),
+            ds_policy_may_grant_reserved(grant_cap(h), H->held, unfilled_others(s, unfilled),
                                          s->held, s->limit)) {
                 /* fast path: nobody waits, a slot is free */
-                atomic_store(&l->wake, 1);
-                atomic_store(&l->state, DS_LEASE_HELD);
-                H->held++, s->held++, p->held++;
-                s->connects++, H->grants++;
-                if (H->held > H->peak_held)
-                        H->peak_held = H->held;
+                mark_held(h, p, s, l);
                 ds_unlock(h);
                 out->idx = (uint32_t)li;
                 out->id = id;
@@ -859,8 +919,10 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
             t0 - atomic_load(&H->last_sweep_ns) >= SWEEP_INTERVAL_NS / 10)
                 sweep_dead(h);
         grant_waiters(h, t0);
-        if (atomic_load(&l->wake) == 0)
+        if (atomic_load(&l->wake) == 0) {
                 notify_surplus(h);
+                notify_parked(h);
+        }
         ds_unlock(h);
 
         /* A granter stores HELD, then 1 into the wake word, then wakes us: a
@@ -1140,11 +1202,51 @@ int ds_set_config(ds_handle *h, const struct ds_config *cfg, char *err, size_t e
                 return rc;
         }
         uint64_t now = ds_now_ns();
-        h->hdr->cfg = *cfg;
+        struct ds_config c = *cfg;
+        c.agent_proc = h->hdr->cfg.agent_proc; /* only ds_cluster_gate changes these */
+        c.agent_pid = h->hdr->cfg.agent_pid;
+        h->hdr->cfg = c;
         recompute_limits(h, now);
         grant_waiters(h, now);
         ds_unlock(h);
         return 0;
+}
+
+int ds_cluster_gate(ds_handle *h, int on, struct ds_lease_ref *own)
+{
+        uint64_t now = now_coarse_ns();
+        int rc = lock_registered(h, now);
+        if (rc)
+                return rc;
+        struct ds_header *H = h->hdr;
+        struct ds_config *c = &H->cfg;
+        struct ds_proc *p = &h->procs[h->proc_idx];
+        c->agent_proc = on ? h->proc_idx + 1 : 0;
+        c->agent_pid = on ? h->pid : 0;
+        if (on && own && p->scraper < h->cap.max_scrapers) {
+                /* the agent's own slot, ahead of every waiter */
+                long li = H->held < c->pool_size ? new_lease(h, p, now) : -EAGAIN;
+                if (li >= 0) {
+                        mark_held(h, p, &h->scrapers[p->scraper], &h->leases[li]);
+                        own->idx = (uint32_t)li;
+                        own->id = h->leases[li].id;
+                }
+                rc = li >= 0 ? 0 : (int)li;
+        }
+        recompute_limits(h, now);
+        grant_waiters(h, ds_now_ns());
+        ds_unlock(h);
+        return rc;
+}
+
+int ds_cluster_agent(ds_handle *h)
+{
+        int rc = ds_lock(h);
+        if (rc)
+                return rc;
+        int r = h->hdr->cfg.agent_proc == 0 ? 0 : agent_alive(h) ? 1 : 2;
+        ds_unlock(h);
+        return r;
 }
 
 /* The record named name, or -1 (under the lock). */
@@ -1332,11 +1434,11 @@ int ds_stats_get(ds_handle *h, struct ds_stats *out)
 {
         memset(out, 0, sizeof(*out));
         struct ds_scraper_stats *v = calloc(h->cap.max_scrapers, sizeof(*v));
-        if (!v)
-                return -ENOMEM;
-        int rc = ds_lock(h);
+        uint32_t *parked = calloc(h->cap.max_scrapers, sizeof(*parked));
+        int rc = v && parked ? ds_lock(h) : -ENOMEM;
         if (rc) {
                 free(v);
+                free(parked);
                 return rc;
         }
         struct ds_header *H = h->hdr;
@@ -1345,6 +1447,7 @@ int ds_stats_get(ds_handle *h, struct ds_stats *out)
         recompute_limits(h, now);
         grant_waiters(h, now);
         out->cfg = H->cfg;
+        out->agent_state = H->cfg.agent_proc == 0 ? 0 : agent_alive(h) ? 1 : 2;
         out->cap = h->cap;
         out->held = H->held;
         out->draining = H->draining;
@@ -1359,6 +1462,12 @@ int ds_stats_get(ds_handle *h, struct ds_stats *out)
         uint32_t phwm = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
         for (uint32_t i = 0; i < phwm; i++)
                 out->procs += h->procs[i].pid != 0;
+        for (uint32_t i = 0; i < phwm; i++) {
+                const struct ds_proc *p = &h->procs[i];
+                uint32_t n = atomic_load(&p->parked);
+                if (p->pid != 0 && p->scraper < h->cap.max_scrapers)
+                        parked[p->scraper] += n < p->held ? n : p->held;
+        }
         size_t n = 0;
         uint32_t shwm =
             H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
@@ -1375,12 +1484,15 @@ int ds_stats_get(ds_handle *h, struct ds_stats *out)
                 o->connects = s->connects, o->releases = s->releases;
                 o->idle_releases = s->idle_releases, o->surplus_releases = s->surplus_releases;
                 o->reconnects = s->reconnects, o->reclaimed = s->reclaimed;
+                o->reuses = s->reuses;
                 o->timeouts = s->timeouts, o->waits = s->waits;
                 o->wait_ns_total = s->wait_ns_total, o->wait_ns_max = s->wait_ns_max;
                 o->ov = s->ov;
                 o->claimed = s->claimed;
                 o->idle_release = (int)ds_override_idle_release(&s->ov, &H->cfg);
+                o->parked = parked[i];
         }
+        free(parked);
         ds_unlock(h);
         qsort(v, n, sizeof(*v), by_name);
         out->scrapers = v;
@@ -1550,6 +1662,20 @@ static void notify_surplus(ds_handle *h)
         }
 }
 
+/* Asks every process with parked connections to look at its advice now:
+ * a connect waits, and parked connections are the first to go (under the
+ * lock). */
+static void notify_parked(ds_handle *h)
+{
+        struct ds_header *H = h->hdr;
+        uint32_t phwm = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
+        for (uint32_t i = 0; i < phwm; i++) {
+                struct ds_proc *p = &h->procs[i];
+                if (p->pid != 0 && p->held > 0 && atomic_load(&p->parked) > 0)
+                        poke_proc(p);
+        }
+}
+
 int ds_advise(ds_handle *h, struct ds_advice *out)
 {
         memset(out, 0, sizeof(*out));
@@ -1579,6 +1705,7 @@ int ds_advise(ds_handle *h, struct ds_advice *out)
         out->active = (int)s->active;
         out->held = p->held;
         out->limit = s->limit;
+        out->waiting = h->hdr->waiting;
         ds_unlock(h);
         return 0;
 }
@@ -1612,6 +1739,30 @@ void ds_note_reconnect(ds_handle *h)
         if (p->scraper < h->cap.max_scrapers)
                 h->scrapers[p->scraper].reconnects++;
         ds_unlock(h);
+}
+
+void ds_note_parked(ds_handle *h, int delta, int reuse)
+{
+        if (h->pid != self_pid() || h->proc_idx >= h->cap.max_procs)
+                return;
+        struct ds_proc *p = &h->procs[h->proc_idx];
+        if (delta > 0) {
+                atomic_fetch_add(&p->parked, 1);
+        } else {
+                uint32_t v = atomic_load(&p->parked);
+                while (v > 0 && !atomic_compare_exchange_weak(&p->parked, &v, v - 1))
+                        ;
+        }
+        if (reuse && ds_lock(h) == 0) {
+                if (p->scraper < h->cap.max_scrapers)
+                        h->scrapers[p->scraper].reuses++;
+                ds_unlock(h);
+        }
+}
+
+uint32_t ds_waiting_now(ds_handle *h)
+{
+        return __atomic_load_n(&h->hdr->waiting, __ATOMIC_RELAXED);
 }
 
 void ds_inflight_add(ds_handle *h, int delta)

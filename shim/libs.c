@@ -147,6 +147,11 @@ static void *own_symbol(void *handle, const char *name, const struct obj *o)
         return p && a >= o->start && a < o->end ? p : NULL;
 }
 
+struct ds_lib *ds_lib_at(const void *addr)
+{
+        return lib_in_range((uintptr_t)addr);
+}
+
 struct ds_lib *ds_lib_containing(const void *addr)
 {
         ensure_real();
@@ -182,6 +187,15 @@ struct ds_lib *ds_lib_containing(const void *addr)
         lib->backend_pid = (int (*)(const PGconn *))own_symbol(h, "PQbackendPID", &o);
         lib->pipeline = (PGpipelineStatus(*)(const PGconn *))own_symbol(h, "PQpipelineStatus", &o);
         lib->encoding_name = (const char *(*)(int))own_symbol(h, "pg_encoding_to_char", &o);
+        lib->re.set_processor = own_symbol(h, "PQsetNoticeProcessor", &o);
+        lib->re.set_receiver = own_symbol(h, "PQsetNoticeReceiver", &o);
+        lib->re.set_verbosity = own_symbol(h, "PQsetErrorVerbosity", &o);
+        lib->re.set_context = own_symbol(h, "PQsetErrorContextVisibility", &o);
+        lib->re.untrace = own_symbol(h, "PQuntrace", &o);
+        lib->re.notifies = own_symbol(h, "PQnotifies", &o);
+        lib->re.freemem = own_symbol(h, "PQfreemem", &o);
+        lib->re.result_status = own_symbol(h, "PQresultStatus", &o);
+        lib->re.clear = own_symbol(h, "PQclear", &o);
         lib->idx = n;
         h = NULL; /* kept: the reference keeps the copy mapped while we route to it */
         atomic_store_explicit(&n_libs, n + 1, memory_order_release);
@@ -212,10 +226,17 @@ static _Atomic int n_callers;
 
 static struct ds_lib *cached_caller(uintptr_t a)
 {
+        /* the object that called last: one comparison in the usual case */
+        static _Atomic(const struct caller *) last;
+        const struct caller *l = atomic_load_explicit(&last, memory_order_acquire);
+        if (l && a >= l->start && a < l->end)
+                return l->lib;
         int n = atomic_load_explicit(&n_callers, memory_order_acquire);
         for (int i = 0; i < n; i++)
-                if (a >= callers[i].start && a < callers[i].end)
+                if (a >= callers[i].start && a < callers[i].end) {
+                        atomic_store_explicit(&last, &callers[i], memory_order_release);
                         return callers[i].lib;
+                }
         return NULL;
 }
 

@@ -149,12 +149,22 @@ static void fork_prepare(void)
 {
         pthread_mutex_lock(&attach_mutex);
         ds_libs_lock();
-        ds_conns_lock();
+        ds_conns_fork_prepare();
+        ds_reuse_lock();
 }
 
-static void fork_release(void)
+static void fork_parent(void)
 {
-        ds_conns_unlock();
+        ds_reuse_unlock();
+        ds_conns_fork_parent();
+        ds_libs_unlock();
+        pthread_mutex_unlock(&attach_mutex);
+}
+
+static void fork_child(void)
+{
+        ds_reuse_unlock();
+        ds_conns_fork_child();
         ds_libs_unlock();
         pthread_mutex_unlock(&attach_mutex);
 }
@@ -187,7 +197,7 @@ static void read_env(void)
                 snprintf(cfg.scraper, sizeof(cfg.scraper), "%s", v);
         else
                 derive_scraper(cfg.scraper, sizeof(cfg.scraper));
-        pthread_atfork(fork_prepare, fork_release, fork_release);
+        pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 
 /* ---- the coordinator ---- */
@@ -500,7 +510,8 @@ static PGconn *refused_conn(struct ds_call *c, const char *msg)
                 return conn; /* still a failed connection, with libpq's message */
         }
         e->error = err;
-        ds_conn_add(e);
+        if (ds_conn_add(e) != 0)
+                ds_conn_free(e); /* still a failed connection, with libpq's message */
         ds_log(DS_LOG_INFO, "%s", msg);
         return conn;
 }
@@ -523,6 +534,31 @@ static void neutralize_socket(struct ds_conn *e)
                  (void *)e->conn);
 }
 
+void ds_forget_inherited(struct ds_conn *e)
+{
+        void (*finish)(PGconn *) = e->lib->fn[DS_ID_PQfinish];
+        neutralize_socket(e);
+        if (finish)
+                finish((PGconn *)e->conn);
+        ds_conn_free(e);
+}
+
+void ds_finish_now(struct ds_conn *e)
+{
+        void (*finish)(PGconn *) = e->lib->fn[DS_ID_PQfinish];
+        int fd = e->lib->socket ? e->lib->socket(e->conn) : -1;
+        int gone_fd = fd >= 0 && e->leased ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+        if (finish)
+                finish((PGconn *)e->conn);
+        if (e->leased) {
+                if (gone_fd >= 0)
+                        release_when_gone(gone_fd, &e->lease);
+                else
+                        release(&e->lease);
+        }
+        ds_conn_free(e);
+}
+
 static int status_bad(struct ds_call *c, const PGconn *conn)
 {
         return !conn || (c->lib->status && c->lib->status(conn) == CONNECTION_BAD);
@@ -530,10 +566,25 @@ static int status_bad(struct ds_call *c, const PGconn *conn)
 
 /* ---- pins: session state a reconnect would lose ---- */
 
+/* Whether the word w (lowercase letters) starts at p, in any case. A byte
+ * with bit 5 set equals a lowercase letter only if it is that letter in
+ * either case, and the text's NUL ends the comparison. */
 static int word_at(const char *p, const char *w)
 {
-        size_t n = strlen(w);
-        return strncasecmp(p, w, n) == 0 && !isalnum((unsigned char)p[n]) && p[n] != '_';
+        size_t n = 0;
+        for (; w[n]; n++)
+                if ((p[n] | 0x20) != w[n])
+                        return 0;
+        return !isalnum((unsigned char)p[n]) && p[n] != '_';
+}
+
+/* Whether the text at p starts with the lowercase identifier w, in any case. */
+static int name_at(const char *p, const char *w)
+{
+        for (size_t n = 0; w[n]; n++)
+                if ((p[n] | 0x20) != w[n] && !(w[n] == '_' && p[n] == '_'))
+                        return 0;
+        return 1;
 }
 
 static const char *skip_blank(const char *p)
@@ -559,6 +610,15 @@ static const char *skip_blank(const char *p)
 /* A statement starting at p that keeps state in the session. */
 static int statement_pins(const char *p)
 {
+        switch (*p | 0x20) {
+        case 'p':
+        case 'l':
+        case 's':
+        case 'c':
+                break;
+        default:
+                return 0; /* SELECT, INSERT, UPDATE, ... at one comparison */
+        }
         if (word_at(p, "prepare") || word_at(p, "listen"))
                 return 1;
         if (word_at(p, "set")) {
@@ -608,7 +668,11 @@ static int set_config_pins(const char *p)
 
 /* Whether SQL text q (one or more statements) keeps state in the session
  * that a reconnect would lose (SPEC 4.5). String literals are skipped; a
- * keyword anywhere else errs on the side of pinning. Linear in the text. */
+ * keyword anywhere else errs on the side of pinning. Linear in the text,
+ * and cheap, as it runs on every query of an unpinned connection: after a
+ * statement's first word only quotes, semicolons and underscores (in
+ * pg_advisory_lock, pg_try_advisory_lock, set_config) need a look, and
+ * strcspn finds them a vector at a time; a DECLARE also looks at w's. */
 static int sql_pins(const char *q)
 {
         const char *p = q;
@@ -618,24 +682,26 @@ static int sql_pins(const char *q)
                         break;
                 if (statement_pins(p))
                         return 1;
-                int declare = word_at(p, "declare");
-                for (; *p && *p != ';'; p++) {
-                        char ch = (char)(*p | 0x20);
+                const char *stops = word_at(p, "declare") ? "'_;wW" : "'_;";
+                for (p += strcspn(p, stops); *p && *p != ';'; p += strcspn(p, stops)) {
                         if (*p == '\'') {
-                                while (*++p && *p != '\'')
-                                        ;
-                                if (!*p)
-                                        break;
-                        } else if (ch == 'p' && (!strncasecmp(p, "pg_advisory_lock", 16) ||
-                                                 !strncasecmp(p, "pg_try_advisory_lock", 20))) {
-                                return 1;
-                        } else if (ch == 's' && !strncasecmp(p, "set_config", 10) &&
-                                   set_config_pins(p + 10)) {
-                                return 1;
-                        } else if (declare && ch == 'w' && word_at(p, "with") &&
-                                   word_at(skip_blank(p + 4), "hold")) {
+                                const char *end = strchr(p + 1, '\'');
+                                if (!end)
+                                        return 0;
+                                p = end + 1;
+                                continue;
+                        }
+                        if (*p == '_') {
+                                if (p - q >= 2 && (name_at(p - 2, "pg_advisory_lock") ||
+                                                   name_at(p - 2, "pg_try_advisory_lock")))
+                                        return 1;
+                                if (p - q >= 3 && name_at(p - 3, "set_config") &&
+                                    set_config_pins(p + 7))
+                                        return 1;
+                        } else if (word_at(p, "with") && word_at(skip_blank(p + 4), "hold")) {
                                 return 1;
                         }
+                        p++;
                 }
                 if (*p == ';')
                         p++;
@@ -853,13 +919,8 @@ static void pick_cb(struct ds_conn *e, void *arg)
         if (p->now - atomic_load(&e->last_used_ns) < p->min_unused_ns)
                 return;
         int s = DS_CONN_OPEN;
-        if (!atomic_compare_exchange_strong(&e->rstate, &s, DS_CONN_RELEASING))
-                return;
-        if (atomic_load(&e->busy)) { /* a call started meanwhile: it wins */
-                atomic_store(&e->rstate, DS_CONN_OPEN);
-                return;
-        }
-        p->got[p->n++] = e;
+        if (atomic_compare_exchange_strong(&e->rstate, &s, DS_CONN_RELEASING))
+                p->got[p->n++] = e; /* unless a call is inside it (ds_conns_unused) */
 }
 
 /* Releases up to n releasable connections of this process unused for
@@ -872,6 +933,7 @@ static uint32_t release_some(ds_handle *h, uint32_t n, int reason, uint64_t min_
                          .min_unused_ns = min_unused_ns,
                          .max = PICK_MAX};
         ds_conns_each(pick_cb, &p);
+        p.n = ds_conns_unused(p.got, p.n); /* a call that started meanwhile wins */
         uint32_t done = 0;
         for (int i = 0; i < p.n; i++) {
                 if (done < n)
@@ -882,15 +944,24 @@ static uint32_t release_some(ds_handle *h, uint32_t n, int reason, uint64_t min_
         return done;
 }
 
-/* Surplus release and self-reclaim take only connections unused this long. */
+/* Surplus release and self-reclaim take only connections unused this long,
+ * at first. A surplus still owed after that long takes any connection no
+ * call is inside, however recently used: a client-side pool that keeps all
+ * its connections busy would otherwise never give one back, and the other
+ * scrapers would wait until they time out. The connection's next use then
+ * reconnects, and waits for a slot like any connect of a scraper above its
+ * limit. */
 #define SURPLUS_UNUSED_NS (1000ull * 1000 * 1000)
+static _Atomic uint64_t surplus_owed_since; /* coarse ns; 0: no surplus owed */
 
 static uint32_t advice_period(ds_handle *h)
 {
-        struct ds_config cf;
+        struct ds_config cf = {0};
         uint32_t p = 1000;
         if (ds_get_config(h, &cf) == 0 && cf.idle_timeout_ms / 4 < p)
                 p = cf.idle_timeout_ms / 4;
+        if (cf.reuse && cf.reuse_timeout_ms / 4 < p)
+                p = cf.reuse_timeout_ms / 4;
         return p < 50 ? 50 : p;
 }
 
@@ -960,14 +1031,48 @@ static void advice_handler(void *arg)
 {
         ds_handle *h = arg;
         struct ds_advice a;
-        if (ds_advise(h, &a) == 0 && a.give_back) {
-                uint64_t min_unused = a.reason == DS_RELEASE_SURPLUS ? SURPLUS_UNUSED_NS : 0;
-                uint32_t n = release_some(h, a.give_back, a.reason, min_unused);
-                if (a.reason == DS_RELEASE_SURPLUS && n < a.give_back)
-                        ds_advice_unused(h, a.give_back - n);
+        if (ds_conns_any_inside())
+                touch(h); /* a call in flight (a long query): the scraper is active */
+        int advised_ok = ds_advise(h, &a) == 0;
+        /* parked connections go first: expired ones, every one when a
+         * connect waits, and before any connection in use is released */
+        uint32_t closed = ds_reuse_close(h, advised_ok && a.waiting > 0, UINT32_MAX);
+        if (advised_ok && a.give_back > 0 && ds_reuse_any()) {
+                uint32_t more = ds_reuse_close(h, 1, a.give_back);
+                closed += more;
+                a.give_back -= more;
+                if (a.reason == DS_RELEASE_SURPLUS)
+                        ds_advice_unused(h, more); /* given back all the same */
         }
+        if (closed)
+                ds_debug("closed %u parked connection(s)", closed);
+        int owed = 0;
+        if (advised_ok && a.give_back) {
+                /* An idle scraper's connections have all gone unused for
+                 * idle_timeout; one used since (the advice was computed just
+                 * before the application woke up) is not idle. */
+                struct ds_config cf;
+                uint64_t min_unused = 0;
+                if (a.reason == DS_RELEASE_IDLE && ds_get_config(h, &cf) == 0)
+                        min_unused = (uint64_t)cf.idle_timeout_ms * 1000000ull / 2;
+                if (a.reason == DS_RELEASE_SURPLUS) {
+                        uint64_t now = coarse_now(), since = atomic_load(&surplus_owed_since);
+                        if (!since)
+                                atomic_store(&surplus_owed_since, since = now);
+                        min_unused = now - since >= SURPLUS_UNUSED_NS ? 0 : SURPLUS_UNUSED_NS;
+                }
+                uint32_t n = release_some(h, a.give_back, a.reason, min_unused);
+                if (a.reason == DS_RELEASE_SURPLUS && n < a.give_back) {
+                        ds_advice_unused(h, a.give_back - n);
+                        owed = 1;
+                }
+        }
+        if (!owed)
+                atomic_store(&surplus_owed_since, 0);
         self_reclaim(h);
-        uint32_t p = atomic_load(&self_waiters) > 0 ? SELF_RECLAIM_PERIOD_MS : advice_period(h);
+        /* while a surplus is owed, look for a moment between calls often */
+        uint32_t p =
+            atomic_load(&self_waiters) > 0 || owed ? SELF_RECLAIM_PERIOD_MS : advice_period(h);
         if (p != atomic_load(&advice_period_ms)) {
                 atomic_store(&advice_period_ms, p);
                 ds_set_advice_handler(h, advice_handler, h, p);
@@ -995,10 +1100,40 @@ static long missing_function(void)
         return 0;
 }
 
+static void params_of(const struct ds_call *c, struct ds_params *p, const char *k[8],
+                      const char *v[8]);
+
+/* A parked connection opened with the same parameters, instead of a new
+ * one: 1 if c->out is it. */
+static int reuse_parked(struct ds_call *c)
+{
+        if ((c->kind != DS_KIND_CONNECT && c->kind != DS_KIND_START) || !ds_reuse_any())
+                return 0;
+        const char *k[8], *v[8];
+        struct ds_params p;
+        params_of(c, &p, k, v);
+        struct ds_conn *e = ds_reuse_take(c->lib, &p);
+        if (!e)
+                return 0;
+        atomic_store(&e->busy, 0);
+        atomic_store(&e->rstate, DS_CONN_OPEN);
+        atomic_store(&e->last_used_ns, coarse_now());
+        if (ds_conn_add(e) != 0) {
+                ds_finish_now(e); /* cannot be tracked: a new connection instead */
+                return 0;
+        }
+        c->out.conn = (PGconn *)e->conn;
+        return 1;
+}
+
 static int begin_connect(struct ds_call *c)
 {
         char msg[600];
         reap_drains();
+        if (reuse_parked(c)) {
+                c->skip = 1;
+                return 0;
+        }
         int a = acquire(c, msg, sizeof(msg));
         if (a != REFUSED)
                 return 1;
@@ -1055,6 +1190,41 @@ static int begin_reset(struct ds_call *c)
         return 1;
 }
 
+struct ds_conn *ds_fast_enter(int id, int slot, const void *ra, const void *conn)
+{
+        if (depth || !conn || (slot < 0 && ds_lib_at(ra)))
+                return NULL;
+        struct ds_conn *e = ds_conn_find(conn);
+        if (!e || !e->lib->fn[id] || !ds_conn_try_enter(e))
+                return NULL;
+        depth++;
+        return e;
+}
+
+void ds_fast_leave(struct ds_conn *e)
+{
+        depth--;
+        ds_conn_leave(e, DS_IN_RECORD);
+}
+
+struct ds_conn *ds_fast_activity(struct ds_call *c, int id, int slot, const void *ra,
+                                 const void *conn)
+{
+        struct ds_conn *e = ds_fast_enter(id, slot, ra, conn);
+        if (e && !e->pinned) {
+                c->id = id;
+                note_pins(c, e);
+        }
+        return e;
+}
+
+void ds_fast_activity_end(struct ds_conn *e)
+{
+        ds_handle *h = atomic_load_explicit(&coord, memory_order_relaxed);
+        atomic_store_explicit(&e->last_used_ns, h ? touch(h) : coarse_now(), memory_order_relaxed);
+        ds_fast_leave(e);
+}
+
 int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *conn)
 {
         c->id = id;
@@ -1074,13 +1244,17 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
          * libpq without passing through the shim (then it is not counted
          * at all, rather than counted without a matching finish). */
         pthread_once(&env_once, read_env);
-        struct ds_lib *caller = slot < 0 ? ds_lib_for_caller(ra) : NULL;
-        if (caller && (uintptr_t)ra >= caller->start && (uintptr_t)ra < caller->end)
+        /* A known connection names its library; the caller's object is
+         * looked up only for calls without one. */
+        struct ds_lib *caller = slot < 0 ? ds_lib_at(ra) : NULL;
+        if (caller)
                 c->nested = 1;
-        if (!c->nested) {
-                if (conn)
-                        c->entry =
-                            c->kind == DS_KIND_FINISH ? ds_conn_remove(conn) : ds_conn_find(conn);
+        else if (conn)
+                c->entry = c->kind == DS_KIND_FINISH ? ds_conn_remove(conn) : ds_conn_find(conn);
+        if (!c->entry && slot < 0 && !caller) {
+                caller = ds_lib_for_caller(ra);
+                if (caller && (uintptr_t)ra >= caller->start && (uintptr_t)ra < caller->end)
+                        c->nested = 1;
         }
         if (c->entry)
                 c->lib = c->entry->lib;
@@ -1114,6 +1288,10 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                         /* out of the table: wait for a release or reconnect to end */
                         struct ds_conn *e = c->entry;
                         int st = settle(e);
+                        if (st == DS_CONN_OPEN && e->owner == getpid() && ds_reuse_park(e)) {
+                                c->skip = 1; /* parked: stays open, keeps its slot */
+                                return 0;
+                        }
                         if (e->fd >= 0 && (st == DS_CONN_RELEASED || !e->lib->socket ||
                                            e->lib->socket(e->conn) != e->fd))
                                 c->out.i = e->fd; /* the placeholder, closed after */
@@ -1127,29 +1305,28 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                 }
                 return 1;
         case DS_KIND_ACTIVITY:
-                /* in flight: the scraper is active until the call returns */
+                /* The return touches the clock; while the call runs, the
+                 * life thread sees it in the thread's record and keeps the
+                 * scraper active (advice_handler). */
                 c->coord = atomic_load_explicit(&coord, memory_order_relaxed);
-                if (c->coord)
-                        ds_inflight_add(c->coord, 1); /* the return touches the clock */
                 if (c->entry) {
-                        atomic_fetch_add(&c->entry->busy, 1);
-                        c->busy = 1;
+                        c->busy = ds_conn_enter(c->entry);
                         enter_conn(c, c->entry);
                         note_pins(c, c->entry);
                 }
                 return 1;
         case DS_KIND_REVIVE:
+                if (c->entry && c->id == DS_ID_PQregisterEventProc)
+                        c->entry->events = 1; /* its state cannot be reset: never parked */
                 if (c->entry) {
-                        atomic_fetch_add(&c->entry->busy, 1);
-                        c->busy = 1;
+                        c->busy = ds_conn_enter(c->entry);
                         enter_conn(c, c->entry);
                 }
                 return 1;
         case DS_KIND_GETTER:
                 if (!c->entry)
                         return 1;
-                atomic_fetch_add(&c->entry->busy, 1);
-                c->busy = 1;
+                c->busy = ds_conn_enter(c->entry);
                 if (enter_conn(c, c->entry) != DS_CONN_RELEASED)
                         return 1;
                 /* released: what a healthy idle connection reports */
@@ -1172,8 +1349,7 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         case DS_KIND_ERRMSG:
                 if (!c->entry)
                         return 1;
-                atomic_fetch_add(&c->entry->busy, 1);
-                c->busy = 1;
+                c->busy = ds_conn_enter(c->entry);
                 if (c->entry->error) {
                         c->out.str = c->entry->error;
                         c->skip = 1;
@@ -1191,39 +1367,47 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         return 1;
 }
 
-/* Copies the connect's parameters into e as keyword/value pairs: what a
- * later transparent reconnect passes to PQconnectdbParams. A conninfo
- * string becomes dbname=<conninfo> with expand_dbname, as libpq reads it. */
-static int keep_params(struct ds_conn *e, const struct ds_call *c)
+/* The connect's parameters as keyword/value pairs: a conninfo string
+ * becomes dbname=<conninfo> with expand_dbname, as libpq reads it; k and v
+ * hold up to 8 pairs for the forms that are not arrays already. */
+static void params_of(const struct ds_call *c, struct ds_params *p, const char *k[8],
+                      const char *v[8])
 {
         static const char *const setdb_keys[7] = {"host",   "port", "options", NULL,
                                                   "dbname", "user", "password"};
-        const char *k[8], *v[8];
-        const char *const *keys = k, *const *vals = v;
-        size_t n = 0;
-        e->expand_dbname = 1;
+        p->keys = k, p->vals = v, p->n = 0, p->expand = 1;
         if (c->id == DS_ID_PQconnectdb || c->id == DS_ID_PQconnectStart) {
                 k[0] = "dbname", v[0] = c->args.conninfo ? c->args.conninfo : "";
-                n = 1;
+                p->n = 1;
         } else if (c->id == DS_ID_PQsetdbLogin) {
                 for (int i = 0; i < 7; i++)
                         if (setdb_keys[i] && c->args.setdb[i])
-                                k[n] = setdb_keys[i], v[n++] = c->args.setdb[i];
+                                k[p->n] = setdb_keys[i], v[p->n++] = c->args.setdb[i];
         } else if (c->args.keywords) {
-                keys = c->args.keywords;
-                vals = c->args.values;
-                e->expand_dbname = c->args.expand_dbname;
-                while (keys[n])
-                        n++;
+                p->keys = c->args.keywords;
+                p->vals = c->args.values;
+                p->expand = c->args.expand_dbname;
+                while (p->keys[p->n])
+                        p->n++;
         }
-        e->keywords = calloc(n + 1, sizeof(char *));
-        e->values = calloc(n + 1, sizeof(char *));
+}
+
+/* Copies the connect's parameters into e: what a later transparent
+ * reconnect passes to PQconnectdbParams, and what reuse matches. */
+static int keep_params(struct ds_conn *e, const struct ds_call *c)
+{
+        const char *k[8], *v[8];
+        struct ds_params p;
+        params_of(c, &p, k, v);
+        e->expand_dbname = p.expand;
+        e->keywords = calloc(p.n + 1, sizeof(char *));
+        e->values = calloc(p.n + 1, sizeof(char *));
         if (!e->keywords || !e->values)
                 return -ENOMEM;
-        for (size_t i = 0; i < n; i++) {
-                e->keywords[i] = strdup(keys[i]);
-                e->values[i] = vals && vals[i] ? strdup(vals[i]) : NULL;
-                if (!e->keywords[i] || (vals && vals[i] && !e->values[i]))
+        for (size_t i = 0; i < p.n; i++) {
+                e->keywords[i] = strdup(p.keys[i]);
+                e->values[i] = p.vals && p.vals[i] ? strdup(p.vals[i]) : NULL;
+                if (!e->keywords[i] || (p.vals && p.vals[i] && !e->values[i]))
                         return -ENOMEM;
         }
         return 0;
@@ -1242,7 +1426,13 @@ static void end_connect(struct ds_call *c)
                         e->lease = c->lease;
                         e->fd = -1;
                         e->last_used_ns = coarse_now();
-                        ds_conn_add(e);
+                        if (!bad)
+                                ds_reuse_note_fresh(e);
+                        if (ds_conn_add(e) != 0) {
+                                /* untracked: its slot stays taken until exit */
+                                ds_log(DS_LOG_WARN, "out of memory recording a connection");
+                                ds_conn_free(e);
+                        }
                 }
         }
         if (bad && c->leased) {
@@ -1274,7 +1464,7 @@ void ds_end(struct ds_call *c)
                 return;
         struct ds_conn *e = c->entry;
         if (c->busy)
-                atomic_fetch_sub(&e->busy, 1);
+                ds_conn_leave(e, c->busy);
         if (c->skip)
                 return;
         switch (c->kind) {
@@ -1323,7 +1513,6 @@ void ds_end(struct ds_call *c)
                         uint64_t now = touch(c->coord);
                         if (e)
                                 atomic_store_explicit(&e->last_used_ns, now, memory_order_relaxed);
-                        ds_inflight_add(c->coord, -1);
                 } else if (e) {
                         atomic_store_explicit(&e->last_used_ns, coarse_now(), memory_order_relaxed);
                 }

@@ -4,6 +4,7 @@
 #ifndef DYNSHIM_SHIM_H
 #define DYNSHIM_SHIM_H
 
+#include <libpq-events.h>
 #include <libpq-fe.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -55,6 +56,19 @@ struct ds_lib {
         int (*backend_pid)(const PGconn *);
         PGpipelineStatus (*pipeline)(const PGconn *);
         const char *(*encoding_name)(int);
+        /* what connection reuse needs beyond the intercepted names (any NULL:
+         * its connections are never parked) */
+        struct {
+                PQnoticeProcessor (*set_processor)(PGconn *, PQnoticeProcessor, void *);
+                PQnoticeReceiver (*set_receiver)(PGconn *, PQnoticeReceiver, void *);
+                PGVerbosity (*set_verbosity)(PGconn *, PGVerbosity);
+                PGContextVisibility (*set_context)(PGconn *, PGContextVisibility);
+                void (*untrace)(PGconn *);
+                PGnotify *(*notifies)(PGconn *);
+                void (*freemem)(void *);
+                ExecStatusType (*result_status)(const PGresult *);
+                void (*clear)(PGresult *);
+        } re;
         int no_release; /* a release of its connections could not keep them */
         int idx;        /* index in the registry and in ds_slot_fns */
 };
@@ -71,6 +85,8 @@ struct ds_lib *ds_lib_for_caller(const void *ra);
 /* The libpq copy that defines the code at addr, registered on first use.
  * NULL if addr is not in a libpq copy (or in this shim). */
 struct ds_lib *ds_lib_containing(const void *addr);
+/* The libpq copy known to contain addr, or NULL: no lookup, no lock. */
+struct ds_lib *ds_lib_at(const void *addr);
 
 /* The copy registered in slot k, or NULL. */
 struct ds_lib *ds_lib_slot(int k);
@@ -98,7 +114,6 @@ struct ds_slot {
  * that uses the connection (libpq connections are not shared between
  * threads without the application's own locking) or under the table lock. */
 struct ds_conn {
-        struct ds_conn *next; /* hash chain */
         const PGconn *conn;
         struct ds_lib *lib; /* the library that created it: every call goes there */
         pid_t owner;        /* the process that opened it; a forked child is not it */
@@ -110,18 +125,22 @@ struct ds_conn {
          * with expand_dbname). Process memory only, never the segment. */
         char **keywords, **values;
         int expand_dbname;
-        _Atomic int busy; /* calls in flight on it (and state checks) */
+        _Atomic int busy; /* nested calls in flight on it (ds_conn_enter) */
         /* Idle release: rstate is DS_CONN_OPEN, or owned by one thread while
          * RELEASING / REVIVING, or RELEASED (closed on the server side, no
          * slot; the PGconn keeps its parameters). A thread using the
-         * connection raises busy before it reads rstate; the releaser moves
-         * OPEN -> RELEASING before it reads busy. */
+         * connection enters it (ds_conn_enter) before it reads rstate; the
+         * releaser moves OPEN -> RELEASING before it checks for calls inside. */
         _Atomic int rstate;
         int pinned;                    /* holds session state a reconnect would lose */
         int fd;                        /* while released: the fd number kept for it, or -1 */
         int nonblocking;               /* while released: the mode to restore */
         int encoding;                  /* while released: the client encoding to restore */
         _Atomic uint64_t last_used_ns; /* coarse clock, end of its last call */
+        /* connection reuse (reuse.c) */
+        int events;           /* an event procedure was registered: never parked */
+        uint64_t parked_ns;   /* while parked: when */
+        struct ds_conn *park; /* while parked: the next in the process's list */
 };
 
 enum { DS_CONN_OPEN = 0, DS_CONN_RELEASING, DS_CONN_RELEASED, DS_CONN_REVIVING };
@@ -151,7 +170,73 @@ void ds_conn_free(struct ds_conn *c);
 void ds_conns_lock(void);
 void ds_conns_unlock(void);
 
+/* A call is inside e from enter to leave: the idle release leaves it
+ * alone. enter returns how (pass it to leave); the caller then reads the
+ * state. try_enter takes the thread's own record only, and only if e is
+ * OPEN: 1, or 0 with nothing taken. */
+enum { DS_IN_NONE = 0, DS_IN_RECORD = 1, DS_IN_COUNTER = 2 };
+int ds_conn_enter(struct ds_conn *e);
+int ds_conn_try_enter(struct ds_conn *e);
+void ds_conn_leave(struct ds_conn *e, int how);
+/* The releaser's side: e[0..n) are in RELEASING; those a call is inside go
+ * back to OPEN and leave the array. Returns how many remain. */
+int ds_conns_unused(struct ds_conn **e, int n);
+/* Whether any thread is inside a call on a connection now. */
+int ds_conns_any_inside(void);
+void ds_conns_fork_prepare(void);
+void ds_conns_fork_parent(void);
+void ds_conns_fork_child(void);
+
+/* ---- connection reuse (reuse.c) ---- */
+
+/* Connect parameters as keyword/value pairs (a conninfo string is
+ * dbname=<conninfo> with expand_dbname): what a connection was opened with. */
+struct ds_params {
+        const char *const *keys, *const *vals;
+        size_t n;
+        int expand;
+};
+
+/* Remembers what a fresh connection of e->lib looks like (its notice
+ * hooks); at the end of every connect that did not fail. */
+void ds_reuse_note_fresh(struct ds_conn *e);
+
+/* At PQfinish of e (out of the table, owned by this process, holding a
+ * slot, OPEN): parks it if the pool has reuse on and the connection can be
+ * brought back to a fresh state. 1: parked (the record is kept), else 0. */
+int ds_reuse_park(struct ds_conn *e);
+
+/* Before a connect: a parked connection of this process from lib opened
+ * with exactly p, reset and ready (back out of the parked list, not yet in
+ * the table), or NULL. */
+struct ds_conn *ds_reuse_take(struct ds_lib *lib, const struct ds_params *p);
+
+/* Closes parked connections of this process: every one (all), else those
+ * parked longer than the pool's reuse_timeout or all when reuse is off; at
+ * most max. Returns how many slots went back. */
+uint32_t ds_reuse_close(ds_handle *h, int all, uint32_t max);
+
+/* 1 if this process has parked connections. */
+int ds_reuse_any(void);
+
+void ds_reuse_lock(void);
+void ds_reuse_unlock(void);
+
+/* Closes e for real (libpq's PQfinish) and gives its slot back once the
+ * backend is gone; frees the record (shim.c). */
+void ds_finish_now(struct ds_conn *e);
+
+/* In a process that does not own e (a forked child): closes it without
+ * touching the parent's session (shim.c). */
+void ds_forget_inherited(struct ds_conn *e);
+
 /* ---- the call record (shim.c) ---- */
+
+/* The fast path of a state getter: the record of conn, entered, when the
+ * call needs nothing but the real function of the connection's library
+ * (a known, OPEN connection; not nested); else NULL and nothing done. */
+struct ds_conn *ds_fast_enter(int id, int slot, const void *ra, const void *conn);
+void ds_fast_leave(struct ds_conn *e);
 
 struct ds_call {
         int id;
@@ -165,8 +250,8 @@ struct ds_call {
         struct ds_conn *entry;
         int leased;
         struct ds_slot lease;
-        ds_handle *coord; /* activity: the handle its in-flight mark went to */
-        int busy;         /* entry->busy was raised for this call */
+        ds_handle *coord; /* activity: the handle whose clock the return touches */
+        int busy;         /* how the call is inside entry (DS_IN_*), for ds_conn_leave */
         int gone_fd;      /* finish: a duplicate of the socket, to see the backend go */
         /* A connect's arguments as the caller passed them (not copied; set
          * by the wrapper before ds_begin, copied into the record by ds_end). */
@@ -186,6 +271,12 @@ struct ds_call {
                 char *str;
         } out;
 };
+
+/* The same for a call that talks to the server (c->args filled): notes the
+ * session state its SQL pins; the end touches the activity clock. */
+struct ds_conn *ds_fast_activity(struct ds_call *c, int id, int slot, const void *ra,
+                                 const void *conn);
+void ds_fast_activity_end(struct ds_conn *e);
 
 /* Every wrapper: ds_begin decides (and returns 1 if the real function must
  * be called through c->real), the wrapper calls it and stores the result in

@@ -29,7 +29,15 @@ struct ds_config {
         uint32_t wait_timeout_ms;     /* a connect waits at most this long */
         uint32_t warn_usage_pct;      /* usage above this is a warning (1..100) */
         uint32_t idle_release;        /* 1: release idle scrapers' connections */
-        uint32_t reserved[8];         /* zero; room for later keys */
+        uint32_t reuse;               /* 1: finished healthy connections are parked for reuse */
+        uint32_t reuse_timeout_ms;    /* a parked connection is closed after this long */
+        /* Cluster mode (docs/cluster.md): 1 + the process record of the
+         * agent whose share pool_size is, and that agent's pid; 0: none.
+         * While set, slots are granted only while that process lives. Set
+         * by ds_cluster_gate alone, never by a configuration change. */
+        uint32_t agent_proc;
+        int32_t agent_pid;
+        uint32_t reserved[4]; /* zero; room for later keys */
 };
 
 /* Table sizes fixed when a segment is created. */

@@ -93,6 +93,7 @@ struct ds_advice {
         int active;         /* the scraper's state */
         uint32_t held;      /* slots this process holds */
         uint32_t limit;     /* the scraper's limit */
+        uint32_t waiting;   /* connects of any scraper waiting for a slot now */
 };
 
 /* Computes the advice for this process under the lock (recomputing limits
@@ -110,6 +111,15 @@ void ds_set_advice_handler(ds_handle *h, void (*fn)(void *), void *arg, uint32_t
 
 /* Counts a transparent reconnect of this process's scraper. */
 void ds_note_reconnect(ds_handle *h);
+
+/* Connection reuse: this process parked (+1) or took back / closed (-1) a
+ * finished connection that keeps its slot; reuse also counts a hit. Parked
+ * connections are shown by ds_stats_get, and the processes that have any
+ * are poked whenever a connect starts to wait (they give them back first). */
+void ds_note_parked(ds_handle *h, int delta, int reuse);
+
+/* Connects of any scraper waiting for a slot now (a racy read, no lock). */
+uint32_t ds_waiting_now(ds_handle *h);
 
 /* Marks a libpq call of this process starting (+1) or ending (-1): a call
  * in flight keeps the scraper active. No lock, no system call. */
@@ -159,6 +169,21 @@ int ds_drain_list(ds_handle *h, int32_t *pids, size_t max, size_t *n);
  * Returns how many were freed, or a negative errno. */
 int ds_drain_gone(ds_handle *h, const int32_t *pids, size_t n);
 
+/* Cluster mode (docs/cluster.md). on=1 makes this process (registered
+ * under its scraper name, which must be set) the pool's cluster agent:
+ * from then on the pool grants slots only while this process lives; once
+ * it is gone, nothing new is granted until another process takes the gate.
+ * With own not NULL the agent also takes a slot for its own connection at
+ * once, ahead of every waiting connect: -EAGAIN when the pool has none
+ * free (the gate is taken all the same; ds_acquire waits for one), -ENOSPC
+ * when the lease table is full. on=0 clears the gate. A later
+ * configuration change keeps it. */
+int ds_cluster_gate(ds_handle *h, int on, struct ds_lease_ref *own);
+
+/* The gate's state: 0 none, 1 its agent lives, 2 its agent is gone (no new
+ * grants), or a negative errno. */
+int ds_cluster_agent(ds_handle *h);
+
 /* Reclaims the leases of dead processes and recomputes limits. Returns the
  * number of processes reclaimed, or a negative errno. */
 int ds_reclaim(ds_handle *h);
@@ -173,6 +198,8 @@ struct ds_scraper_stats {
         struct ds_override ov; /* its overrides (ov.flags 0: none) */
         uint32_t claimed;      /* the reserve it claims now (0: none) */
         int idle_release;      /* its effective idle_release */
+        uint32_t parked;       /* connections its live processes keep parked */
+        uint64_t reuses;       /* connects served with a parked connection */
 };
 
 struct ds_stats {
@@ -181,6 +208,7 @@ struct ds_stats {
         uint32_t held, waiting, procs, n_active;
         uint32_t draining; /* slots of dead processes whose backend still runs (in held) */
         uint64_t grants, peak_held, repairs, reclaimed_procs, generation;
+        int agent_state; /* cluster gate: 0 none, 1 agent lives, 2 agent gone */
         size_t segment_size;
         size_t n_scrapers;
         struct ds_scraper_stats *scrapers; /* n_scrapers, by name; malloc'd */

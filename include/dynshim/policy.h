@@ -150,4 +150,42 @@ struct ds_policy_scraper {
 uint32_t ds_policy_limits(const struct ds_config *cfg, struct ds_policy_scraper *e, size_t n,
                           size_t stride, int *pressure);
 
+/* ---- a cluster of hosts sharing one connection budget (docs/cluster.md) ----
+ *
+ * Units: one unit is one server connection. A host's claim is its local
+ * pool_size, whose slots its clients and its agent (one slot, for its own
+ * connection to the server) hold. */
+
+/* The least a live host is given: its agent's slot and one for a client. */
+#define DS_CLUSTER_FLOOR 2u
+
+/* One host of a cluster, as the agents see it in the server's table. */
+struct ds_cluster_host {
+        uint32_t live;         /* in: 1 if its agent holds its liveness lock */
+        uint32_t claim;        /* in: units it holds in the budget now */
+        uint32_t demand;       /* in: slots held + connects waiting (live hosts) */
+        uint32_t target;       /* out: the claim it should have */
+        struct ds_share share; /* scratch */
+};
+
+/* The claim each host should have, for the n hosts at h:
+ *  - a host whose agent is gone keeps its claim (it is freed elsewhere,
+ *    once the server shows its backends gone);
+ *  - the live hosts divide what is left of budget max-min fairly by
+ *    demand: each gets min(demand, level), at least DS_CLUSTER_FLOOR;
+ *  - what is left when every demand is met is spread max-min over the live
+ *    hosts as well (an idle host's share flows to busy ones on demand).
+ * The targets of the live hosts plus the claims of the others add up to at
+ * most budget, unless the floors alone exceed it (then target = floor).
+ * A target may be below what a host holds now: the host lowers its pool
+ * to it and gives the units back as its usage falls. */
+void ds_policy_cluster_targets(struct ds_cluster_host *h, size_t n, uint32_t budget);
+
+/* The claim a host may take now, towards target, in the transaction that
+ * saw claimed_total units claimed by the whole cluster (its own included):
+ * it grows only into unclaimed units; it never lowers its claim here (a
+ * host gives units back only once its usage is below the new share). */
+uint32_t ds_policy_cluster_grow(uint32_t budget, uint64_t claimed_total, uint32_t claim,
+                                uint32_t target);
+
 #endif

@@ -17,7 +17,7 @@
 #include "dynshim/policy.h"
 
 #define DS_MAGIC          UINT64_C(0x314d4853594e4444) /* "DDNYSHM1" */
-#define DS_LAYOUT_VERSION 3u
+#define DS_LAYOUT_VERSION 4u
 #define DS_ALIGN          64u
 
 enum ds_lease_state {
@@ -46,6 +46,8 @@ struct ds_proc {
         _Atomic uint32_t notify;           /* futex word: bumped to make the process
                                               ask for release advice now */
         _Atomic uint64_t last_activity_ns; /* last libpq activity (shim) */
+        _Atomic uint32_t parked;           /* finished connections parked for reuse (shim);
+                                              each holds one of this process's leases */
 } __attribute__((aligned(DS_ALIGN)));
 
 /* One slot held, or one connect waiting for a slot. */
@@ -91,6 +93,7 @@ struct ds_scraper {
         uint64_t idle_releases;    /* slots taken back because it was idle */
         uint64_t surplus_releases; /* slots given back above its limit */
         uint64_t reconnects;       /* transparent reconnects after a release */
+        uint64_t reuses;           /* connects served with a parked connection */
         uint64_t reclaimed;        /* slots reclaimed from dead processes */
         uint64_t timeouts;         /* connects that waited wait_timeout in vain */
         uint64_t waits;            /* connects that had to wait */

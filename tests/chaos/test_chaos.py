@@ -26,6 +26,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import psycopg2
@@ -121,7 +122,14 @@ class Chaos:
         self.clients = {}  # index -> (Popen, kind, stderr file)
         self.next_index = 0
         self.stderr_files = []
-        self.stopped = {}  # pid -> time to continue
+        # pid -> time to continue. A thread of its own continues them on
+        # time: the main loop may wait (dyncoord --stats, a lock holder) for
+        # the segment's lock, which a stopped client may hold.
+        self.stopped = {}
+        self.stopped_lock = threading.Lock()
+        self.done = threading.Event()
+        self.continuer = threading.Thread(target=self._continue_loop, daemon=True)
+        self.continuer.start()
         self.counts = {"spawned": 0, "kills": 0, "kills_long_query": 0, "kills_in_lock": 0,
                        "stops": 0, "cap_changes": 0, "exited": 0}
         self.cap = POOL_SIZE
@@ -179,7 +187,8 @@ class Chaos:
         for i, (p, kind) in list(self.clients.items()):
             if p.poll() is not None:
                 del self.clients[i]
-                self.stopped.pop(p.pid, None)
+                with self.stopped_lock:
+                    self.stopped.pop(p.pid, None)
                 self.counts["exited"] += 1
                 if respawn:
                     self.spawn(kind)
@@ -219,24 +228,36 @@ class Chaos:
         self.counts["kills_in_lock"] += 1
 
     def stop_random(self):
-        live = [p for p, _ in self.clients.values() if p.poll() is None and
-                p.pid not in self.stopped]
-        if live:
-            p = random.choice(live)
-            os.kill(p.pid, signal.SIGSTOP)
-            # shorter than the 5 s a locker waits for the segment's lock
-            self.stopped[p.pid] = time.monotonic() + random.uniform(0.05, 1.5)
-            self.counts["stops"] += 1
+        with self.stopped_lock:
+            live = [p for p, _ in self.clients.values() if p.poll() is None and
+                    p.pid not in self.stopped]
+            if live:
+                p = random.choice(live)
+                os.kill(p.pid, signal.SIGSTOP)
+                # shorter than the 5 s a locker waits for the segment's lock
+                self.stopped[p.pid] = time.monotonic() + random.uniform(0.05, 1.5)
+                self.counts["stops"] += 1
 
     def continue_due(self, everyone=False):
-        now = time.monotonic()
-        for pid, due in list(self.stopped.items()):
-            if everyone or now >= due:
-                try:
-                    os.kill(pid, signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
-                del self.stopped[pid]
+        with self.stopped_lock:
+            now = time.monotonic()
+            for pid, due in list(self.stopped.items()):
+                if everyone or now >= due:
+                    try:
+                        os.kill(pid, signal.SIGCONT)
+                    except ProcessLookupError:
+                        pass
+                    del self.stopped[pid]
+
+    def _continue_loop(self):
+        while not self.done.wait(0.005):
+            self.continue_due()
+
+    def stop_continuing(self):
+        """Continues every stopped client and ends the continuing thread."""
+        self.done.set()
+        self.continuer.join()
+        self.continue_due(everyone=True)
 
     def set_cap(self, new):
         soft = max(1, new // 2)
@@ -318,7 +339,6 @@ def chaos_60_clients_kills_stops_and_cap_changes():
             while time.time() < ch.end:
                 now = time.monotonic()
                 ch.reap(respawn=True)
-                ch.continue_due()
                 for k, (action, _, delay) in enumerate(events):
                     if now >= due[k]:
                         action()
@@ -328,7 +348,7 @@ def chaos_60_clients_kills_stops_and_cap_changes():
                     next_stats = now + (0.03 if ch.pending is not None else 0.5)
                 time.sleep(0.01)
             # wind down: everyone continues; clients stop at CHAOS_END
-            ch.continue_due(everyone=True)
+            ch.stop_continuing()
             if ch.cap != POOL_SIZE:
                 ch.set_cap(POOL_SIZE)
             deadline = time.monotonic() + 60
@@ -353,6 +373,7 @@ def chaos_60_clients_kills_stops_and_cap_changes():
                 time.sleep(0.1)
             time.sleep(0.1)
         finally:
+            ch.stop_continuing()
             sampler.kill()
             sampler.wait()
             if ch.conn is not None:

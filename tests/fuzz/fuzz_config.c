@@ -52,7 +52,7 @@ static void round_trip(const struct ds_config *cfg, const char *input)
                         "a line printed by ds_config_format is refused by ds_config_set_kv", input);
                 lines++;
         }
-        require(lines == 8, "ds_config_format printed other than 8 keys", input);
+        require(lines == 10, "ds_config_format printed other than 10 keys", input);
         require(same_keys(cfg, &back), "the configuration read back differs", input);
 }
 

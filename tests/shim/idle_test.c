@@ -11,7 +11,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <libpq-events.h>
 #include <libpq-fe.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -305,6 +307,46 @@ static void transaction_is_never_released(void)
         server_log_is_clean();
 }
 
+static void *run_long_query(void *arg)
+{
+        command_ok(arg, "SELECT pg_sleep(4)");
+        return NULL;
+}
+
+/* A call in flight longer than idle_timeout keeps its scraper active: no
+ * idle release meanwhile, of it or of the process's other connection;
+ * once it has returned and the scraper rests, both are released. */
+static void long_call_keeps_scraper_active(void)
+{
+        make_pool(20, 10, 15, 1000, 1);
+        PGconn *busy = connect_ok(), *idle = connect_ok();
+        command_ok(idle, "SELECT 1");
+        pthread_t th;
+        CHECK(pthread_create(&th, NULL, run_long_query, busy) == 0, "pthread_create");
+        double t0 = now_s();
+        int samples = 0;
+        while (now_s() - t0 < 3.6) {
+                struct ds_scraper_stats s = scraper("dsidle");
+                if (now_s() - t0 > 0.3) {
+                        CHECK(s.active, "%.1f s into a 4 s query the scraper is idle",
+                              now_s() - t0);
+                        CHECK(s.held == 2, "%.1f s into a 4 s query the scraper holds %u",
+                              now_s() - t0, s.held);
+                        samples++;
+                }
+                sleep_s(0.1);
+        }
+        CHECK(server_count() == 2, "the server shows %d sessions during the query", server_count());
+        pthread_join(th, NULL);
+        CHECK(samples > 20, "only %d samples", samples);
+        CHECK(wait_for(0, 5.0) >= 0, "after the query the scraper's connections were kept");
+        CHECK(query_int(busy, "SELECT 7") == 7 && query_int(idle, "SELECT 8") == 8,
+              "the released connections do not come back");
+        PQfinish(busy);
+        PQfinish(idle);
+        server_log_is_clean();
+}
+
 /* Each kind of session state pins its connection (SPEC 4.5). */
 static void pinned_connections_are_never_released(void)
 {
@@ -454,6 +496,219 @@ static void surplus_goes_to_waiting_scraper(const char *self)
         server_log_is_clean();
 }
 
+/* ---- connection reuse ---- */
+
+static void set_reuse(const char *on, const char *timeout)
+{
+        char a[32], b[48], err[256];
+        snprintf(a, sizeof(a), "reuse=%s", on);
+        snprintf(b, sizeof(b), "reuse_timeout=%s", timeout);
+        const char *kv[] = {a, b};
+        CHECK(ds_update_config(pool(), kv, 2, NULL, err, sizeof(err)) == 0, "%s", err);
+}
+
+static int notices_seen;
+static void count_notice(void *arg, const char *msg)
+{
+        (void)arg;
+        (void)msg;
+        notices_seen++;
+}
+
+/* Opens a connection, leaves state of every kind in its session and on the
+ * client side, finishes it (parked), and opens the same parameters again:
+ * the same backend (reused), with a session and a PGconn like a fresh one. */
+static void reuse_gives_a_fresh_session(void)
+{
+        make_pool(4, 4, 4, 60000, 1);
+        set_reuse("on", "30");
+        setenv("DYNSHIM_SCRAPER", "dsidle", 1);
+        PGconn *c = connect_ok();
+        int pid = PQbackendPID(c);
+        int enc = PQclientEncoding(c);
+        /* server-side state, one statement per kind */
+        command_ok(c, "SET work_mem = '7MB'");
+        command_ok(c, "SET application_name = 'changed'");
+        command_ok(c, "PREPARE p1 AS SELECT 1");
+        PQclear(PQprepare(c, "p2", "SELECT 2", 0, NULL));
+        command_ok(c, "CREATE TEMP TABLE reuse_tmp (x int)");
+        command_ok(c, "LISTEN reuse_chan");
+        command_ok(c, "NOTIFY reuse_chan"); /* queued in libpq, never read */
+        command_ok(c, "SELECT pg_advisory_lock(4242)");
+        /* client-side state */
+        PQsetNoticeProcessor(c, count_notice, NULL);
+        PQsetErrorVerbosity(c, PQERRORS_VERBOSE);
+        PQsetErrorContextVisibility(c, PQSHOW_CONTEXT_ALWAYS);
+        CHECK(PQsetClientEncoding(c, "LATIN1") == 0, "set LATIN1");
+        PQsetnonblocking(c, 1);
+        FILE *trace = fopen("/dev/null", "w");
+        PQtrace(c, trace);
+        PQfinish(c);
+        CHECK(scraper("dsidle").parked == 1, "parked %u", scraper("dsidle").parked);
+        CHECK(pool_held() == 1, "held %u", pool_held());
+
+        c = connect_ok();
+        CHECK(PQbackendPID(c) == pid, "not reused: backend %d, was %d", PQbackendPID(c), pid);
+        struct ds_scraper_stats s = scraper("dsidle");
+        CHECK(s.parked == 0 && s.reuses == 1 && s.connects == 1,
+              "parked %u reuses %llu connects %llu", s.parked, (unsigned long long)s.reuses,
+              (unsigned long long)s.connects);
+        CHECK(server_count() == 1, "server %d", server_count());
+        PGresult *r = PQexec(c, "SHOW work_mem");
+        CHECK(!strcmp(PQgetvalue(r, 0, 0), "4MB"), "SET: work_mem %s", PQgetvalue(r, 0, 0));
+        PQclear(r);
+        r = PQexec(c, "SHOW application_name");
+        CHECK(!strcmp(PQgetvalue(r, 0, 0), "dsidle"), "SET: application_name %s",
+              PQgetvalue(r, 0, 0));
+        PQclear(r);
+        CHECK(query_int(c, "SELECT count(*) FROM pg_prepared_statements") == 0,
+              "prepared statements survived");
+        CHECK(query_int(c, "SELECT count(*) FROM pg_class WHERE relname = 'reuse_tmp'") == 0,
+              "temp table survived");
+        CHECK(query_int(c, "SELECT count(*) FROM pg_listening_channels()") == 0, "LISTEN survived");
+        PQconsumeInput(c);
+        PGnotify *n = PQnotifies(c);
+        CHECK(n == NULL, "a notification of the first use is seen: %s", n->relname);
+        CHECK(query_int(c, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == 0,
+              "advisory lock survived");
+        CHECK(PQisnonblocking(c) == 0, "non-blocking mode survived");
+        CHECK(PQclientEncoding(c) == enc, "client encoding %d, fresh %d", PQclientEncoding(c), enc);
+        CHECK(PQsetErrorVerbosity(c, PQERRORS_DEFAULT) == PQERRORS_DEFAULT, "verbosity survived");
+        CHECK(PQsetErrorContextVisibility(c, PQSHOW_CONTEXT_ERRORS) == PQSHOW_CONTEXT_ERRORS,
+              "context visibility survived");
+        CHECK(PQsetNoticeProcessor(c, NULL, NULL) != count_notice, "notice processor survived");
+        notices_seen = 0;
+        command_ok(c, "DO $$BEGIN RAISE NOTICE 'x'; END$$");
+        CHECK(notices_seen == 0, "the first use's notice processor was called");
+        fclose(trace);
+        /* a connection finished inside a transaction: rolled back, as by the
+         * server when a client goes away, then parked */
+        command_ok(c, "CREATE TABLE IF NOT EXISTS reuse_rb (x int)");
+        command_ok(c, "BEGIN");
+        command_ok(c, "INSERT INTO reuse_rb VALUES (1)");
+        PQfinish(c);
+        CHECK(scraper("dsidle").parked == 1, "a connection in a transaction was not parked");
+        c = connect_ok();
+        CHECK(PQbackendPID(c) == pid && PQtransactionStatus(c) == PQTRANS_IDLE,
+              "not reused idle after a transaction");
+        CHECK(query_int(c, "SELECT count(*) FROM reuse_rb") == 0, "the transaction was kept");
+        command_ok(c, "DROP TABLE reuse_rb");
+        /* a connection in COPY is closed */
+        PGresult *copy = PQexec(c, "COPY (SELECT 1) TO STDOUT");
+        CHECK(PQresultStatus(copy) == PGRES_COPY_OUT, "COPY: %s", PQerrorMessage(c));
+        PQclear(copy);
+        PQfinish(c);
+        CHECK(scraper("dsidle").parked == 0, "a connection in COPY was parked");
+        server_log_is_clean();
+}
+
+static int event_proc(PGEventId id, void *info, void *pass)
+{
+        (void)id, (void)info, (void)pass;
+        return 1;
+}
+
+/* Parked connections: closed after reuse_timeout; never parked with reuse
+ * off or with an event procedure; closed at exit; a forked child never
+ * takes its parent's; parameters must match exactly. */
+static void parked_connections_lifecycle(void)
+{
+        make_pool(4, 4, 4, 60000, 1);
+        set_reuse("off", "30");
+        setenv("DYNSHIM_SCRAPER", "dsidle", 1);
+        PQfinish(connect_ok());
+        CHECK(scraper("dsidle").parked == 0 && pool_held() == 0, "reuse off parked a connection");
+        CHECK(wait_for(0, 2) >= 0, "reuse off: backend left");
+        set_reuse("on", "0.4");
+        PGconn *c = connect_ok();
+        PQregisterEventProc(c, event_proc, "t", NULL);
+        PQfinish(c);
+        CHECK(scraper("dsidle").parked == 0, "a connection with an event procedure was parked");
+        PQfinish(connect_ok());
+        CHECK(scraper("dsidle").parked == 1, "not parked");
+        double t = wait_for(0, 3);
+        CHECK(t >= 0.2, "parked connection not closed after reuse_timeout (%.2f s)", t);
+        fprintf(stderr, "parked connection closed after %.2f s\n", t);
+
+        set_reuse("on", "30");
+        c = connect_ok();
+        int pid = PQbackendPID(c);
+        PQfinish(c);
+        /* other parameters: a new connection */
+        PGconn *o = PQconnectdb(APP " connect_timeout=5");
+        CHECK(PQstatus(o) == CONNECTION_OK && PQbackendPID(o) != pid, "other parameters reused");
+        PQfinish(o);
+        pid_t child = fork();
+        CHECK(child >= 0, "fork");
+        if (child == 0) {
+                is_child = 1;
+                PGconn *k = PQconnectdb(APP);
+                int ok = PQstatus(k) == CONNECTION_OK && PQbackendPID(k) != pid;
+                PQfinish(k);
+                _exit(ok ? 0 : 3);
+        }
+        int st;
+        CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+              "the child took its parent's parked connection (status %d)", st);
+        c = connect_ok();
+        CHECK(PQbackendPID(c) == pid && query_int(c, "SELECT 7") == 7,
+              "the parent's parked connection after the child: backend %d, was %d", PQbackendPID(c),
+              pid);
+        PQfinish(c);
+        /* at exit: a child that parks and exits leaves nothing behind */
+        child = fork();
+        CHECK(child >= 0, "fork");
+        if (child == 0) {
+                is_child = 1;
+                PQfinish(connect_ok()); /* its own connection, parked, closed at exit */
+                exit(0);
+        }
+        CHECK(waitpid(child, &st, 0) == child && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+              "child failed");
+        c = connect_ok();
+        PQfinish(c);
+        set_reuse("off", "30"); /* the parent's parked one is closed by its life thread */
+        CHECK(wait_for(0, 3) >= 0, "held %u, server %d after exit and reuse off", pool_held(),
+              server_count());
+        server_log_is_clean();
+}
+
+/* Another scraper's connect waits: parked connections of a full pool are
+ * closed at once for it, and the server never sees more than pool_size. */
+static void parked_released_first_for_a_waiter(const char *self)
+{
+        make_pool(3, 3, 3, 60000, 1);
+        set_reuse("on", "60");
+        setenv("DYNSHIM_SCRAPER", "a", 1);
+        PGconn *c[3];
+        for (int i = 0; i < 3; i++)
+                c[i] = connect_ok();
+        for (int i = 0; i < 3; i++)
+                PQfinish(c[i]);
+        CHECK(scraper("a").parked == 3 && pool_held() == 3, "parked %u held %u",
+              scraper("a").parked, pool_held());
+        pid_t b = spawn_b(self, 2, 0.5);
+        double t0 = now_s(), t = -1;
+        int most = 0;
+        while (now_s() - t0 < 5) {
+                int n = server_count() + server_count_app("dsidle_b");
+                most = n > most ? n : most;
+                if (scraper("b").held == 2) {
+                        t = now_s() - t0;
+                        break;
+                }
+                sleep_s(0.02);
+        }
+        CHECK(t >= 0, "b holds %u after 5 s; a parked %u", scraper("b").held, scraper("a").parked);
+        fprintf(stderr, "b got 2 slots after %.3f s\n", t);
+        CHECK(most <= 3, "%d backends for a pool of 3", most);
+        CHECK(scraper("a").parked <= 1, "a still parks %u", scraper("a").parked);
+        int st;
+        CHECK(waitpid(b, &st, 0) == b && WIFEXITED(st) && WEXITSTATUS(st) == 0, "b failed");
+        CHECK(pool_held() <= 3, "held %u", pool_held());
+        server_log_is_clean();
+}
+
 int main(int argc, char **argv)
 {
         CHECK(argc == 2, "usage: %s CASE", argv[0]);
@@ -475,10 +730,18 @@ int main(int argc, char **argv)
                 transaction_is_never_released();
         else if (!strcmp(name, "pinned_connections_are_never_released"))
                 pinned_connections_are_never_released();
+        else if (!strcmp(name, "long_call_keeps_scraper_active"))
+                long_call_keeps_scraper_active();
         else if (!strcmp(name, "idle_release_off_keeps_connections"))
                 idle_release_off_keeps_connections();
         else if (!strcmp(name, "surplus_goes_to_waiting_scraper"))
                 surplus_goes_to_waiting_scraper(argv[0]);
+        else if (!strcmp(name, "reuse_gives_a_fresh_session"))
+                reuse_gives_a_fresh_session();
+        else if (!strcmp(name, "parked_connections_lifecycle"))
+                parked_connections_lifecycle();
+        else if (!strcmp(name, "parked_released_first_for_a_waiter"))
+                parked_released_first_for_a_waiter(argv[0]);
         else {
                 fprintf(stderr, "unknown case \"%s\"\n", name);
                 return 2;

@@ -373,7 +373,8 @@ Test(cli, set_changes_a_live_pool_seen_by_an_attached_process)
         ds_handle *h = attach_or_fail();
         struct result r;
         DYNCOORD(r, "--set", "pool_size=30", "max_limit=20", "soft_limit=5", "idle_timeout=2.5",
-                 "realloc_interval=10", "wait_timeout=500ms", "warn_usage=90", "idle_release=off");
+                 "realloc_interval=10", "wait_timeout=500ms", "warn_usage=90", "idle_release=off",
+                 "reuse=on", "reuse_timeout=2");
         assert_exit(&r, 0);
         assert_contains(r.out, "pool_size=30");
         struct ds_config cfg;
@@ -386,6 +387,8 @@ Test(cli, set_changes_a_live_pool_seen_by_an_attached_process)
         cr_assert_eq(cfg.wait_timeout_ms, 500);
         cr_assert_eq(cfg.warn_usage_pct, 90);
         cr_assert_eq(cfg.idle_release, 0);
+        cr_assert_eq(cfg.reuse, 1);
+        cr_assert_eq(cfg.reuse_timeout_ms, 2000);
         /* keys not named keep their value; --set=KEY=VALUE works too */
         DYNCOORD(r, "--set=warn_usage=60");
         assert_exit(&r, 0);
@@ -418,6 +421,7 @@ Test(cli, refused_set_changes_nothing_and_exits_2_with_the_reason)
             {{"--set", "wait_timeout=forever"}, "wait_timeout: 'forever' is not a duration"},
             {{"--set", "warn_usage=150"}, "warn_usage: '150' is not a percentage"},
             {{"--set", "idle_release=maybe"}, "idle_release: 'maybe' is not on or off"},
+            {{"--set", "reuse_timeout=0"}, "reuse_timeout must be above 0"},
         };
         expect_refusals(cases, sizeof(cases) / sizeof(cases[0]), 2);
         struct ds_config after = read_config();

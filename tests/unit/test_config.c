@@ -118,6 +118,12 @@ Test(config, set_kv_applies_one_key_and_names_bad_input)
         cr_assert_eq(c.idle_release, 0);
         cr_assert_eq(ds_config_set_kv(&c, "warn_usage=90", why, sizeof(why)), 0);
         cr_assert_eq(c.warn_usage_pct, 90);
+        cr_assert_eq(c.reuse, 0, "reuse is off by default");
+        cr_assert_eq(c.reuse_timeout_ms, 5000);
+        cr_assert_eq(ds_config_set_kv(&c, "reuse=on", why, sizeof(why)), 0);
+        cr_assert_eq(c.reuse, 1);
+        cr_assert_eq(ds_config_set_kv(&c, "reuse_timeout=500ms", why, sizeof(why)), 0);
+        cr_assert_eq(c.reuse_timeout_ms, 500);
         before = c;
         struct {
                 const char *kv, *needle;
@@ -129,7 +135,9 @@ Test(config, set_kv_applies_one_key_and_names_bad_input)
                    {"pool_size=-3", "'-3' is not a whole number"},
                    {"idle_timeout=soon", "not a duration"},
                    {"idle_release=maybe", "not on or off"},
-                   {"warn_usage=101", "not a percentage"}};
+                   {"warn_usage=101", "not a percentage"},
+                   {"reuse=sometimes", "not on or off"},
+                   {"reuse_timeout=never", "not a duration"}};
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
                 why[0] = 0;
                 cr_assert_eq(ds_config_set_kv(&c, bad[i].kv, why, sizeof(why)), -EINVAL, "%s",
@@ -146,6 +154,8 @@ Test(config, format_round_trips_through_set_kv)
         ds_config_defaults(&c);
         c.idle_timeout_ms = 2500;
         c.idle_release = 0;
+        c.reuse = 1;
+        c.reuse_timeout_ms = 1500;
         char buf[512];
         ds_config_format(&c, buf, sizeof(buf));
         ds_config_defaults(&d);

@@ -258,6 +258,12 @@ Test(ops, operation_usage_errors_exit_2_with_the_reason)
             {{"--stats", "--watch", "0"}, "--watch: '0' is below the minimum"},
             {{"--stats", "--json", "--prometheus"}, "choose one"},
             {{"--health", "--prometheus"}, "--prometheus only applies to --stats"},
+            {{"--watchdog", "--cluster", "c", "--conninfo", "host=x"}, "--cluster needs"},
+            {{"--watchdog", "--cluster", "c", "--cluster-budget", "9"}, "--cluster needs"},
+            {{"--watchdog", "--cluster-budget", "9"}, "--cluster-budget only applies with"},
+            {{"--stats", "--cluster", "c"}, "--cluster only applies to --watchdog"},
+            {{"--watchdog", "--cluster", "a b"}, "contains a space"},
+            {{"--watchdog", "--cluster", "c", "--cluster-budget", "1"}, "from 2 to 1000000"},
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 struct result r;

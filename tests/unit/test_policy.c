@@ -653,3 +653,214 @@ Test(policy, simulated_grants_keep_caps_and_the_pool_honour_reserves_and_starve_
                                       worst_short);
         }
 }
+
+/* ---- cluster shares (docs/cluster.md) ---- */
+
+static struct ds_cluster_host live_host(uint32_t claim, uint32_t demand)
+{
+        return (struct ds_cluster_host){.live = 1, .claim = claim, .demand = demand};
+}
+
+Test(policy, cluster_idle_hosts_split_the_budget_evenly)
+{
+        struct ds_cluster_host h[3] = {live_host(0, 1), live_host(0, 1), live_host(0, 1)};
+        ds_policy_cluster_targets(h, 3, 30);
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(h[i].target, 10, "host %d: %u", i, h[i].target);
+}
+
+Test(policy, cluster_busy_host_takes_what_idle_hosts_do_not_need)
+{
+        /* budget 14: two idle hosts keep their agent's slot and one more */
+        struct ds_cluster_host h[3] = {live_host(5, 13), live_host(5, 1), live_host(4, 1)};
+        ds_policy_cluster_targets(h, 3, 14);
+        cr_assert_eq(h[0].target, 10);
+        cr_assert_eq(h[1].target, DS_CLUSTER_FLOOR);
+        cr_assert_eq(h[2].target, DS_CLUSTER_FLOOR);
+}
+
+Test(policy, cluster_demands_below_the_budget_are_met_and_the_rest_spread)
+{
+        struct ds_cluster_host h[3] = {live_host(2, 7), live_host(2, 2), live_host(2, 3)};
+        ds_policy_cluster_targets(h, 3, 30);
+        uint32_t sum = 0;
+        for (int i = 0; i < 3; i++) {
+                cr_assert_geq(h[i].target, h[i].demand, "host %d", i);
+                sum += h[i].target;
+        }
+        cr_assert_eq(sum, 30);
+        cr_assert_leq(h[0].target - h[1].target, 1, "the rest is spread evenly");
+}
+
+Test(policy, cluster_contended_budget_is_divided_max_min_by_demand)
+{
+        /* demands 3, 21, 21 over 30: the small one gets its 3, the others 13 and 14 */
+        struct ds_cluster_host h[3] = {live_host(2, 3), live_host(2, 21), live_host(2, 21)};
+        ds_policy_cluster_targets(h, 3, 30);
+        cr_assert_eq(h[0].target, 3);
+        cr_assert_eq(h[1].target + h[2].target, 27);
+        cr_assert_leq(
+            h[1].target > h[2].target ? h[1].target - h[2].target : h[2].target - h[1].target, 1);
+}
+
+Test(policy, cluster_dead_host_keeps_its_claim_and_nobody_counts_on_it)
+{
+        struct ds_cluster_host h[3] = {
+            live_host(2, 30), {.live = 0, .claim = 8, .demand = 7}, live_host(2, 30)};
+        ds_policy_cluster_targets(h, 3, 20);
+        cr_assert_eq(h[1].target, 8);
+        cr_assert_eq(h[0].target + h[2].target, 12);
+}
+
+Test(policy, cluster_host_above_its_fair_share_is_targeted_down_to_it)
+{
+        /* it holds 10 of 12 while another host waits: its target is the fair 6 */
+        struct ds_cluster_host h[2] = {live_host(10, 10), live_host(2, 30)};
+        ds_policy_cluster_targets(h, 2, 12);
+        cr_assert_eq(h[0].target, 6);
+        cr_assert_eq(h[1].target, 6);
+}
+
+Test(policy, cluster_floors_above_the_budget_give_each_its_floor)
+{
+        struct ds_cluster_host h[3] = {live_host(2, 9), live_host(2, 9), live_host(2, 9)};
+        ds_policy_cluster_targets(h, 3, 5);
+        for (int i = 0; i < 3; i++)
+                cr_assert_eq(h[i].target, DS_CLUSTER_FLOOR);
+}
+
+Test(policy, cluster_grow_takes_only_unclaimed_units)
+{
+        cr_assert_eq(ds_policy_cluster_grow(20, 20, 5, 10), 5, "nothing unclaimed");
+        cr_assert_eq(ds_policy_cluster_grow(20, 17, 5, 10), 8, "three unclaimed");
+        cr_assert_eq(ds_policy_cluster_grow(20, 10, 5, 10), 10, "up to the target");
+        cr_assert_eq(ds_policy_cluster_grow(20, 10, 5, 3), 5, "never lowers the claim");
+        cr_assert_eq(ds_policy_cluster_grow(20, 25, 5, 10), 5, "over budget: no growth");
+}
+
+/* Random clusters: every rule of ds_policy_cluster_targets holds. */
+Test(policy, cluster_targets_hold_their_rules_over_random_clusters)
+{
+        enum { NH = 8 };
+        srand(3);
+        for (int round = 0; round < 20000; round++) {
+                struct ds_cluster_host h[NH];
+                size_t n = 1 + (size_t)(rand() % NH);
+                uint32_t budget = (uint32_t)(rand() % 100);
+                uint64_t fixed = 0, floors = 0;
+                int any_live = 0;
+                for (size_t i = 0; i < n; i++) {
+                        h[i] = (struct ds_cluster_host){0};
+                        h[i].live = rand() % 4 != 0;
+                        h[i].demand = (uint32_t)(rand() % 25);
+                        h[i].claim = (uint32_t)(rand() % 8);
+                        if (!h[i].live)
+                                fixed += h[i].claim;
+                        else
+                                floors += DS_CLUSTER_FLOOR, any_live = 1;
+                }
+                ds_policy_cluster_targets(h, n, budget);
+                uint64_t sum = 0;
+                int unmet = 0;
+                for (size_t i = 0; i < n; i++) {
+                        sum += h[i].target;
+                        if (!h[i].live) {
+                                cr_assert_eq(h[i].target, h[i].claim,
+                                             "a dead host keeps its claim");
+                                continue;
+                        }
+                        cr_assert_geq(h[i].target, DS_CLUSTER_FLOOR, "round %d host %zu", round, i);
+                        if (h[i].target < h[i].demand)
+                                unmet = 1;
+                }
+                if (fixed + floors > budget) {
+                        for (size_t i = 0; i < n; i++)
+                                if (h[i].live)
+                                        cr_assert_eq(h[i].target, DS_CLUSTER_FLOOR,
+                                                     "round %d: floors only", round);
+                        continue;
+                }
+                cr_assert_leq(sum, budget, "round %d: targets %llu over budget %u", round,
+                              (unsigned long long)sum, budget);
+                if (any_live)
+                        cr_assert_eq(sum, budget, "round %d: the whole budget is handed out",
+                                     round);
+                /* max-min: a host short of its demand has no less than any
+                 * other live host, beyond one unit of rounding and the floor */
+                for (size_t i = 0; unmet && i < n; i++) {
+                        if (!h[i].live || h[i].target >= h[i].demand)
+                                continue;
+                        for (size_t j = 0; j < n; j++)
+                                cr_assert(!h[j].live || h[j].target <= h[i].target + 1 ||
+                                              h[j].target <= DS_CLUSTER_FLOOR,
+                                          "round %d: host %zu short at %u while host %zu has %u",
+                                          round, i, h[i].target, j, h[j].target);
+                }
+        }
+}
+
+/* The agents' protocol over random turns (dyncoord_cluster.c in miniature):
+ * each host grows its claim only into unclaimed units, lowers its pool
+ * first and its claim only to what it uses; clients take slots up to the
+ * pool and demand moves at random. The claims never exceed the budget, no
+ * host ever uses more than its claim, and under steady demand the shares
+ * reach the targets within a few turns of each host. */
+Test(policy, cluster_protocol_never_claims_beyond_the_budget_and_follows_demand)
+{
+        enum { NH = 5 };
+        srand(4);
+        for (int trial = 0; trial < 200; trial++) {
+                uint32_t budget = DS_CLUSTER_FLOOR * NH + (uint32_t)(rand() % 40);
+                /* every host joined with its floor: its agent's slot and one */
+                uint32_t pool[NH], held[NH], claim[NH], want[NH];
+                for (int k = 0; k < NH; k++)
+                        pool[k] = claim[k] = DS_CLUSTER_FLOOR, held[k] = want[k] = 1;
+                for (int step = 0; step < 600; step++) {
+                        int steady = step >= 400;
+                        int i = steady ? step % NH : rand() % NH;
+                        if (step == 400)
+                                for (int k = 0; k < NH; k++)
+                                        want[k] = k == 0 ? 100 : 1;
+                        else if (!steady && rand() % 10 == 0)
+                                want[i] = 1 + (uint32_t)(rand() % 30);
+                        /* the host's clients take slots up to the pool, give back at will */
+                        while (held[i] < want[i] && held[i] < pool[i])
+                                held[i]++;
+                        if (held[i] > want[i])
+                                held[i] = want[i];
+                        /* its agent's round */
+                        uint32_t honest = pool[i] > held[i] ? pool[i] : held[i];
+                        cr_assert_leq(honest, claim[i]);
+                        claim[i] = honest;
+                        struct ds_cluster_host h[NH];
+                        uint64_t total = 0;
+                        for (int k = 0; k < NH; k++) {
+                                h[k] = live_host(claim[k],
+                                                 held[k] +
+                                                     (want[k] > held[k] ? want[k] - held[k] : 0));
+                                total += claim[k];
+                        }
+                        ds_policy_cluster_targets(h, NH, budget);
+                        uint32_t grown =
+                            ds_policy_cluster_grow(budget, total, claim[i], h[i].target);
+                        if (grown > claim[i]) {
+                                claim[i] = grown; /* committed, then the pool grows */
+                                pool[i] = grown;
+                        } else if (h[i].target < claim[i]) {
+                                pool[i] = h[i].target; /* the pool first */
+                                claim[i] = pool[i] > held[i] ? pool[i] : held[i];
+                        } else {
+                                pool[i] = claim[i]; /* the whole claim is usable */
+                        }
+                        uint64_t sum = 0;
+                        for (int k = 0; k < NH; k++) {
+                                sum += claim[k];
+                                cr_assert_leq(held[k], claim[k], "a host above its claim");
+                        }
+                        cr_assert_leq(sum, budget, "trial %d step %d", trial, step);
+                }
+                cr_assert_eq(pool[0], budget - DS_CLUSTER_FLOOR * (NH - 1),
+                             "trial %d: the busy host's pool is %u of budget %u", trial, pool[0],
+                             budget);
+        }
+}

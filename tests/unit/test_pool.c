@@ -615,3 +615,75 @@ Test(pool, idle_release_off_never_advises_a_release)
         cr_assert_eq(a.give_back, 0);
         ds_detach(h);
 }
+
+/* Cluster mode (docs/cluster.md): the pool grants only while its agent
+ * lives; a waiter is then served at once when a new agent takes over. */
+Test(pool, cluster_gate_stops_grants_when_the_agent_dies_and_reopens_with_a_new_one)
+{
+        tu_create(seg, 10, 10, 10);
+        ds_handle *h = tu_attach(seg, "client");
+        cr_assert_eq(ds_cluster_agent(h), 0, "no gate before an agent takes it");
+        int fds[2];
+        cr_assert_eq(pipe(fds), 0);
+        pid_t agent = fork();
+        cr_assert_neq(agent, -1);
+        if (agent == 0) {
+                ds_handle *ah = NULL;
+                char ok = 1;
+                if (ds_attach(seg, 0, &ah, NULL, 0) || ds_set_scraper(ah, "agent") ||
+                    ds_cluster_gate(ah, 1, NULL))
+                        ok = 0;
+                if (write(fds[1], &ok, 1) != 1)
+                        _exit(91);
+                pause();
+                _exit(0);
+        }
+        char ok = 0;
+        cr_assert_eq(read(fds[0], &ok, 1), 1);
+        cr_assert_eq(ok, 1, "the agent could not take the gate");
+        cr_assert_eq(ds_cluster_agent(h), 1);
+        struct ds_lease_ref l[3];
+        cr_assert_eq(ds_acquire(h, 0, &l[0], NULL, 0), 0, "granted while the agent lives");
+        kill(agent, SIGKILL);
+        reap(agent);
+        cr_assert_eq(ds_cluster_agent(h), 2);
+        char why[300] = "";
+        cr_assert_eq(ds_acquire(h, 100, &l[1], why, sizeof(why)), -ETIMEDOUT,
+                     "a pool whose agent is gone grants nothing new");
+        cr_assert(strstr(why, "cluster agent is gone"), "%s", why);
+        /* a held slot is not revoked; a configuration change keeps the gate */
+        cr_assert_eq(tu_held(h), 1);
+        const char *pairs[] = {"pool_size=8", "soft_limit=8", "max_limit=8"};
+        cr_assert_eq(ds_update_config(h, pairs, 3, NULL, NULL, 0), 0);
+        cr_assert_eq(ds_cluster_agent(h), 2);
+        cr_assert_eq(ds_acquire(h, 50, &l[1], NULL, 0), -ETIMEDOUT);
+        /* a connect of another process waits; a new agent takes the gate
+         * and its own slot goes first, before that waiter */
+        int kfd[2];
+        cr_assert_eq(pipe(kfd), 0);
+        pid_t waiter = spawn_holder("waiter", 1, 5000, 0, kfd[1]);
+        tu_wait_for_waiters(h, "waiter", 1);
+        const char *one[] = {"pool_size=2", "soft_limit=2", "max_limit=2"};
+        cr_assert_eq(ds_update_config(h, one, 3, NULL, NULL, 0), 0);
+        cr_assert_eq(tu_waiting(h, "waiter"), 1, "no grant with the agent gone");
+        ds_handle *agent2 = tu_attach(seg, "agent");
+        struct ds_lease_ref own;
+        cr_assert_eq(ds_cluster_gate(agent2, 1, &own), 0, "the agent's slot goes first");
+        cr_assert_eq(ds_cluster_agent(h), 1);
+        cr_assert_eq(tu_waiting(h, "waiter"), 1);
+        cr_assert_eq(ds_release(h, &l[0]), 0);
+        cr_assert_eq(read_int(kfd[0]), 1, "the waiter is served once a slot is free");
+        reap(waiter);
+        close(kfd[0]);
+        close(kfd[1]);
+        cr_assert_eq(ds_cluster_gate(agent2, 0, NULL), 0);
+        ds_detach(agent2);
+        cr_assert_eq(ds_acquire(h, 0, &l[1], NULL, 0), 0);
+        cr_assert_eq(ds_cluster_gate(h, 0, NULL), 0);
+        cr_assert_eq(ds_cluster_agent(h), 0);
+        cr_assert_eq(ds_acquire(h, 0, &l[2], NULL, 0), 0);
+        tu_assert_consistent(h);
+        close(fds[0]);
+        close(fds[1]);
+        ds_detach(h);
+}
