@@ -614,7 +614,7 @@ static int check_command_options(struct options *o)
         return 0;
 }
 
-static int parse_args(int argc, char *argv[], struct options *o)
+int parse_args(int argc, char *argv[], struct options *o)
 {
         int rc = 0;
         memset(o, 0, sizeof(*o));
@@ -1668,6 +1668,7 @@ static int run_command(const struct options *o)
         return -EINVAL;
 }
 
+#ifndef DYNCOORD_NO_MAIN /* the option fuzz harness (tests/fuzz) has its own */
 int main(int argc, char *argv[])
 {
         struct options o;
@@ -1689,3 +1690,4 @@ int main(int argc, char *argv[])
         }
         return 1;
 }
+#endif

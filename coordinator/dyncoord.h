@@ -74,6 +74,12 @@ struct options {
         const char *cluster_only; /* first option only --cluster takes */
 };
 
+/* Parses dyncoord's command line into *o (getopt_long: argv may be
+ * permuted, and the first "--" becomes NULL). 0, or -EINVAL after a
+ * message on stderr (exit status 2), or -ENOMEM. o->pairs is allocated
+ * even on error; the caller frees it. */
+int parse_args(int argc, char *argv[], struct options *o);
+
 void print_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void print_warning(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -75,6 +75,22 @@ uint32_t ds_policy_give_back(const struct ds_config *cfg, int active, uint32_t h
         return want - pending;
 }
 
+uint32_t ds_policy_fair_share(uint32_t pool_size, uint32_t weight, uint64_t weight_sum)
+{
+        if (weight_sum == 0 || weight == 0)
+                return pool_size;
+        uint64_t f = ((uint64_t)pool_size * weight + weight_sum - 1) / weight_sum;
+        return f > pool_size ? pool_size : (uint32_t)f;
+}
+
+uint32_t ds_policy_give_back_fair(uint32_t held, uint32_t fair, uint32_t pending, uint32_t below)
+{
+        if (held <= fair || below == 0)
+                return 0;
+        uint32_t want = held - fair < below ? held - fair : below;
+        return want > pending ? want - pending : 0;
+}
+
 long ds_policy_pick(const struct ds_pick_entry *e, size_t n, uint32_t pool_size,
                     uint32_t held_total)
 {

@@ -159,6 +159,31 @@ static void rebuild_caches(ds_handle *h)
         H->repairs++;
 }
 
+/* ThreadSanitizer does not intercept pthread_mutex_clocklock (GCC 12):
+ * the build with DYNSHIM_TSAN tells it about that lock itself, else it
+ * would take every access under the segment's lock for a race. */
+#ifdef __SANITIZE_THREAD__
+#include <sanitizer/tsan_interface.h>
+static void tsan_pre_lock(void *m)
+{
+        __tsan_mutex_pre_lock(m, __tsan_mutex_try_lock);
+}
+static void tsan_post_lock(void *m, int locked)
+{
+        __tsan_mutex_post_lock(
+            m, __tsan_mutex_try_lock | (locked ? 0 : __tsan_mutex_try_lock_failed), 0);
+}
+#else
+static void tsan_pre_lock(void *m)
+{
+        (void)m;
+}
+static void tsan_post_lock(void *m, int locked)
+{
+        (void)m, (void)locked;
+}
+#endif
+
 int ds_lock(ds_handle *h)
 {
         pthread_mutex_t *m = &h->hdr->lock;
@@ -168,7 +193,9 @@ int ds_lock(ds_handle *h)
         if (rc == EBUSY) {
                 uint64_t dl = ds_now_ns() + LOCK_TIMEOUT_NS;
                 struct timespec ts = {(time_t)(dl / 1000000000ull), (long)(dl % 1000000000ull)};
+                tsan_pre_lock(m);
                 rc = pthread_mutex_clocklock(m, CLOCK_MONOTONIC, &ts);
+                tsan_post_lock(m, rc == 0 || rc == EOWNERDEAD);
         }
         if (rc == EOWNERDEAD) {
                 rebuild_caches(h);
@@ -658,6 +685,13 @@ static int life_lock_free(ds_handle *h, struct ds_proc *p)
         return 1;
 }
 
+/* The process the handle is registered for (0: none). Read by any thread
+ * without h->local; written by register_proc. */
+static pid_t handle_pid(const ds_handle *h)
+{
+        return __atomic_load_n(&h->pid, __ATOMIC_ACQUIRE);
+}
+
 /* Registers this process (under the lock and h->local). */
 static int register_proc(ds_handle *h, uint64_t now)
 {
@@ -695,7 +729,9 @@ static int register_proc(ds_handle *h, uint64_t now)
         h->scrapers[si].procs++;
         if ((uint32_t)pi + 1 > H->proc_hwm)
                 H->proc_hwm = (uint32_t)pi + 1;
-        h->pid = me;
+        /* release: a thread that sees pid == me on the fast path of
+         * lock_registered also sees proc_idx and the record */
+        __atomic_store_n(&h->pid, me, __ATOMIC_RELEASE);
         return 0;
 }
 
@@ -755,7 +791,7 @@ int ds_set_scraper(ds_handle *h, const char *scraper)
                 return -EINVAL;
         pthread_mutex_lock(&h->local);
         int rc = 0;
-        if (h->pid == self_pid() && strncmp(h->scraper, scraper, DS_NAME_MAX - 1) != 0)
+        if (handle_pid(h) == self_pid() && strncmp(h->scraper, scraper, DS_NAME_MAX - 1) != 0)
                 rc = -EBUSY;
         else
                 snprintf(h->scraper, sizeof(h->scraper), "%s", scraper);
@@ -770,7 +806,7 @@ static int lock_registered(ds_handle *h, uint64_t now)
 {
         if (atomic_load(&h->hdr->destroyed))
                 return -ESTALE;
-        if (__atomic_load_n(&h->pid, __ATOMIC_ACQUIRE) == self_pid()) {
+        if (handle_pid(h) == self_pid()) {
                 int rc = ds_lock(h);
                 return rc;
         }
@@ -778,7 +814,7 @@ static int lock_registered(ds_handle *h, uint64_t now)
                 return -EINVAL;
         pthread_mutex_lock(&h->local);
         int rc = ds_lock(h);
-        if (rc == 0 && h->pid != self_pid()) {
+        if (rc == 0 && handle_pid(h) != self_pid()) {
                 rc = register_proc(h, now);
                 if (rc)
                         ds_unlock(h);
@@ -1005,7 +1041,7 @@ int ds_release_for(ds_handle *h, const struct ds_lease_ref *ref, int reason)
 {
         if (!ref || ref->idx >= h->cap.max_leases || ref->id == 0)
                 return -EINVAL;
-        if (h->pid != self_pid())
+        if (handle_pid(h) != self_pid())
                 return -EPERM; /* not registered in this process: not ours */
         int rc = ds_lock(h);
         if (rc)
@@ -1056,7 +1092,7 @@ out:
 
 void ds_touch(ds_handle *h, uint64_t now_ns)
 {
-        if (h->pid != self_pid() || h->proc_idx >= h->cap.max_procs)
+        if (handle_pid(h) != self_pid() || h->proc_idx >= h->cap.max_procs)
                 return;
         if (!now_ns)
                 now_ns = now_coarse_ns();
@@ -1161,9 +1197,9 @@ void ds_detach(ds_handle *h)
         if (!h)
                 return;
         track_handle(h, 0);
-        if (h->pid != 0 && h->pid == self_pid()) {
+        if (handle_pid(h) != 0 && handle_pid(h) == self_pid()) {
                 if (ds_lock(h) == 0) {
-                        if (h->procs[h->proc_idx].pid == h->pid) {
+                        if (h->procs[h->proc_idx].pid == handle_pid(h)) {
                                 drop_proc(h, h->proc_idx, 0);
                                 uint64_t now = ds_now_ns();
                                 recompute_limits(h, now);
@@ -1222,7 +1258,7 @@ int ds_cluster_gate(ds_handle *h, int on, struct ds_lease_ref *own)
         struct ds_config *c = &H->cfg;
         struct ds_proc *p = &h->procs[h->proc_idx];
         c->agent_proc = on ? h->proc_idx + 1 : 0;
-        c->agent_pid = on ? h->pid : 0;
+        c->agent_pid = on ? handle_pid(h) : 0;
         if (on && own && p->scraper < h->cap.max_scrapers) {
                 /* the agent's own slot, ahead of every waiter */
                 long li = H->held < c->pool_size ? new_lease(h, p, now) : -EAGAIN;
@@ -1643,12 +1679,52 @@ static uint32_t count_starved(ds_handle *h)
         return n;
 }
 
+/* The sum of the active scrapers' weights (under the lock). */
+static uint64_t active_weight_sum(ds_handle *h)
+{
+        struct ds_header *H = h->hdr;
+        uint64_t w = 0;
+        uint32_t shwm =
+            H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
+        for (uint32_t i = 0; i < shwm; i++)
+                if (h->scrapers[i].name[0] && h->scrapers[i].active)
+                        w += ds_override_weight(&h->scrapers[i].ov);
+        return w;
+}
+
+/* With the pool full: connects waiting of active scrapers below their fair
+ * share, at most as many per scraper as its share leaves room for (under
+ * the lock). */
+static uint32_t count_below_fair(ds_handle *h, uint64_t wsum)
+{
+        struct ds_header *H = h->hdr;
+        if (H->held < H->cfg.pool_size)
+                return 0;
+        uint32_t n = 0;
+        uint32_t shwm =
+            H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
+        for (uint32_t i = 0; i < shwm; i++) {
+                const struct ds_scraper *s = &h->scrapers[i];
+                if (!s->waiting || !s->active)
+                        continue;
+                uint32_t fair =
+                    ds_policy_fair_share(H->cfg.pool_size, ds_override_weight(&s->ov), wsum);
+                uint32_t cap = fair < s->limit ? fair : s->limit;
+                if (s->held < cap)
+                        n += s->waiting < cap - s->held ? s->waiting : cap - s->held;
+        }
+        return n;
+}
+
 /* Asks the processes of scrapers above their limit (with idle release on)
  * to look at their advice now, when others starve (under the lock). */
 static void notify_surplus(ds_handle *h)
 {
         struct ds_header *H = h->hdr;
-        if (count_starved(h) == 0)
+        int starved = count_starved(h) > 0;
+        uint64_t wsum = active_weight_sum(h);
+        int below_fair = count_below_fair(h, wsum) > 0;
+        if (!starved && !below_fair)
                 return;
         uint32_t phwm = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
         for (uint32_t i = 0; i < phwm; i++) {
@@ -1656,8 +1732,12 @@ static void notify_surplus(ds_handle *h)
                 if (p->pid == 0 || p->held == 0 || p->scraper >= h->cap.max_scrapers)
                         continue;
                 const struct ds_scraper *s = &h->scrapers[p->scraper];
-                if (s->held > s->limit + s->surplus_pending &&
-                    ds_override_idle_release(&s->ov, &H->cfg))
+                if (!ds_override_idle_release(&s->ov, &H->cfg))
+                        continue;
+                uint32_t fair =
+                    ds_policy_fair_share(H->cfg.pool_size, ds_override_weight(&s->ov), wsum);
+                if ((starved && s->held > s->limit + s->surplus_pending) ||
+                    (below_fair && s->active && s->held > fair + s->surplus_pending))
                         poke_proc(p);
         }
 }
@@ -1679,13 +1759,13 @@ static void notify_parked(ds_handle *h)
 int ds_advise(ds_handle *h, struct ds_advice *out)
 {
         memset(out, 0, sizeof(*out));
-        if (h->pid != self_pid() || h->proc_idx >= h->cap.max_procs)
+        if (handle_pid(h) != self_pid() || h->proc_idx >= h->cap.max_procs)
                 return -EPERM;
         int rc = ds_lock(h);
         if (rc)
                 return rc;
         struct ds_proc *p = &h->procs[h->proc_idx];
-        if (p->pid != h->pid || p->scraper >= h->cap.max_scrapers) {
+        if (p->pid != handle_pid(h) || p->scraper >= h->cap.max_scrapers) {
                 ds_unlock(h);
                 return -ESTALE;
         }
@@ -1696,6 +1776,15 @@ int ds_advise(ds_handle *h, struct ds_advice *out)
         cfg.idle_release = ds_override_idle_release(&s->ov, &cfg);
         uint32_t n = ds_policy_give_back(&cfg, (int)s->active, s->held, s->limit,
                                          s->surplus_pending, count_starved(h), &why);
+        if (n == 0 && s->active && cfg.idle_release) {
+                uint64_t wsum = active_weight_sum(h);
+                uint32_t fair =
+                    ds_policy_fair_share(h->hdr->cfg.pool_size, ds_override_weight(&s->ov), wsum);
+                n = ds_policy_give_back_fair(s->held, fair, s->surplus_pending,
+                                             count_below_fair(h, wsum));
+                if (n)
+                        why = DS_RELEASE_SURPLUS;
+        }
         if (n > p->held)
                 n = p->held;
         if (why == DS_RELEASE_SURPLUS)
@@ -1712,7 +1801,7 @@ int ds_advise(ds_handle *h, struct ds_advice *out)
 
 void ds_advice_unused(ds_handle *h, uint32_t n)
 {
-        if (n == 0 || h->pid != self_pid() || ds_lock(h) != 0)
+        if (n == 0 || handle_pid(h) != self_pid() || ds_lock(h) != 0)
                 return;
         struct ds_proc *p = &h->procs[h->proc_idx];
         if (p->scraper < h->cap.max_scrapers) {
@@ -1727,13 +1816,13 @@ void ds_set_advice_handler(ds_handle *h, void (*fn)(void *), void *arg, uint32_t
         atomic_store(&h->advice_arg, arg);
         atomic_store(&h->advice_period_ms, period_ms);
         atomic_store(&h->advice_fn, fn);
-        if (h->pid == self_pid() && h->proc_idx < h->cap.max_procs)
+        if (handle_pid(h) == self_pid() && h->proc_idx < h->cap.max_procs)
                 poke_proc(&h->procs[h->proc_idx]);
 }
 
 void ds_note_reconnect(ds_handle *h)
 {
-        if (h->pid != self_pid() || ds_lock(h) != 0)
+        if (handle_pid(h) != self_pid() || ds_lock(h) != 0)
                 return;
         struct ds_proc *p = &h->procs[h->proc_idx];
         if (p->scraper < h->cap.max_scrapers)
@@ -1743,7 +1832,7 @@ void ds_note_reconnect(ds_handle *h)
 
 void ds_note_parked(ds_handle *h, int delta, int reuse)
 {
-        if (h->pid != self_pid() || h->proc_idx >= h->cap.max_procs)
+        if (handle_pid(h) != self_pid() || h->proc_idx >= h->cap.max_procs)
                 return;
         struct ds_proc *p = &h->procs[h->proc_idx];
         if (delta > 0) {
@@ -1767,7 +1856,7 @@ uint32_t ds_waiting_now(ds_handle *h)
 
 void ds_inflight_add(ds_handle *h, int delta)
 {
-        if (h->pid != self_pid() || h->proc_idx >= h->cap.max_procs)
+        if (handle_pid(h) != self_pid() || h->proc_idx >= h->cap.max_procs)
                 return;
         struct ds_proc *p = &h->procs[h->proc_idx];
         if (p->scraper >= h->cap.max_scrapers)

@@ -45,7 +45,7 @@ const char *ds_segment_name(const char *name)
 {
         if (name && *name)
                 return name;
-        const char *env = getenv("DYNSHIM_SEGMENT");
+        const char *env = secure_getenv("DYNSHIM_SEGMENT");
         return env && *env ? env : DS_DEFAULT_SEGMENT;
 }
 

@@ -19,7 +19,7 @@
 void *ds_real_dlsym_ptr;
 void *ds_real_dlopen_ptr;
 
-static pthread_once_t real_once = PTHREAD_ONCE_INIT;
+static int real_ready;                 /* ds_real_dlsym_ptr and ds_real_dlopen_ptr are bound */
 static uintptr_t self_start, self_end; /* this shim's mapped range */
 
 struct obj {
@@ -79,16 +79,18 @@ static int find_obj(const void *addr, struct obj *o)
 /* Runs inside the first dlsym/dlopen of the process, which may come from a
  * sanitizer runtime's own initialisation: no instrumentation, no calls into
  * anything a sanitizer intercepts. */
-#define DS_EARLY __attribute__((no_sanitize("address", "undefined")))
+#define DS_EARLY __attribute__((no_sanitize("address", "undefined", "thread")))
 
 DS_EARLY static void bind_real(void)
 {
-        ds_real_dlsym_ptr = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
-        if (!ds_real_dlsym_ptr)
-                ds_real_dlsym_ptr = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.2.5");
-        ds_real_dlopen_ptr = dlvsym(RTLD_NEXT, "dlopen", "GLIBC_2.34");
-        if (!ds_real_dlopen_ptr)
-                ds_real_dlopen_ptr = dlvsym(RTLD_NEXT, "dlopen", "GLIBC_2.2.5");
+        void *s = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
+        if (!s)
+                s = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.2.5");
+        void *o = dlvsym(RTLD_NEXT, "dlopen", "GLIBC_2.34");
+        if (!o)
+                o = dlvsym(RTLD_NEXT, "dlopen", "GLIBC_2.2.5");
+        __atomic_store_n(&ds_real_dlsym_ptr, s, __ATOMIC_RELAXED);
+        __atomic_store_n(&ds_real_dlopen_ptr, o, __ATOMIC_RELAXED);
 }
 
 static pthread_once_t self_once = PTHREAD_ONCE_INIT;
@@ -102,21 +104,29 @@ static void find_self(void)
         }
 }
 
+/* Not pthread_once: ThreadSanitizer intercepts it, and its own start-up
+ * calls dlsym before it can run an interceptor. Threads that race to the
+ * first call bind the same two pointers. */
 DS_EARLY static void ensure_real(void)
 {
-        pthread_once(&real_once, bind_real);
+        if (!__atomic_load_n(&real_ready, __ATOMIC_ACQUIRE)) {
+                bind_real();
+                __atomic_store_n(&real_ready, 1, __ATOMIC_RELEASE);
+        }
 }
 
 void *ds_real_dlsym(void *handle, const char *name)
 {
         ensure_real();
-        return ((void *(*)(void *, const char *))ds_real_dlsym_ptr)(handle, name);
+        return ((void *(*)(void *, const char *))__atomic_load_n(&ds_real_dlsym_ptr,
+                                                                 __ATOMIC_RELAXED))(handle, name);
 }
 
 void *ds_real_dlopen(const char *file, int mode)
 {
         ensure_real();
-        return ((void *(*)(const char *, int))ds_real_dlopen_ptr)(file, mode);
+        return ((void *(*)(const char *, int))__atomic_load_n(&ds_real_dlopen_ptr,
+                                                              __ATOMIC_RELAXED))(file, mode);
 }
 
 static int in_self(uintptr_t a)

@@ -5,6 +5,8 @@
  * call, so processes that never use libpq are untouched. */
 #include "shim.h"
 
+#include "env.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -54,9 +56,13 @@ static struct {
         char scraper[DS_NAME_MAX];
 } cfg = {.timeout_ms = UINT32_MAX};
 
+/* Every DYNSHIM_* variable is read with secure_getenv: in a process
+ * running with AT_SECURE (setuid, setgid, file capabilities) the invoking
+ * user's environment chooses nothing (no log file to append to, no
+ * segment, no scraper name): the defaults apply. */
 static void read_log_env(void)
 {
-        const char *file = getenv("DYNSHIM_LOG_FILE");
+        const char *file = secure_getenv("DYNSHIM_LOG_FILE");
         if (file && *file) {
                 int fd = open(file, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
                 if (fd >= 0)
@@ -66,81 +72,27 @@ static void read_log_env(void)
                                "cannot open DYNSHIM_LOG_FILE \"%s\": %s; logging to stderr", file,
                                strerror(errno));
         }
-        const char *v = getenv("DYNSHIM_LOG");
-        if (!v || !*v)
-                return;
-        if (!strcmp(v, "0") || !strcmp(v, "warn") || !strcmp(v, "warning"))
-                ds_log_level = DS_LOG_WARN;
-        else if (!strcmp(v, "1") || !strcmp(v, "info"))
-                ds_log_level = DS_LOG_INFO;
-        else if (!strcmp(v, "2") || !strcmp(v, "debug"))
-                ds_log_level = DS_LOG_DEBUG;
-        else
+        const char *v = secure_getenv("DYNSHIM_LOG");
+        if (v && *v && ds_env_log_level(v, &ds_log_level) != 0)
                 ds_log(
                     DS_LOG_WARN,
                     "DYNSHIM_LOG=\"%s\" is not one of warn, info, debug (or 0, 1, 2); using warn",
                     v);
 }
 
-static int is_interpreter(const char *prog)
-{
-        static const char *const names[] = {"python", "ruby", "node", "php", "perl"};
-        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-                if (!strncmp(prog, names[i], strlen(names[i])))
-                        return 1;
-        return 0;
-}
-
-static const char *base_name(const char *p)
-{
-        const char *s = strrchr(p, '/');
-        return s ? s + 1 : p;
-}
-
-/* SPEC 3: for an interpreter, the script's base name without extension
- * (python -m pkg.mod: the module's last component); else the program's
- * base name. */
 static void derive_scraper(char *out, size_t len)
 {
         static char buf[4096];
-        snprintf(out, len, "unknown");
+        ssize_t n = 0;
         int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
-        if (fd < 0)
-                return;
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
-        close(fd);
-        if (n <= 0)
-                return;
-        buf[n] = '\0';
-        const char *argv[64];
-        int argc = 0;
-        for (char *p = buf; p < buf + n && argc < 64; p += strlen(p) + 1)
-                argv[argc++] = p;
-        const char *prog = base_name(argv[0]);
-        snprintf(out, len, "%s", prog[0] ? prog : "unknown");
-        if (!is_interpreter(prog))
-                return;
-        for (int i = 1; i < argc; i++) {
-                const char *a = argv[i];
-                if (!strcmp(a, "-m") && i + 1 < argc) {
-                        const char *dot = strrchr(argv[i + 1], '.');
-                        snprintf(out, len, "%s", dot ? dot + 1 : argv[i + 1]);
-                        return;
-                }
-                if (!strcmp(a, "-c") || !strcmp(a, "-e") || !strcmp(a, "-r") || !strcmp(a, "-"))
-                        return; /* inline code: the interpreter's own name */
-                if (a[0] == '-')
-                        continue;
-                const char *b = base_name(a);
-                size_t l = strcspn(b, ".");
-                if (l == 0)
-                        return;
-                if (l >= len)
-                        l = len - 1;
-                memcpy(out, b, l);
-                out[l] = '\0';
-                return;
+        if (fd >= 0) {
+                n = read(fd, buf, sizeof(buf) - 1);
+                close(fd);
         }
+        if (n < 0)
+                n = 0;
+        buf[n] = '\0';
+        ds_scraper_from_cmdline(buf, (size_t)n, out, len);
 }
 
 static pthread_mutex_t attach_mutex;
@@ -175,24 +127,17 @@ static void read_env(void)
 {
         read_log_env();
         cfg.segment = ds_segment_name(NULL);
-        const char *v = getenv("DYNSHIM_WAIT_TIMEOUT");
-        if (v && *v && ds_parse_duration_ms(v, &cfg.timeout_ms) != 0) {
-                cfg.timeout_ms = UINT32_MAX;
+        const char *v = secure_getenv("DYNSHIM_WAIT_TIMEOUT");
+        if (v && *v && ds_env_wait_timeout(v, &cfg.timeout_ms) != 0)
                 ds_log(
                     DS_LOG_WARN,
                     "DYNSHIM_WAIT_TIMEOUT=\"%s\" is not a duration (seconds such as 30 or 0.5, or "
                     "500ms); using the pool's wait_timeout",
                     v);
-        }
-        v = getenv("DYNSHIM_ON_ERROR");
-        if (v && *v) {
-                if (!strcmp(v, "closed"))
-                        cfg.closed = 1;
-                else if (strcmp(v, "open") != 0)
-                        ds_log(DS_LOG_WARN,
-                               "DYNSHIM_ON_ERROR=\"%s\" is not open or closed; using open", v);
-        }
-        v = getenv("DYNSHIM_SCRAPER");
+        v = secure_getenv("DYNSHIM_ON_ERROR");
+        if (v && *v && ds_env_on_error(v, &cfg.closed) != 0)
+                ds_log(DS_LOG_WARN, "DYNSHIM_ON_ERROR=\"%s\" is not open or closed; using open", v);
+        v = secure_getenv("DYNSHIM_SCRAPER");
         if (v && *v)
                 snprintf(cfg.scraper, sizeof(cfg.scraper), "%s", v);
         else
@@ -564,156 +509,13 @@ static int status_bad(struct ds_call *c, const PGconn *conn)
         return !conn || (c->lib->status && c->lib->status(conn) == CONNECTION_BAD);
 }
 
-/* ---- pins: session state a reconnect would lose ---- */
-
-/* Whether the word w (lowercase letters) starts at p, in any case. A byte
- * with bit 5 set equals a lowercase letter only if it is that letter in
- * either case, and the text's NUL ends the comparison. */
-static int word_at(const char *p, const char *w)
-{
-        size_t n = 0;
-        for (; w[n]; n++)
-                if ((p[n] | 0x20) != w[n])
-                        return 0;
-        return !isalnum((unsigned char)p[n]) && p[n] != '_';
-}
-
-/* Whether the text at p starts with the lowercase identifier w, in any case. */
-static int name_at(const char *p, const char *w)
-{
-        for (size_t n = 0; w[n]; n++)
-                if ((p[n] | 0x20) != w[n] && !(w[n] == '_' && p[n] == '_'))
-                        return 0;
-        return 1;
-}
-
-static const char *skip_blank(const char *p)
-{
-        for (;;) {
-                while (isspace((unsigned char)*p))
-                        p++;
-                if (p[0] == '-' && p[1] == '-') {
-                        p += strcspn(p, "\n");
-                        continue;
-                }
-                if (p[0] == '/' && p[1] == '*') {
-                        const char *e = strstr(p + 2, "*/");
-                        if (!e)
-                                return p + strlen(p);
-                        p = e + 2;
-                        continue;
-                }
-                return p;
-        }
-}
-
-/* A statement starting at p that keeps state in the session. */
-static int statement_pins(const char *p)
-{
-        switch (*p | 0x20) {
-        case 'p':
-        case 'l':
-        case 's':
-        case 'c':
-                break;
-        default:
-                return 0; /* SELECT, INSERT, UPDATE, ... at one comparison */
-        }
-        if (word_at(p, "prepare") || word_at(p, "listen"))
-                return 1;
-        if (word_at(p, "set")) {
-                const char *q = skip_blank(p + 3);
-                return !(word_at(q, "local") || word_at(q, "transaction") ||
-                         word_at(q, "constraints"));
-        }
-        if (word_at(p, "create")) {
-                const char *q = skip_blank(p + 6);
-                if (word_at(q, "or"))
-                        q = skip_blank(skip_blank(q + 2) + 7); /* or replace */
-                if (word_at(q, "global") || word_at(q, "local"))
-                        q = skip_blank(q + (word_at(q, "local") ? 5 : 6));
-                return word_at(q, "temp") || word_at(q, "temporary");
-        }
-        return 0;
-}
-
-/* set_config(name, value, is_local) at p (just after the name): pins unless
- * is_local is plainly true. */
-static int set_config_pins(const char *p)
-{
-        p = skip_blank(p);
-        if (*p != '(')
-                return 0;
-        int depth = 0;
-        const char *last = NULL;
-        for (; *p; p++) {
-                if (*p == '\'') {
-                        while (*++p && *p != '\'')
-                                ;
-                        if (!*p)
-                                break;
-                } else if (*p == '(') {
-                        if (depth++ == 0)
-                                last = p + 1;
-                } else if (*p == ',' && depth == 1) {
-                        last = p + 1;
-                } else if (*p == ')' && --depth == 0) {
-                        const char *a = skip_blank(last);
-                        return !(word_at(a, "true") || !strncasecmp(a, "'t'", 3) ||
-                                 !strncasecmp(a, "'true'", 6));
-                }
-        }
-        return 1;
-}
-
-/* Whether SQL text q (one or more statements) keeps state in the session
- * that a reconnect would lose (SPEC 4.5). String literals are skipped; a
- * keyword anywhere else errs on the side of pinning. Linear in the text,
- * and cheap, as it runs on every query of an unpinned connection: after a
- * statement's first word only quotes, semicolons and underscores (in
- * pg_advisory_lock, pg_try_advisory_lock, set_config) need a look, and
- * strcspn finds them a vector at a time; a DECLARE also looks at w's. */
-static int sql_pins(const char *q)
-{
-        const char *p = q;
-        while (*p) {
-                p = skip_blank(p);
-                if (!*p)
-                        break;
-                if (statement_pins(p))
-                        return 1;
-                const char *stops = word_at(p, "declare") ? "'_;wW" : "'_;";
-                for (p += strcspn(p, stops); *p && *p != ';'; p += strcspn(p, stops)) {
-                        if (*p == '\'') {
-                                const char *end = strchr(p + 1, '\'');
-                                if (!end)
-                                        return 0;
-                                p = end + 1;
-                                continue;
-                        }
-                        if (*p == '_') {
-                                if (p - q >= 2 && (name_at(p - 2, "pg_advisory_lock") ||
-                                                   name_at(p - 2, "pg_try_advisory_lock")))
-                                        return 1;
-                                if (p - q >= 3 && name_at(p - 3, "set_config") &&
-                                    set_config_pins(p + 7))
-                                        return 1;
-                        } else if (word_at(p, "with") && word_at(skip_blank(p + 4), "hold")) {
-                                return 1;
-                        }
-                        p++;
-                }
-                if (*p == ';')
-                        p++;
-        }
-        return 0;
-}
+/* ---- pins: session state a reconnect would lose (ds_sql_pins: env.c) ---- */
 
 static void note_pins(struct ds_call *c, struct ds_conn *e)
 {
         if (e->pinned)
                 return;
-        if ((c->args.stmt && c->args.stmt[0]) || (c->args.query && sql_pins(c->args.query))) {
+        if ((c->args.stmt && c->args.stmt[0]) || (c->args.query && ds_sql_pins(c->args.query))) {
                 e->pinned = 1;
                 ds_debug("connection %p is pinned by %s", (void *)e->conn, ds_fn_names[c->id]);
         }

@@ -69,6 +69,18 @@ enum ds_release_reason {
         DS_RELEASE_SURPLUS = 2, /* above its limit while others wait */
 };
 
+/* A scraper's fair share of a full pool: pool_size split by weight among
+ * the active scrapers (weight_sum, its own weight included), rounded up. */
+uint32_t ds_policy_fair_share(uint32_t pool_size, uint32_t weight, uint64_t weight_sum);
+
+/* When limits add up to more than the pool (three active scrapers with
+ * soft_limit 10 in a pool of 20), scrapers that reached their limits
+ * first could keep a late one out for good, the pool being full. So an
+ * active scraper above its fair share gives back what it holds beyond it,
+ * at most as many as the waiting connects of scrapers below their fair
+ * shares (below), less the surplus already promised (pending). */
+uint32_t ds_policy_give_back_fair(uint32_t held, uint32_t fair, uint32_t pending, uint32_t below);
+
 /* How many slots a scraper should give back now (SPEC 4.5), and why:
  * everything it holds when idle release is on and it is idle; else its
  * surplus above its limit, but no more than other scrapers' connects are

@@ -22,21 +22,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dstest.h"
+
 #define APP "application_name=dsidle"
 
 static const char *segment;
 static ds_handle *coord;
 static int is_child;
-
-#define CHECK(cond, ...)                                                                           \
-        do {                                                                                       \
-                if (!(cond)) {                                                                     \
-                        fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);            \
-                        fprintf(stderr, __VA_ARGS__);                                              \
-                        fprintf(stderr, "\n");                                                     \
-                        exit(1);                                                                   \
-                }                                                                                  \
-        } while (0)
 
 static double now_s(void)
 {
@@ -119,9 +111,7 @@ static void make_pool(uint32_t size, uint32_t soft, uint32_t max, uint32_t idle_
                       uint32_t idle_release)
 {
         struct ds_config cfg;
-        struct ds_capacity cap;
         ds_config_defaults(&cfg);
-        ds_capacity_defaults(&cap);
         cfg.pool_size = size;
         cfg.soft_limit = soft;
         cfg.max_limit = max;
@@ -129,10 +119,7 @@ static void make_pool(uint32_t size, uint32_t soft, uint32_t max, uint32_t idle_
         cfg.realloc_interval_ms = 1000;
         cfg.wait_timeout_ms = 10000;
         cfg.idle_release = idle_release;
-        struct ds_create_opts o = {.mode = 0600, .group = (gid_t)-1, .force = 1};
-        char err[256];
-        int rc = ds_segment_create(segment, &cfg, &cap, &o, err, sizeof(err));
-        CHECK(rc == 0, "create %s: %s", segment, err);
+        dstest_create_pool(segment, &cfg);
 }
 
 static PGconn *connect_ok(void)
@@ -711,11 +698,7 @@ static void parked_released_first_for_a_waiter(const char *self)
 
 int main(int argc, char **argv)
 {
-        CHECK(argc == 2, "usage: %s CASE", argv[0]);
-        segment = getenv("DYNSHIM_SEGMENT");
-        CHECK(segment && *segment, "DYNSHIM_SEGMENT must name the test's segment");
-        CHECK(getenv("LD_PRELOAD") && strstr(getenv("LD_PRELOAD"), "libdynshim"),
-              "the shim must be preloaded");
+        segment = dstest_start(argc, argv);
         const char *name = argv[1];
         if (!strcmp(name, "surplus_b_child")) {
                 is_child = 1;

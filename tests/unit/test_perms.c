@@ -322,6 +322,95 @@ Test(perms, root_created_segment_with_mode_0666_is_usable_by_ordinary_users)
         ds_detach(h);
 }
 
+/* A root-created segment that is not open to the user (the default 0600,
+ * or group/others without write) is refused with a sentence, like any
+ * segment the kernel does not let the user write; an attach that would
+ * create a missing segment does not take it over. */
+Test(perms, root_created_segment_not_writable_by_a_user_is_refused_and_left_alone)
+{
+        need_users();
+        static const mode_t modes[] = {0600, 0640, 0644};
+        for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+                struct ds_config cfg;
+                struct ds_capacity cap;
+                ds_config_defaults(&cfg);
+                ds_capacity_defaults(&cap);
+                struct ds_create_opts o = {.mode = modes[i], .group = (gid_t)-1, .force = 1};
+                char err[256] = "";
+                cr_assert_eq(ds_segment_create(seg, &cfg, &cap, &o, err, sizeof(err)), 0, "%s",
+                             err);
+                struct report r = run_as(U1, WITH_GROUPS, do_attach_or_create);
+                cr_assert_eq(r.rc, 0, "the child as " U1 " could not start");
+                cr_assert_eq(r.attach_rc, -EACCES, "mode %o: attach returned %d (%s)", modes[i],
+                             r.attach_rc, r.err);
+                char want[160];
+                snprintf(want, sizeof(want), "segment %s is not accessible to uid %u", seg,
+                         (unsigned)uid_of(U1));
+                cr_assert(strstr(r.err, want), "mode %o: unclear message: %s", modes[i], r.err);
+                assert_mode(modes[i], 0, (gid_t)-1); /* still root's, untouched */
+                ds_handle *h = tu_attach(seg, NULL);
+                tu_assert_consistent(h);
+                ds_detach(h);
+        }
+}
+
+/* A root-created segment shared with a group (dyncoord --init --mode 0660
+ * --group G as root) serves the group's members and nobody else. */
+Test(perms, root_created_segment_shared_with_a_group_serves_its_members_only)
+{
+        need_users();
+        struct ds_config cfg;
+        struct ds_capacity cap;
+        ds_config_defaults(&cfg);
+        ds_capacity_defaults(&cap);
+        struct ds_create_opts o = {.mode = 0660, .group = group_gid(), .force = 1};
+        char err[256] = "";
+        cr_assert_eq(ds_segment_create(seg, &cfg, &cap, &o, err, sizeof(err)), 0, "%s", err);
+        assert_mode(0660, 0, group_gid());
+        struct report r = run_as(U1, WITH_GROUPS, do_use);
+        cr_assert_eq(r.rc, 0, "use as " U1 " (in " GROUP ") failed at step %d: %s", r.rc, r.err);
+        cr_assert_eq(r.connects, 1);
+        r = run_as(U2, WITHOUT_GROUPS, do_attach_only);
+        cr_assert_eq(r.attach_rc, -EACCES, "a user outside " GROUP " attached: %d (%s)",
+                     r.attach_rc, r.err);
+}
+
+/* Takes a slot and exits without giving it back (run_as's _exit). */
+static void do_hold_and_die(struct report *r)
+{
+        ds_handle *h = NULL;
+        r->attach_rc = ds_attach(seg, 0, &h, r->err, sizeof(r->err));
+        struct ds_lease_ref l;
+        if (r->attach_rc != 0 || ds_set_scraper(h, "holder") != 0 ||
+            ds_acquire(h, 1000, &l, r->err, sizeof(r->err)) != 0)
+                r->rc = 1;
+}
+
+/* In a root-created 0666 pool, a slot of one user's dead process returns
+ * to the pool for another user: liveness (robust locks) works across
+ * users. */
+Test(perms, dead_users_slot_in_a_root_created_segment_returns_to_another_user)
+{
+        need_users();
+        struct ds_config cfg;
+        struct ds_capacity cap;
+        ds_config_defaults(&cfg);
+        ds_capacity_defaults(&cap);
+        cfg.pool_size = cfg.soft_limit = cfg.max_limit = 1;
+        struct ds_create_opts o = {.mode = 0666, .group = (gid_t)-1, .force = 1};
+        char err[256] = "";
+        cr_assert_eq(ds_segment_create(seg, &cfg, &cap, &o, err, sizeof(err)), 0, "%s", err);
+        struct report r = run_as(U1, WITH_GROUPS, do_hold_and_die);
+        cr_assert_eq(r.rc, 0, "the holder as " U1 " failed: %s", r.err);
+        r = run_as(U2, WITHOUT_GROUPS, do_use); /* waits up to 1 s for the only slot */
+        cr_assert_eq(r.rc, 0, U2 " did not get the dead holder's slot (step %d): %s", r.rc, r.err);
+        cr_assert_eq(r.held, 1);
+        ds_handle *h = tu_attach(seg, NULL);
+        tu_assert_consistent(h);
+        cr_assert_eq(tu_held(h), 0);
+        ds_detach(h);
+}
+
 /* ---- no secrets ---- */
 
 TestSuite(secrets, .init = setup, .fini = teardown, .timeout = 60);

@@ -138,6 +138,39 @@ Test(policy, may_grant_checks_pool_and_limit)
         cr_assert_not(ds_policy_may_grant(20, 5, 10, 10));
 }
 
+Test(policy, fair_share_splits_the_pool_by_weight_rounding_up)
+{
+        cr_assert_eq(ds_policy_fair_share(20, 1, 3), 7, "three equal scrapers: 7 / 7 / 7");
+        cr_assert_eq(ds_policy_fair_share(20, 1, 2), 10);
+        cr_assert_eq(ds_policy_fair_share(20, 1, 1), 20);
+        cr_assert_eq(ds_policy_fair_share(20, 3, 4), 15, "weight 3 beside weight 1");
+        cr_assert_eq(ds_policy_fair_share(20, 1, 4), 5);
+        cr_assert_eq(ds_policy_fair_share(20, 1, 0), 20, "no active weight: the whole pool");
+        cr_assert_eq(ds_policy_fair_share(1, 1, 1000), 1, "never 0 for an active scraper");
+}
+
+/* Three scrapers in a pool of 20, soft_limit 10: the two that came first
+ * hold 10 each and the pool is full. The third must not wait for good. */
+Test(policy, scraper_above_fair_share_gives_back_to_one_below_it)
+{
+        uint32_t fair = ds_policy_fair_share(20, 1, 3);
+        cr_assert_eq(ds_policy_give_back_fair(10, fair, 0, 0), 0, "nobody below fair waits");
+        cr_assert_eq(ds_policy_give_back_fair(10, fair, 0, 7), 3, "what it holds beyond 7");
+        cr_assert_eq(ds_policy_give_back_fair(10, fair, 0, 2), 2, "no more than wait");
+        cr_assert_eq(ds_policy_give_back_fair(10, fair, 2, 7), 1, "less what is promised");
+        cr_assert_eq(ds_policy_give_back_fair(7, fair, 0, 7), 0, "at its fair share");
+        /* settled at 7 / 7 / 6: nobody gives back any more */
+        cr_assert_eq(ds_policy_give_back_fair(7, fair, 0, 1), 0);
+        /* over any holdings, the total given back never exceeds the waiters */
+        for (uint32_t held = 0; held <= 20; held++)
+                for (uint32_t below = 0; below <= 20; below++)
+                        for (uint32_t pend = 0; pend <= 5; pend++) {
+                                uint32_t n = ds_policy_give_back_fair(held, fair, pend, below);
+                                cr_assert_leq(n, below);
+                                cr_assert(n == 0 || held - n >= fair, "below its own share");
+                        }
+}
+
 Test(policy, idle_scraper_gives_back_everything_it_holds)
 {
         enum ds_release_reason why;
