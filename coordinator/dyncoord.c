@@ -925,6 +925,10 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
         if (usage_above_warning(st))
                 printf("warning: usage %u%% is above warn_usage %u%%\n", usage_pct(st),
                        st->cfg.warn_usage_pct);
+        if (st->draining)
+                printf("draining: %u of the slots in use wait for the server backends of dead "
+                       "processes to end\n",
+                       st->draining);
         if (st->agent_state == 1)
                 printf("cluster: pool_size is this host's share, kept by agent pid %d\n",
                        (int)st->cfg.agent_pid);
@@ -1055,9 +1059,9 @@ static void print_stats_json(const char *segment, const struct ds_stats *st)
         printf("{\"segment\": ");
         json_string(stdout, segment);
         printf(", \"version\": \"%s\"", DS_VERSION_STRING);
-        printf(", \"pool_size\": %u, \"held\": %u, \"waiting\": %u, \"usage_pct\": %u, "
-               "\"usage_warning\": %s",
-               c->pool_size, st->held, st->waiting, usage_pct(st),
+        printf(", \"pool_size\": %u, \"held\": %u, \"draining\": %u, \"waiting\": %u, "
+               "\"usage_pct\": %u, \"usage_warning\": %s",
+               c->pool_size, st->held, st->draining, st->waiting, usage_pct(st),
                usage_above_warning(st) ? "true" : "false");
         printf(", \"soft_limit\": %u, \"max_limit\": %u, \"idle_timeout_ms\": %u, "
                "\"realloc_interval_ms\": %u, \"wait_timeout_ms\": %u, \"warn_usage_pct\": %u, "
@@ -1273,6 +1277,8 @@ static void print_stats_prometheus(const char *segment, const struct ds_stats *s
             {"dynshim_pool_size", "gauge", "Slots all processes may hold together (pool_size).",
              st->cfg.pool_size},
             {"dynshim_pool_held", "gauge", "Slots held now.", st->held},
+            {"dynshim_pool_draining", "gauge",
+             "Slots held now for backends whose client died (in dynshim_pool_held).", st->draining},
             {"dynshim_pool_waiting", "gauge", "Connects waiting for a slot now.", st->waiting},
             {"dynshim_pool_warn_usage_ratio", "gauge",
              "Usage above this fraction of pool_size is a warning.",

@@ -176,6 +176,49 @@ static void cluster_log(void *ctx, const char *level, const char *msg)
 
 /* ---- one round ---- */
 
+#define MAX_DRAIN_CHECK 256
+
+/* Asks the server which backends of draining slots (their client died
+ * while they ran; not visible on this host) are gone, and frees those
+ * slots. A query that fails frees nothing. */
+static void check_drains(struct watchdog *w)
+{
+        int32_t pids[MAX_DRAIN_CHECK], gone[MAX_DRAIN_CHECK];
+        size_t n = 0, n_gone = 0;
+        if (!w->h || ds_drain_list(w->h, pids, MAX_DRAIN_CHECK, &n) || n == 0)
+                return;
+        char list[MAX_DRAIN_CHECK * 12 + 4], *p = list;
+        *p++ = '{';
+        for (size_t i = 0; i < n; i++)
+                p += sprintf(p, "%s%d", i ? "," : "", (int)pids[i]);
+        *p++ = '}', *p = '\0';
+        const char *values[] = {CONNECT_TIMEOUT_S, w->o->conninfo, NULL};
+        PGconn *c = PQconnectdbParams(conn_keywords, values, 1);
+        if (!c)
+                return;
+        const char *params[] = {list};
+        PGresult *r =
+            PQstatus(c) == CONNECTION_OK
+                ? PQexecParams(c, "SELECT pid FROM pg_stat_activity WHERE pid = ANY($1::int[])", 1,
+                               NULL, params, NULL, NULL, 0)
+                : NULL;
+        if (r && PQresultStatus(r) == PGRES_TUPLES_OK) {
+                for (size_t i = 0; i < n; i++) {
+                        int alive = 0;
+                        for (int row = 0; row < PQntuples(r) && !alive; row++)
+                                alive = atoi(PQgetvalue(r, row, 0)) == pids[i];
+                        if (!alive)
+                                gone[n_gone++] = pids[i];
+                }
+        }
+        PQclear(r);
+        PQfinish(c);
+        int freed = n_gone ? ds_drain_gone(w->h, gone, n_gone) : 0;
+        if (freed > 0)
+                wlog(w, "info", "%d draining slot(s) freed: their backends left server %s", freed,
+                     w->server);
+}
+
 static void check_segment(struct watchdog *w)
 {
         char err[512] = "";
@@ -377,6 +420,8 @@ int cmd_watchdog(const struct options *o)
         }
         for (;;) {
                 check_segment(&w);
+                if (o->conninfo)
+                        check_drains(&w);
                 if (w.cluster)
                         cluster_step(w.cluster, w.h, w.segment);
                 check_zombies(&w);

@@ -24,6 +24,11 @@
  * wakes to look for dead processes and time-driven limit changes. */
 #define LOCK_TIMEOUT_NS   (5ull * 1000 * 1000 * 1000)
 #define SWEEP_INTERVAL_NS (100ull * 1000 * 1000)
+/* How long a slot whose backend is not visible on this host (a remote
+ * server) drains when nobody asks the server (dyncoord --watchdog
+ * --conninfo does) whether the backend is gone. */
+#define DRAIN_REMOTE_MAX_NS (60ull * 1000 * 1000 * 1000)
+#define DRAIN_POLL_NS       (20ull * 1000 * 1000)
 
 uint64_t ds_now_ns(void)
 {
@@ -86,6 +91,7 @@ static void rebuild_caches(ds_handle *h)
         struct ds_header *H = h->hdr;
         const struct ds_capacity *c = &h->cap;
         H->held = H->waiting = 0;
+        atomic_store(&H->draining, 0);
         uint32_t proc_hwm = 0, lease_hwm = 0, scraper_hwm = 0;
         for (uint32_t i = 0; i < c->max_scrapers; i++) {
                 struct ds_scraper *s = &h->scrapers[i];
@@ -115,6 +121,13 @@ static void rebuild_caches(ds_handle *h)
                 uint32_t st = atomic_load(&l->state);
                 if (st == DS_LEASE_FREE)
                         continue;
+                if (st == DS_LEASE_DRAINING && atomic_load(&l->backend_pid) > 0) {
+                        /* owned by no process: counted against the pool only */
+                        H->held++;
+                        H->draining++;
+                        lease_hwm = i + 1;
+                        continue;
+                }
                 if ((st != DS_LEASE_HELD && st != DS_LEASE_WAITING) || l->proc >= c->max_procs ||
                     h->procs[l->proc].pid == 0 || l->scraper != h->procs[l->proc].scraper) {
                         atomic_store(&l->state, DS_LEASE_FREE);
@@ -221,7 +234,63 @@ void ds_unlock(ds_handle *h)
 
 /* ---- liveness ---- */
 
-/* Frees every lease of process record pi and the record itself. */
+/* Whether the backend of a lease may still be running, as far as this host
+ * can tell: a local backend is checked in /proc (start time and all, so a
+ * reused PID does not count); a remote one is assumed to run. */
+static int backend_may_run(const struct ds_lease *l)
+{
+        int32_t pid = atomic_load(&l->backend_pid);
+        if (pid <= 0)
+                return 0;
+        uint64_t start = atomic_load(&l->backend_start);
+        return start == 0 || ds_local_backend_start(pid) == start;
+}
+
+static void free_lease(ds_handle *h, uint32_t i);
+
+/* Turns HELD lease l into a DRAINING one, still counted in the pool's held
+ * (under the lock; the caller uncounts it from its scraper and process). */
+static void start_drain(ds_handle *h, struct ds_lease *l)
+{
+        l->since_ns = ds_now_ns();
+        l->proc = UINT32_MAX;
+        atomic_store(&l->state, DS_LEASE_DRAINING);
+        h->hdr->draining++;
+}
+
+/* Frees DRAINING lease i (under the lock). */
+static void end_drain(ds_handle *h, uint32_t i)
+{
+        struct ds_header *H = h->hdr;
+        free_lease(h, i);
+        H->held--;
+        H->draining--;
+}
+
+/* Frees the DRAINING leases whose backend is gone (under the lock); a
+ * remote one after DRAIN_REMOTE_MAX_NS. Returns how many. */
+static uint32_t reap_draining(ds_handle *h, uint64_t now)
+{
+        struct ds_header *H = h->hdr;
+        uint32_t n = 0, seen = 0, total = atomic_load(&H->draining);
+        uint32_t hwm = H->lease_hwm <= h->cap.max_leases ? H->lease_hwm : h->cap.max_leases;
+        for (uint32_t i = 0; i < hwm && seen < total; i++) {
+                struct ds_lease *l = &h->leases[i];
+                if (atomic_load(&l->state) != DS_LEASE_DRAINING)
+                        continue;
+                seen++;
+                int remote = atomic_load(&l->backend_start) == 0;
+                if (remote ? now - l->since_ns < DRAIN_REMOTE_MAX_NS : backend_may_run(l))
+                        continue;
+                end_drain(h, i);
+                n++;
+        }
+        return n;
+}
+
+/* Frees every lease of process record pi and the record itself. A slot
+ * whose backend may still run is not freed but DRAINING: it stays counted
+ * against pool_size, owned by no process, until the backend is gone. */
 static void drop_proc(ds_handle *h, uint32_t pi, int count_reclaimed)
 {
         struct ds_header *H = h->hdr;
@@ -230,16 +299,24 @@ static void drop_proc(ds_handle *h, uint32_t pi, int count_reclaimed)
         for (uint32_t i = 0; i < hwm; i++) {
                 struct ds_lease *l = &h->leases[i];
                 uint32_t st = atomic_load(&l->state);
-                if (st == DS_LEASE_FREE || l->proc != pi || l->scraper >= h->cap.max_scrapers)
+                if (st == DS_LEASE_FREE || st == DS_LEASE_DRAINING || l->proc != pi ||
+                    l->scraper >= h->cap.max_scrapers)
                         continue;
                 struct ds_scraper *s = &h->scrapers[l->scraper];
+                if (st == DS_LEASE_HELD && backend_may_run(l)) {
+                        start_drain(h, l);
+                        s->held--;
+                        if (count_reclaimed)
+                                s->reclaimed++;
+                        continue;
+                }
                 atomic_store(&l->state, DS_LEASE_FREE);
                 l->id = 0;
                 if (st == DS_LEASE_HELD) {
                         H->held--, s->held--;
                         if (count_reclaimed)
                                 s->reclaimed++;
-                } else {
+                } else if (st == DS_LEASE_WAITING) {
                         H->waiting--, s->waiting--;
                         atomic_store(&l->wake, 1);
                         futex(&l->wake, FUTEX_WAKE, INT_MAX, NULL);
@@ -291,7 +368,10 @@ static int sweep_dead(ds_handle *h)
         }
         if (n)
                 h->hdr->reclaimed_procs += (uint64_t)n;
-        atomic_store(&h->hdr->last_sweep_ns, ds_now_ns());
+        uint64_t now = ds_now_ns();
+        if (h->hdr->draining)
+                reap_draining(h, now);
+        atomic_store(&h->hdr->last_sweep_ns, now);
         return n;
 }
 
@@ -363,8 +443,6 @@ static uint32_t unfilled_others(const struct ds_scraper *s, uint32_t unfilled)
         uint32_t own = s->held < s->claimed ? s->claimed - s->held : 0;
         return unfilled > own ? unfilled - own : 0;
 }
-
-static void free_lease(ds_handle *h, uint32_t i);
 
 /* 1 if the pool's cluster agent (cfg.agent_proc) lives. Its life lock is
  * held by its life thread; once it is free or owner-dead the agent is gone
@@ -809,6 +887,8 @@ static long new_lease(ds_handle *h, const struct ds_proc *p, uint64_t now)
                 id = H->next_lease_id++;
         l->proc = h->proc_idx;
         l->scraper = p->scraper;
+        atomic_store_explicit(&l->backend_pid, 0, memory_order_relaxed);
+        atomic_store_explicit(&l->backend_start, 0, memory_order_relaxed);
         l->id = id;
         l->since_ns = now;
         return li;
@@ -890,8 +970,12 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
                 uint64_t t = ds_now_ns();
                 if (t >= deadline)
                         break;
-                uint64_t slice =
-                    deadline - t < SWEEP_INTERVAL_NS ? deadline - t : SWEEP_INTERVAL_NS;
+                /* a draining slot is looked at more often: it goes to a
+                 * waiter right after its backend is gone */
+                uint64_t every = atomic_load_explicit(&H->draining, memory_order_relaxed)
+                                     ? DRAIN_POLL_NS
+                                     : SWEEP_INTERVAL_NS;
+                uint64_t slice = deadline - t < every ? deadline - t : every;
                 struct timespec ts = {(time_t)(slice / 1000000000ull),
                                       (long)(slice % 1000000000ull)};
                 futex(&l->wake, FUTEX_WAIT, 0, &ts);
@@ -899,7 +983,7 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
                         goto granted;
                 t = ds_now_ns();
                 uint64_t last = atomic_load(&H->last_sweep_ns);
-                if (t - last >= SWEEP_INTERVAL_NS &&
+                if (t - last >= every &&
                     atomic_compare_exchange_strong(&H->last_sweep_ns, &last, t)) {
                         if (ds_lock(h) == 0) {
                                 sweep_dead(h);
@@ -976,9 +1060,15 @@ int ds_release_for(ds_handle *h, const struct ds_lease_ref *ref, int reason)
         struct ds_scraper *s = &h->scrapers[l->scraper];
         struct ds_proc *p = &h->procs[l->proc];
         uint64_t now = ds_now_ns();
-        free_lease(h, ref->idx);
-        H->held--, s->held--, p->held--;
+        if ((reason & DS_RELEASE_MAY_RUN) && backend_may_run(l)) {
+                start_drain(h, l); /* still counted in the pool's held */
+        } else {
+                free_lease(h, ref->idx);
+                H->held--;
+        }
+        s->held--, p->held--;
         s->last_used_ns = now;
+        reason &= ~DS_RELEASE_MAY_RUN;
         if (reason == DS_RELEASE_IDLE) {
                 s->idle_releases++;
         } else if (reason == DS_RELEASE_SURPLUS) {
@@ -1012,6 +1102,81 @@ void ds_touch(ds_handle *h, uint64_t now_ns)
         if (si < h->cap.max_scrapers)
                 atomic_store_explicit(&h->scrapers[si].last_activity_ns, now_ns,
                                       memory_order_relaxed);
+}
+
+int ds_lease_set_backend(ds_handle *h, const struct ds_lease_ref *ref, int32_t backend_pid)
+{
+        if (!ref || ref->idx >= h->cap.max_leases || ref->id == 0 || backend_pid < 0)
+                return -EINVAL;
+        if (h->pid != self_pid())
+                return -EPERM;
+        /* /proc is read before the lock; the lease is this process's own */
+        uint64_t start = ds_local_backend_start(backend_pid);
+        int rc = ds_lock(h);
+        if (rc)
+                return rc;
+        struct ds_lease *l = &h->leases[ref->idx];
+        if (l->id != ref->id || atomic_load(&l->state) != DS_LEASE_HELD)
+                rc = -ENOENT;
+        else if (l->proc != h->proc_idx)
+                rc = -EPERM;
+        else {
+                /* pid last: a lease never names a pid with another's start */
+                atomic_store(&l->backend_pid, 0);
+                atomic_store(&l->backend_start, start);
+                atomic_store(&l->backend_pid, backend_pid);
+        }
+        ds_unlock(h);
+        return rc;
+}
+
+int ds_drain_list(ds_handle *h, int32_t *pids, size_t max, size_t *n)
+{
+        *n = 0;
+        int rc = ds_lock(h);
+        if (rc)
+                return rc;
+        struct ds_header *H = h->hdr;
+        uint32_t hwm = H->lease_hwm <= h->cap.max_leases ? H->lease_hwm : h->cap.max_leases;
+        for (uint32_t i = 0; i < hwm && *n < max; i++) {
+                struct ds_lease *l = &h->leases[i];
+                if (atomic_load(&l->state) == DS_LEASE_DRAINING &&
+                    atomic_load(&l->backend_start) == 0)
+                        pids[(*n)++] = atomic_load(&l->backend_pid);
+        }
+        ds_unlock(h);
+        return 0;
+}
+
+int ds_drain_gone(ds_handle *h, const int32_t *pids, size_t n)
+{
+        int rc = ds_lock(h);
+        if (rc)
+                return rc;
+        struct ds_header *H = h->hdr;
+        uint32_t hwm = H->lease_hwm <= h->cap.max_leases ? H->lease_hwm : h->cap.max_leases;
+        int freed = 0;
+        for (uint32_t i = 0; i < hwm; i++) {
+                struct ds_lease *l = &h->leases[i];
+                if (atomic_load(&l->state) != DS_LEASE_DRAINING ||
+                    atomic_load(&l->backend_start) != 0)
+                        continue;
+                int32_t pid = atomic_load(&l->backend_pid);
+                for (size_t k = 0; k < n; k++) {
+                        if (pids[k] == pid) {
+                                end_drain(h, i);
+                                freed++;
+                                break;
+                        }
+                }
+        }
+        if (freed) {
+                uint64_t now = ds_now_ns();
+                recompute_limits(h, now);
+                grant_waiters(h, now);
+        }
+        ds_unlock(h);
+        return freed;
 }
 
 int ds_reclaim(ds_handle *h)
@@ -1321,6 +1486,7 @@ int ds_stats_get(ds_handle *h, struct ds_stats *out)
         out->agent_state = H->cfg.agent_proc == 0 ? 0 : agent_alive(h) ? 1 : 2;
         out->cap = h->cap;
         out->held = H->held;
+        out->draining = H->draining;
         out->waiting = H->waiting;
         out->n_active = H->n_active;
         out->grants = H->grants;
@@ -1396,7 +1562,12 @@ int ds_check(ds_handle *h, char *why, size_t whylen)
                 return rc;
         }
         struct ds_header *H = h->hdr;
-        uint32_t held = 0, waiting = 0;
+        uint32_t held = 0, waiting = 0, draining = 0;
+        if (H->draining && reap_draining(h, ds_now_ns())) {
+                uint64_t now = ds_now_ns();
+                recompute_limits(h, now);
+                grant_waiters(h, now);
+        }
         if (H->lease_hwm > c->max_leases || H->proc_hwm > c->max_procs ||
             H->scraper_hwm > c->max_scrapers)
                 FAIL("table bounds out of range (%u/%u/%u)", H->lease_hwm, H->proc_hwm,
@@ -1430,10 +1601,16 @@ int ds_check(ds_handle *h, char *why, size_t whylen)
                 uint32_t st = atomic_load(&l->state);
                 if (st == DS_LEASE_FREE)
                         continue;
-                if (st != DS_LEASE_HELD && st != DS_LEASE_WAITING)
+                if (st != DS_LEASE_HELD && st != DS_LEASE_WAITING && st != DS_LEASE_DRAINING)
                         FAIL("lease %u has an invalid state %u", i, st);
                 if (i >= H->lease_hwm)
                         FAIL("lease %u is above the table bound %u", i, H->lease_hwm);
+                if (st == DS_LEASE_DRAINING) {
+                        if (atomic_load(&l->backend_pid) <= 0)
+                                FAIL("lease %u drains without a backend", i);
+                        draining++, held++;
+                        continue;
+                }
                 if (l->proc >= c->max_procs || h->procs[l->proc].pid == 0)
                         FAIL("lease %u belongs to process record %u, which is not in use", i,
                              l->proc);
@@ -1450,6 +1627,9 @@ int ds_check(ds_handle *h, char *why, size_t whylen)
         if (held != H->held || waiting != H->waiting)
                 FAIL("pool counters say %u held/%u waiting, the lease table %u/%u", H->held,
                      H->waiting, held, waiting);
+        if (draining != H->draining)
+                FAIL("the pool counts %u draining slots, the lease table %u", H->draining,
+                     draining);
         for (uint32_t i = 0; i < c->max_scrapers; i++) {
                 const struct ds_scraper *s = &h->scrapers[i];
                 if (s->held != sh[i * 2] || s->waiting != sh[i * 2 + 1])

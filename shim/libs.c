@@ -194,6 +194,7 @@ struct ds_lib *ds_lib_containing(const void *addr)
                 lib->fn[i] = own_symbol(h, ds_fn_names[i], &o);
         lib->status = (ConnStatusType(*)(const PGconn *))own_symbol(h, "PQstatus", &o);
         lib->socket = (int (*)(const PGconn *))own_symbol(h, "PQsocket", &o);
+        lib->backend_pid = (int (*)(const PGconn *))own_symbol(h, "PQbackendPID", &o);
         lib->pipeline = (PGpipelineStatus(*)(const PGconn *))own_symbol(h, "PQpipelineStatus", &o);
         lib->encoding_name = (const char *(*)(int))own_symbol(h, "pg_encoding_to_char", &o);
         lib->re.set_processor = own_symbol(h, "PQsetNoticeProcessor", &o);

@@ -261,6 +261,20 @@ static void release(const struct ds_slot *lease)
                          (unsigned long long)lease->ref.id, strerror(-rc));
 }
 
+/* Records the connection's server backend with its slot, once connected:
+ * if this process dies while that backend still runs (a query outlives its
+ * client), the slot drains instead of going to the next client at once. */
+static void note_backend(struct ds_lib *lib, const PGconn *conn, const struct ds_slot *lease)
+{
+        if (!lib || !lib->backend_pid || !lib->status || lib->status(conn) != CONNECTION_OK)
+                return;
+        int pid = lib->backend_pid(conn);
+        int rc = pid > 0 ? ds_lease_set_backend(lease->h, &lease->ref, pid) : 0;
+        if (rc)
+                ds_debug("backend %d not recorded with lease %u: %s", pid, lease->ref.idx,
+                         strerror(-rc));
+}
+
 /* Hands a lease held for a connection back, once. */
 static void drop_lease(struct ds_conn *e)
 {
@@ -512,7 +526,8 @@ static void note_pins(struct ds_call *c, struct ds_conn *e)
 static char empty_message[1];
 
 /* How long the life thread waits for a released connection's idle backend
- * to exit before it gives the slot back all the same. */
+ * to exit; a slot whose backend has not gone by then drains in the pool
+ * (counted against pool_size until the backend is gone). */
 #define RELEASE_GONE_WAIT_MS 2000
 
 /* Waits while another thread releases or reconnects e; OPEN or RELEASED. */
@@ -576,6 +591,7 @@ static int revive(struct ds_call *c, struct ds_conn *e)
         if (!ok && a == GRANTED)
                 release(&c->lease);
         if (ok && a == GRANTED) {
+                note_backend(lib, conn, &c->lease);
                 ds_note_reconnect(c->lease.h);
                 register_advice(c->lease.h);
         }
@@ -664,14 +680,18 @@ static int release_conn(struct ds_conn *e, int reason)
         e->leased = 0;
         ds_conns_unlock();
         atomic_store(&e->rstate, DS_CONN_RELEASED);
+        int gone = 0;
         if (gone_fd >= 0) {
                 shutdown(gone_fd, SHUT_WR);
-                if (!backend_gone(gone_fd, RELEASE_GONE_WAIT_MS))
-                        ds_debug("a released connection's backend is still there after %d ms",
+                gone = backend_gone(gone_fd, RELEASE_GONE_WAIT_MS);
+                if (!gone)
+                        ds_debug("a released connection's backend is still there after %d ms; "
+                                 "its slot drains",
                                  RELEASE_GONE_WAIT_MS);
                 close(gone_fd);
         }
-        int rc = ds_release_for(l.h, &l.ref, reason);
+        /* not seen gone: the slot stays counted until the backend is */
+        int rc = ds_release_for(l.h, &l.ref, gone ? reason : reason | DS_RELEASE_MAY_RUN);
         ds_debug("connection %p released (%s), fd %d %s: %s", (void *)conn,
                  reason == DS_RELEASE_IDLE      ? "idle"
                  : reason == DS_RELEASE_SURPLUS ? "surplus"
@@ -1217,12 +1237,26 @@ static void end_connect(struct ds_call *c)
                         }
                 }
         }
-        if (bad && c->leased)
+        if (bad && c->leased) {
                 release(&c->lease);
-        else if (c->leased)
+        } else if (c->leased) {
+                note_backend(c->lib, conn, &c->lease);
                 register_advice(c->lease.h);
+        }
         ds_debug("%s via %s: %s", ds_fn_names[c->id], c->lib ? c->lib->path : "nothing",
                  bad ? "failed" : (c->leased ? "slot held" : "not counted"));
+}
+
+/* note_backend for a connection of the table, if it holds a slot of this
+ * process. */
+static void note_own_backend(struct ds_conn *e)
+{
+        ds_conns_lock();
+        int mine = e->leased && e->owner == getpid();
+        struct ds_slot l = e->lease;
+        ds_conns_unlock();
+        if (mine)
+                note_backend(e->lib, e->conn, &l);
 }
 
 void ds_end(struct ds_call *c)
@@ -1247,10 +1281,14 @@ void ds_end(struct ds_call *c)
         case DS_KIND_POLL:
                 if (e && c->out.poll == PGRES_POLLING_FAILED)
                         drop_lease(e);
+                else if (e && c->out.poll == PGRES_POLLING_OK)
+                        note_own_backend(e);
                 break;
         case DS_KIND_RESET:
                 if (e && status_bad(c, c->conn))
                         drop_lease(e);
+                else if (e)
+                        note_own_backend(e); /* a new backend */
                 break;
         case DS_KIND_RESET_START:
                 if (e && c->out.i == 0)

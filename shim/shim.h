@@ -53,6 +53,7 @@ struct ds_lib {
         void *fn[DS_ID_COUNT]; /* its own definitions of the intercepted names */
         ConnStatusType (*status)(const PGconn *);
         int (*socket)(const PGconn *);
+        int (*backend_pid)(const PGconn *);
         PGpipelineStatus (*pipeline)(const PGconn *);
         const char *(*encoding_name)(int);
         /* what connection reuse needs beyond the intercepted names (any NULL:

@@ -79,7 +79,11 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
 int ds_release(ds_handle *h, const struct ds_lease_ref *lease);
 
 /* Gives a slot back for a reason counted in the statistics (idle or
- * surplus releases); ds_release is ds_release_for(..., DS_RELEASE_NORMAL). */
+ * surplus releases); ds_release is ds_release_for(..., DS_RELEASE_NORMAL).
+ * With DS_RELEASE_MAY_RUN or'ed into reason the caller could not see the
+ * connection's backend end: if the backend recorded for the slot may still
+ * run, the slot drains (counted against pool_size) until it is gone. */
+#define DS_RELEASE_MAY_RUN 0x100
 int ds_release_for(ds_handle *h, const struct ds_lease_ref *lease, int reason);
 
 /* What this process should give back now. */
@@ -149,6 +153,22 @@ int ds_update_config(ds_handle *h, const char *const *pairs, size_t n, struct ds
 int ds_update(ds_handle *h, const char *const *set, size_t nset, const char *const *unset,
               size_t nunset, struct ds_config *out, char *err, size_t errlen);
 
+/* Records the server backend (PQbackendPID) of the connection that uses a
+ * slot of this process, and, when that backend is a process of this host,
+ * its start time. When the process dies (or detaches) while the backend may
+ * still run, the slot drains: it stays counted against pool_size until the
+ * backend is gone (seen in /proc for a local backend; for a remote one,
+ * ds_drain_gone, or after a bound). -ENOENT if the lease is not held. */
+int ds_lease_set_backend(ds_handle *h, const struct ds_lease_ref *lease, int32_t backend_pid);
+
+/* The backend PIDs of draining slots not visible on this host (up to max). */
+int ds_drain_list(ds_handle *h, int32_t *pids, size_t max, size_t *n);
+
+/* The server says these backends are gone: frees the draining slots
+ * (not visible on this host) that wait for them and hands them to waiters.
+ * Returns how many were freed, or a negative errno. */
+int ds_drain_gone(ds_handle *h, const int32_t *pids, size_t n);
+
 /* Cluster mode (docs/cluster.md). on=1 makes this process (registered
  * under its scraper name, which must be set) the pool's cluster agent:
  * from then on the pool grants slots only while this process lives; once
@@ -186,6 +206,7 @@ struct ds_stats {
         struct ds_config cfg;
         struct ds_capacity cap;
         uint32_t held, waiting, procs, n_active;
+        uint32_t draining; /* slots of dead processes whose backend still runs (in held) */
         uint64_t grants, peak_held, repairs, reclaimed_procs, generation;
         int agent_state; /* cluster gate: 0 none, 1 agent lives, 2 agent gone */
         size_t segment_size;

@@ -17,13 +17,17 @@
 #include "dynshim/policy.h"
 
 #define DS_MAGIC          UINT64_C(0x314d4853594e4444) /* "DDNYSHM1" */
-#define DS_LAYOUT_VERSION 3u
+#define DS_LAYOUT_VERSION 4u
 #define DS_ALIGN          64u
 
 enum ds_lease_state {
         DS_LEASE_FREE = 0,    /* unused */
         DS_LEASE_WAITING = 1, /* a connect waits on `wake` for a slot */
         DS_LEASE_HELD = 2,    /* a slot, counted against pool_size */
+        /* The process that held the slot is gone but its server backend may
+         * still run (a query outlives its client): counted against
+         * pool_size, owned by no process, freed once the backend is gone. */
+        DS_LEASE_DRAINING = 3,
 };
 
 /* One attached process. */
@@ -56,8 +60,15 @@ struct ds_lease {
         uint32_t scraper;  /* index into the scraper table */
         uint64_t id;       /* unique for the segment's life; 0 when free */
         uint64_t ticket;   /* arrival order (first come first served) */
-        uint64_t since_ns; /* start of the wait, then time of the grant */
-        uint64_t pad;
+        uint64_t since_ns; /* start of the wait, then time of the grant;
+                              DRAINING: time it started draining */
+        /* The server backend of the connection that uses the slot (set by
+         * its owner once connected, 0: none known) and, when that backend is
+         * a process of this host, its start time in clock ticks since boot
+         * (field 22 of /proc/PID/stat; 0: not visible here). */
+        _Atomic int32_t backend_pid;
+        uint32_t pad;
+        _Atomic uint64_t backend_start;
 };
 
 /* One scraper: a named group of processes, and its statistics. */
@@ -123,8 +134,12 @@ struct ds_header {
         /* Robust, process-shared; guards every field below and the tables. */
         pthread_mutex_t lock;
 
-        struct ds_config cfg;           /* validated before it is written */
-        uint32_t held;                  /* cache: HELD leases; <= pool_size when granted */
+        struct ds_config cfg; /* validated before it is written */
+        uint32_t held;        /* cache: HELD and DRAINING leases; <= pool_size
+                                 when granted */
+        /* cache: DRAINING leases; atomic because waiters read it without
+         * the lock, to look at draining slots more often */
+        _Atomic uint32_t draining;
         uint32_t waiting;               /* cache: WAITING leases */
         uint32_t n_active;              /* active scrapers at the last recomputation */
         uint32_t lease_hwm;             /* 1 + highest lease index in use, <= max_leases */
@@ -153,5 +168,15 @@ size_t ds_layout_size(const struct ds_capacity *cap);
  * reads nothing beyond the header. 0, or -EPROTO (not a valid segment) or
  * -EXDEV (another PID namespace) with one sentence in err. */
 int ds_segment_validate(const void *buf, size_t size, const char *name, char *err, size_t errlen);
+
+/* Parses the text of /proc/PID/stat: *is_postgres 1 when the command name
+ * (field 2) is "postgres", *state the state letter (field 3), *start the
+ * start time in clock ticks since boot (field 22). 0, or -EINVAL when buf
+ * does not have that shape. */
+int ds_parse_proc_stat(const char *buf, int *is_postgres, char *state, uint64_t *start);
+
+/* The start time of process pid of this host if it is a live PostgreSQL
+ * process (a server backend seen from its own host), else 0. */
+uint64_t ds_local_backend_start(int32_t pid);
 
 #endif

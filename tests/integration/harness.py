@@ -15,6 +15,7 @@
 - main(): runs one named test function and exits 0/1, for ctest.
 """
 import contextlib
+import functools
 import json
 import os
 import re
@@ -102,6 +103,7 @@ def shim_path():
     return _binary("DYNSHIM_IT_SHIM", "libdynshim.so")
 
 
+@functools.lru_cache(maxsize=None)
 def _sanitizer_runtime(lib):
     """The libasan a sanitized shim needs first in LD_PRELOAD, or None."""
     out = subprocess.run(["ldd", lib], capture_output=True, text=True).stdout

@@ -5,13 +5,19 @@
  *   it_segment init NAME [key=value...]   (force-recreates the segment)
  *   it_segment stats NAME                 (one JSON object on stdout)
  *   it_segment destroy NAME
+ *   it_segment drain NAME PID             (a slot of a process that died while
+ *       its backend PID ran on a server of another host: DRAINING)
  * Exit status: 0 success, 1 failure, 2 usage. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "dynshim/coord.h"
+#include "dynshim/segment.h"
 
 static int usage(void)
 {
@@ -62,9 +68,10 @@ static int do_stats(const char *name)
                 ds_detach(h);
                 return 1;
         }
-        printf("{\"pool_size\": %" PRIu32 ", \"held\": %" PRIu32 ", \"waiting\": %" PRIu32
-               ", \"peak_held\": %" PRIu64 ", \"grants\": %" PRIu64 ", \"scrapers\": [",
-               st.cfg.pool_size, st.held, st.waiting, st.peak_held, st.grants);
+        printf("{\"pool_size\": %" PRIu32 ", \"held\": %" PRIu32 ", \"draining\": %" PRIu32
+               ", \"waiting\": %" PRIu32 ", \"peak_held\": %" PRIu64 ", \"grants\": %" PRIu64
+               ", \"scrapers\": [",
+               st.cfg.pool_size, st.held, st.draining, st.waiting, st.peak_held, st.grants);
         for (size_t i = 0; i < st.n_scrapers; i++) {
                 const struct ds_scraper_stats *s = &st.scrapers[i];
                 printf("%s{\"name\": \"", i ? ", " : "");
@@ -87,12 +94,46 @@ static int do_stats(const char *name)
         return 0;
 }
 
+/* A child takes a slot, records pid as its backend, marks it remote (as a
+ * server on another host would be: the PID says nothing here) and dies. */
+static int do_drain(const char *name, const char *pid_text)
+{
+        int32_t pid = (int32_t)atoi(pid_text);
+        pid_t child = fork();
+        if (child == 0) {
+                ds_handle *h = NULL;
+                struct ds_lease_ref l;
+                if (ds_attach(name, 0, &h, NULL, 0) || ds_set_scraper(h, "remote_client") ||
+                    ds_acquire(h, 5000, &l, NULL, 0) || ds_lease_set_backend(h, &l, pid))
+                        _exit(1);
+                struct ds_header *H = ds_handle_header(h);
+                struct ds_lease *leases =
+                    (struct ds_lease *)((char *)H + ds_layout_leases_off(&H->cap));
+                atomic_store(&leases[l.idx].backend_start, 0);
+                _exit(0); /* dies holding the slot */
+        }
+        int status = 0;
+        if (child < 0 || waitpid(child, &status, 0) != child || !WIFEXITED(status) ||
+            WEXITSTATUS(status) != 0) {
+                fprintf(stderr, "it_segment: the draining client failed\n");
+                return 1;
+        }
+        ds_handle *h = NULL;
+        if (ds_attach(name, 0, &h, NULL, 0))
+                return 1;
+        int n = ds_reclaim(h);
+        ds_detach(h);
+        return n == 1 ? 0 : 1;
+}
+
 int main(int argc, char **argv)
 {
         if (argc < 3)
                 return usage();
         if (strcmp(argv[1], "init") == 0)
                 return do_init(argv[2], argc - 3, argv + 3);
+        if (argc == 4 && strcmp(argv[1], "drain") == 0)
+                return do_drain(argv[2], argv[3]);
         if (argc != 3)
                 return usage();
         if (strcmp(argv[1], "stats") == 0)

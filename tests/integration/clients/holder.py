@@ -3,6 +3,7 @@
 usage: holder.py N
 Prints "ready PID..." (backend pids), then for each stdin line "query" runs
 SELECT pg_backend_pid() on every connection and prints "pids PID...";
+"sleep S" prints "sleeping" and runs SELECT pg_sleep(S) on the first one;
 "exit" closes them and exits."""
 import sys
 
@@ -26,6 +27,10 @@ print("ready " + pids(), flush=True)
 for line in sys.stdin:
     if line.strip() == "query":
         print("pids " + pids(), flush=True)
+    elif line.startswith("sleep "):
+        print("sleeping", flush=True)
+        with conns[0].cursor() as cur:
+            cur.execute("SELECT pg_sleep(%s)", (float(line.split()[1]),))
     elif line.strip() == "exit":
         break
 for c in conns:
