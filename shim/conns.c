@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct conn_slot {
         _Atomic(const void *) key;
@@ -218,8 +219,10 @@ void ds_conns_each(void (*fn)(struct ds_conn *e, void *arg), void *arg)
 #include <sys/syscall.h>
 #include <unistd.h>
 
+/* One cache line each: a thread stores into its own record on every call,
+ * and records side by side would bounce one line between the cores. */
 struct ds_thread {
-        _Atomic(struct ds_conn *) in; /* the connection its outermost call is on */
+        _Alignas(64) _Atomic(struct ds_conn *) in; /* the connection its outermost call is on */
         _Atomic int live;
         struct ds_thread *next;
 };
@@ -267,7 +270,8 @@ static struct ds_thread *thread_record(void)
         pthread_mutex_lock(&threads_mutex);
         for (t = threads; t && atomic_load(&t->live); t = t->next)
                 ;
-        if (!t && (t = calloc(1, sizeof(*t))) != NULL) {
+        if (!t && (t = aligned_alloc(_Alignof(struct ds_thread), sizeof(*t))) != NULL) {
+                memset(t, 0, sizeof(*t));
                 t->next = threads;
                 threads = t;
         }

@@ -406,9 +406,12 @@ static uint64_t touch(ds_handle *h)
 
 static struct ds_conn *new_entry(struct ds_call *c, PGconn *conn)
 {
-        struct ds_conn *e = calloc(1, sizeof(*e));
+        /* cache-line aligned: threads using neighbouring records would
+         * otherwise share lines they write on every call */
+        struct ds_conn *e = aligned_alloc(64, (sizeof(*e) + 63) / 64 * 64);
         if (!e)
                 return NULL;
+        memset(e, 0, sizeof(*e));
         e->conn = conn;
         e->lib = c->lib;
         e->owner = getpid();
