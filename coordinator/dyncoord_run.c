@@ -568,6 +568,24 @@ static void suspend_with_child(const struct supervisor *s, pid_t child)
         killpg(child, SIGCONT);
 }
 
+/* Whether the child is blocked in vfork (state D) while the process it
+ * forked was stopped before its exec: Ctrl-Z reached the job in between
+ * (a shell starting a command, posix_spawn). The child cannot stop until
+ * that process goes on, so waitpid never reports it stopped and the job
+ * would hold the terminal's foreground, neither running nor stopped. */
+static int child_stuck_in_vfork(pid_t child)
+{
+        struct proc_entry c, *v;
+        size_t n;
+        if (read_stat(child, &c) != 0 || c.state != 'D' || proc_list(&v, &n) != 0)
+                return 0;
+        int stuck = 0;
+        for (size_t i = 0; i < n && !stuck; i++)
+                stuck = v[i].ppid == child && v[i].state == 'T';
+        free(v);
+        return stuck;
+}
+
 /* Waits for signals and children until the child has exited; forwards
  * every forwarded signal to it; checks once that the shim is mapped. A
  * child told to stop (INT, TERM, HUP, QUIT) that is still there after the
@@ -584,6 +602,8 @@ static int wait_and_forward_signal(struct supervisor *s, pid_t child)
                                 suspend_with_child(s, child);
                         else if (p == child)
                                 return status;
+                        else if (p == 0 && child_stuck_in_vfork(child))
+                                suspend_with_child(s, child); /* the whole job goes on at fg */
                 }
                 int r = reap_zombies(child, &status);
                 if (r == 1)

@@ -485,6 +485,46 @@ Test(ops, ctrl_z_on_a_terminal_stops_dyncoord_with_its_child_and_fg_resumes_both
         close(master);
 }
 
+/* Ctrl-Z that catches the child between vfork and exec stops the process
+ * it forked, while the child itself stays blocked in vfork and cannot stop:
+ * dyncoord must still stop with the job (or the terminal's foreground
+ * would hang), and fg must let the whole job go on. */
+Test(ops, job_stopped_inside_vfork_stops_dyncoord_and_fg_resumes_it)
+{
+        int master, slave;
+        cr_assert_eq(openpty(&master, &slave, NULL, NULL, NULL), 0);
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid == 0) {
+                setsid();
+                ioctl(slave, TIOCSCTTY, 0);
+                dup2(slave, 0);
+                dup2(slave, 1);
+                dup2(slave, 2);
+                close(master);
+                execl(DYNCOORD_PATH, DYNCOORD_PATH, "--run", "vforkjob", "--", VFORK_STOP,
+                      (char *)NULL);
+                _exit(127);
+        }
+        close(slave);
+        int st = 0;
+        pid_t got = 0;
+        for (int i = 0; i < 500 && got == 0; i++) { /* at most 5 s */
+                got = waitpid(pid, &st, WUNTRACED | WNOHANG);
+                if (got == 0)
+                        sleep_ms(10);
+        }
+        if (got == 0)
+                kill(pid, SIGKILL);
+        cr_assert_eq(got, pid, "dyncoord neither stopped nor exited within 5 s");
+        cr_assert(WIFSTOPPED(st), "dyncoord did not stop with its job (status %d)", st);
+        cr_assert_eq(tcgetpgrp(master), pid, "dyncoord did not take the terminal back");
+        kill(pid, SIGCONT);
+        cr_assert_eq(waitpid(pid, &st, 0), pid);
+        cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d", st);
+        close(master);
+}
+
 /* ---- --watchdog ---- */
 
 static struct bg start_watchdog(const char *log, const char *const *extra)
