@@ -287,16 +287,23 @@ static struct ds_thread *thread_record(void)
         return t;
 }
 
-int ds_conn_try_enter(struct ds_conn *e)
+/* Marks e in thread t's free record; the reader's half of the barrier:
+ * a compiler barrier where the releaser's membarrier fences this thread. */
+static void mark(struct ds_thread *t, struct ds_conn *e)
 {
-        struct ds_thread *t = self_thread;
-        if (!t || atomic_load_explicit(&t->in, memory_order_relaxed))
-                return 0;
         atomic_store_explicit(&t->in, e, memory_order_relaxed);
         if (atomic_load_explicit(&asymmetric, memory_order_relaxed))
                 atomic_signal_fence(memory_order_seq_cst);
         else
                 atomic_thread_fence(memory_order_seq_cst);
+}
+
+int ds_conn_try_enter(struct ds_conn *e)
+{
+        struct ds_thread *t = self_thread;
+        if (!t || atomic_load_explicit(&t->in, memory_order_relaxed))
+                return 0;
+        mark(t, e);
         if (atomic_load_explicit(&e->rstate, memory_order_acquire) == DS_CONN_OPEN)
                 return 1;
         atomic_store_explicit(&t->in, NULL, memory_order_release);
@@ -307,11 +314,7 @@ int ds_conn_enter(struct ds_conn *e)
 {
         struct ds_thread *t = thread_record();
         if (t && !atomic_load_explicit(&t->in, memory_order_relaxed)) {
-                atomic_store_explicit(&t->in, e, memory_order_relaxed);
-                if (atomic_load_explicit(&asymmetric, memory_order_relaxed))
-                        atomic_signal_fence(memory_order_seq_cst);
-                else
-                        atomic_thread_fence(memory_order_seq_cst);
+                mark(t, e);
                 return DS_IN_RECORD;
         }
         atomic_fetch_add(&e->busy, 1);

@@ -439,6 +439,29 @@ Test(ops, a_child_that_ignores_term_is_killed_after_the_grace)
         assert_gone(sh, "the program that ignored SIGTERM");
 }
 
+/* Starts argv in a session of its own with a new pty as its controlling
+ * terminal, in the terminal's foreground, as a shell would start it;
+ * *master is the pty's other end. */
+static pid_t run_on_pty(const char *const *argv, int *master)
+{
+        int slave;
+        cr_assert_eq(openpty(master, &slave, NULL, NULL, NULL), 0);
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid == 0) {
+                setsid();
+                ioctl(slave, TIOCSCTTY, 0);
+                dup2(slave, 0);
+                dup2(slave, 1);
+                dup2(slave, 2);
+                close(*master);
+                execv(argv[0], (char *const *)argv);
+                _exit(127);
+        }
+        close(slave);
+        return pid;
+}
+
 Test(ops, ctrl_z_on_a_terminal_stops_dyncoord_with_its_child_and_fg_resumes_both)
 {
         const char *dir = tpath("job", 1);
@@ -447,24 +470,10 @@ Test(ops, ctrl_z_on_a_terminal_stops_dyncoord_with_its_child_and_fg_resumes_both
         snprintf(done, sizeof(done), "%s/done", dir);
         snprintf(script, sizeof(script), "echo $$ > %s.tmp; mv %s.tmp %s; sleep 0.5; echo ok > %s",
                  ready, ready, ready, done);
-        int master, slave;
-        cr_assert_eq(openpty(&master, &slave, NULL, NULL, NULL), 0);
-        fflush(NULL);
-        pid_t pid = fork();
-        if (pid == 0) {
-                /* a session of its own with the pty as controlling terminal,
-                 * dyncoord in its foreground, as a shell would start it */
-                setsid();
-                ioctl(slave, TIOCSCTTY, 0);
-                dup2(slave, 0);
-                dup2(slave, 1);
-                dup2(slave, 2);
-                close(master);
-                execl(DYNCOORD_PATH, DYNCOORD_PATH, "--run", "job", "--", "/bin/sh", "-c", script,
-                      (char *)NULL);
-                _exit(127);
-        }
-        close(slave);
+        int master;
+        pid_t pid = run_on_pty((const char *const[]){DYNCOORD_PATH, "--run", "job", "--", "/bin/sh",
+                                                     "-c", script, NULL},
+                               &master);
         wait_for_text(ready, NULL, 3000);
         pid_t sh = read_pid(dir, "ready");
         cr_assert_eq(tcgetpgrp(master), sh, "the child is not in the terminal's foreground");
@@ -491,22 +500,10 @@ Test(ops, ctrl_z_on_a_terminal_stops_dyncoord_with_its_child_and_fg_resumes_both
  * would hang), and fg must let the whole job go on. */
 Test(ops, job_stopped_inside_vfork_stops_dyncoord_and_fg_resumes_it)
 {
-        int master, slave;
-        cr_assert_eq(openpty(&master, &slave, NULL, NULL, NULL), 0);
-        fflush(NULL);
-        pid_t pid = fork();
-        if (pid == 0) {
-                setsid();
-                ioctl(slave, TIOCSCTTY, 0);
-                dup2(slave, 0);
-                dup2(slave, 1);
-                dup2(slave, 2);
-                close(master);
-                execl(DYNCOORD_PATH, DYNCOORD_PATH, "--run", "vforkjob", "--", VFORK_STOP,
-                      (char *)NULL);
-                _exit(127);
-        }
-        close(slave);
+        int master;
+        pid_t pid = run_on_pty(
+            (const char *const[]){DYNCOORD_PATH, "--run", "vforkjob", "--", VFORK_STOP, NULL},
+            &master);
         int st = 0;
         pid_t got = 0;
         for (int i = 0; i < 500 && got == 0; i++) { /* at most 5 s */
