@@ -210,7 +210,8 @@ void ds_conns_each(void (*fn)(struct ds_conn *e, void *arg), void *arg)
  * the process pass a full barrier (membarrier, private expedited) before
  * it reads the records: either the thread's store is visible to it, or the
  * thread's later read of the state sees RELEASING. Where the kernel has no
- * such barrier, both sides use ordinary sequentially consistent fences.
+ * such barrier, the thread publishes with a sequentially consistent
+ * exchange, and every access on both sides is sequentially consistent.
  * Nested calls, and threads without a record, count on the connection's
  * own busy counter instead. Records are never freed: a thread's record is
  * reused by a later thread once it has exited. */
@@ -260,6 +261,12 @@ static void threads_init(void)
         register_barrier();
 }
 
+void ds_conns_without_membarrier(void)
+{
+        pthread_once(&threads_once, threads_init);
+        atomic_store(&asymmetric, 0);
+}
+
 /* The calling thread's record, made on its first call; NULL if none can be. */
 static struct ds_thread *thread_record(void)
 {
@@ -288,14 +295,17 @@ static struct ds_thread *thread_record(void)
 }
 
 /* Marks e in thread t's free record; the reader's half of the barrier:
- * a compiler barrier where the releaser's membarrier fences this thread. */
+ * a compiler barrier where the releaser's membarrier fences this thread,
+ * else a sequentially consistent exchange, which with the releaser's
+ * sequentially consistent state change and loads orders the two sides. */
 static void mark(struct ds_thread *t, struct ds_conn *e)
 {
-        atomic_store_explicit(&t->in, e, memory_order_relaxed);
-        if (atomic_load_explicit(&asymmetric, memory_order_relaxed))
+        if (atomic_load_explicit(&asymmetric, memory_order_relaxed)) {
+                atomic_store_explicit(&t->in, e, memory_order_relaxed);
                 atomic_signal_fence(memory_order_seq_cst);
-        else
-                atomic_thread_fence(memory_order_seq_cst);
+        } else {
+                atomic_exchange_explicit(&t->in, e, memory_order_seq_cst);
+        }
 }
 
 int ds_conn_try_enter(struct ds_conn *e)
@@ -304,7 +314,7 @@ int ds_conn_try_enter(struct ds_conn *e)
         if (!t || atomic_load_explicit(&t->in, memory_order_relaxed))
                 return 0;
         mark(t, e);
-        if (atomic_load_explicit(&e->rstate, memory_order_acquire) == DS_CONN_OPEN)
+        if (atomic_load_explicit(&e->rstate, memory_order_seq_cst) == DS_CONN_OPEN)
                 return 1;
         atomic_store_explicit(&t->in, NULL, memory_order_release);
         return 0;
@@ -334,14 +344,12 @@ int ds_conns_unused(struct ds_conn **e, int n)
         int ok = 1;
         if (atomic_load(&asymmetric))
                 ok = membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0;
-        else
-                atomic_thread_fence(memory_order_seq_cst);
         int kept = 0;
         pthread_mutex_lock(&threads_mutex);
         for (int i = 0; i < n; i++) {
                 int used = !ok || atomic_load(&e[i]->busy) > 0;
                 for (struct ds_thread *t = threads; t && !used; t = t->next)
-                        used = atomic_load_explicit(&t->in, memory_order_acquire) == e[i];
+                        used = atomic_load_explicit(&t->in, memory_order_seq_cst) == e[i];
                 if (used)
                         atomic_store(&e[i]->rstate, DS_CONN_OPEN);
                 else

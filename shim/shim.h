@@ -183,6 +183,9 @@ void ds_conn_leave(struct ds_conn *e, int how);
 int ds_conns_unused(struct ds_conn **e, int n);
 /* Whether any thread is inside a call on a connection now. */
 int ds_conns_any_inside(void);
+/* Both sides order themselves as on a kernel without membarrier
+ * (private expedited); for the tests of that path. */
+void ds_conns_without_membarrier(void);
 void ds_conns_fork_prepare(void);
 void ds_conns_fork_parent(void);
 void ds_conns_fork_child(void);

@@ -203,7 +203,7 @@ static void *user(void *arg)
         return NULL;
 }
 
-Test(conns, enter_and_release_exclude_each_other)
+static void duel_for_a_second(void)
 {
         static char key;
         struct duel d = {.e = record_for(&key)};
@@ -232,6 +232,18 @@ Test(conns, enter_and_release_exclude_each_other)
         cr_assert_gt(taken, 10, "the releaser never got the connection (%ld)", taken);
         cr_assert_gt(d.entries, 1000, "the user never got in (%ld)", d.entries);
         free(d.e);
+}
+
+Test(conns, enter_and_release_exclude_each_other)
+{
+        duel_for_a_second();
+}
+
+/* The same with the fences a kernel without membarrier leaves. */
+Test(conns, enter_and_release_exclude_each_other_without_membarrier)
+{
+        ds_conns_without_membarrier();
+        duel_for_a_second();
 }
 
 struct parked {
