@@ -1,10 +1,12 @@
 #!/bin/sh
 # secure.sh SECURE_TEST - the shim ignores DYNSHIM_* in an AT_SECURE process.
-# Needs root (a setuid copy owned by nobody, run by root, has AT_SECURE);
-# exits 77 (skipped) otherwise. The environment names a log file in a
-# directory anyone may write, debug logging and a segment: the setuid copy
-# must create neither and log nothing at debug level; the plain copy, with
-# the same environment, must create both (so the test can fail).
+# Needs root (a setgid copy of group nogroup, run by root, has AT_SECURE;
+# setgid rather than setuid, so that the copy still reads a build tree no
+# other user may enter); exits 77 (skipped) otherwise. The environment
+# names a log file in a directory anyone may write, debug logging and a
+# segment: the setgid copy must create neither and log nothing at debug
+# level; the plain copy, with the same environment, must create both (so
+# the test can fail).
 set -eu
 [ "$(id -u)" = 0 ] || { echo "secure.sh: needs root; skipped" >&2; exit 77; }
 exe=$1
@@ -17,14 +19,14 @@ default_existed=0
 cleanup() {
 	rm -rf "$dir"
 	rm -f "/dev/shm$seg"
-	# the setuid copy uses the default segment: remove it if it made it
+	# the setgid copy uses the default segment: remove it if it made it
 	if [ "$default_existed" = 0 ]; then rm -f /dev/shm/dynshim; fi
 }
 trap cleanup EXIT
 cp "$exe" "$dir/plain"
-cp "$exe" "$dir/setuid"
-chown nobody "$dir/setuid"
-chmod 4755 "$dir/setuid"
+cp "$exe" "$dir/setgid"
+chgrp nogroup "$dir/setgid"
+chmod 2755 "$dir/setgid"
 unset LD_PRELOAD
 
 run() {
@@ -45,9 +47,9 @@ grep -q 'debug' "$dir/logs/plain.log" || fail "control: no debug line in the log
 [ -e "/dev/shm$seg" ] || fail "control: DYNSHIM_SEGMENT was not used without AT_SECURE"
 rm -f "/dev/shm$seg"
 
-run setuid || fail "the setuid copy failed"
-grep -q 'AT_SECURE=1' "$dir/setuid.out" || fail "the setuid copy does not run with AT_SECURE"
-[ ! -e "$dir/logs/setuid.log" ] || fail "DYNSHIM_LOG_FILE was opened with AT_SECURE"
+run setgid || fail "the setgid copy failed"
+grep -q 'AT_SECURE=1' "$dir/setgid.out" || fail "the setgid copy does not run with AT_SECURE"
+[ ! -e "$dir/logs/setgid.log" ] || fail "DYNSHIM_LOG_FILE was opened with AT_SECURE"
 [ ! -e "/dev/shm$seg" ] || fail "DYNSHIM_SEGMENT was used with AT_SECURE"
-if grep -q 'debug:' "$dir/setuid.err"; then fail "DYNSHIM_LOG=debug was used with AT_SECURE"; fi
+if grep -q 'debug:' "$dir/setgid.err"; then fail "DYNSHIM_LOG=debug was used with AT_SECURE"; fi
 echo "AT_SECURE: DYNSHIM_LOG_FILE, DYNSHIM_LOG and DYNSHIM_SEGMENT ignored; honoured without it"
