@@ -12,7 +12,8 @@
  * idle_release_races_app_threads: 6 threads each keep a connection and
  *   pause at random, and all together now and then, while the life thread
  *   releases idle connections and the threads revive them; 2 more threads
- *   connect and finish meanwhile. Every query must succeed; releases and
+ *   connect and finish meanwhile (and pause with the others, so that the
+ *   whole process is idle then, however slow the build). Every query must succeed; releases and
  *   transparent reconnects must have happened.
  * coordinator_threads: no libpq; the coordinator's API from many threads
  *   of one process on one handle, as the shim uses it: acquire (waiting),
@@ -185,6 +186,12 @@ static void *ir_cycler(void *arg)
                 query_ok(c, "SELECT 5", 5);
                 sleep_ms(150);
                 PQfinish(c);
+                if (i % 3 == 2) {
+                        /* with the keepers: no connect may keep the
+                         * scraper active while they pause */
+                        pthread_barrier_wait(&together);
+                        sleep_ms(700);
+                }
         }
         return NULL;
 }
@@ -192,7 +199,7 @@ static void *ir_cycler(void *arg)
 static void idle_release_races_app_threads(void)
 {
         make_pool(10, 200, 100);
-        CHECK(pthread_barrier_init(&together, NULL, IR_KEEPERS) == 0, "barrier");
+        CHECK(pthread_barrier_init(&together, NULL, IR_KEEPERS + IR_CYCLERS) == 0, "barrier");
         pthread_t t[IR_KEEPERS + IR_CYCLERS];
         for (int i = 0; i < IR_KEEPERS; i++)
                 CHECK(pthread_create(&t[i], NULL, ir_keeper, (void *)(intptr_t)i) == 0, "thread");
