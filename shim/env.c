@@ -149,27 +149,27 @@ static const char *skip_blank(const char *p)
         }
 }
 
-/* A statement starting at p that keeps state in the session. */
+/* A statement starting at p that keeps state in the session. Its first
+ * letter picks the one keyword it can start with (SELECT, INSERT, UPDATE
+ * and the rest cost one comparison each). */
 static int statement_pins(const char *p)
 {
+        const char *q;
         switch (*p | 0x20) {
         case 'p':
+                return word_at(p, "prepare");
         case 'l':
+                return word_at(p, "listen");
         case 's':
-        case 'c':
-                break;
-        default:
-                return 0; /* SELECT, INSERT, UPDATE, ... at one comparison */
-        }
-        if (word_at(p, "prepare") || word_at(p, "listen"))
-                return 1;
-        if (word_at(p, "set")) {
-                const char *q = skip_blank(p + 3);
+                if (!word_at(p, "set"))
+                        return 0;
+                q = skip_blank(p + 3);
                 return !(word_at(q, "local") || word_at(q, "transaction") ||
                          word_at(q, "constraints"));
-        }
-        if (word_at(p, "create")) {
-                const char *q = skip_blank(p + 6);
+        case 'c':
+                if (!word_at(p, "create"))
+                        return 0;
+                q = skip_blank(p + 6);
                 if (word_at(q, "or")) {
                         /* or replace; "or" then anything else cannot be a
                          * temporary object (and may end the text) */
@@ -181,8 +181,9 @@ static int statement_pins(const char *p)
                 if (word_at(q, "global") || word_at(q, "local"))
                         q = skip_blank(q + (word_at(q, "local") ? 5 : 6));
                 return word_at(q, "temp") || word_at(q, "temporary");
+        default:
+                return 0;
         }
-        return 0;
 }
 
 /* set_config(name, value, is_local) at p (just after the name): pins unless
@@ -230,7 +231,7 @@ int ds_sql_pins(const char *q)
                         break;
                 if (statement_pins(p))
                         return 1;
-                const char *stops = word_at(p, "declare") ? "'_;wW" : "'_;";
+                const char *stops = (*p | 0x20) == 'd' && word_at(p, "declare") ? "'_;wW" : "'_;";
                 for (p += strcspn(p, stops); *p && *p != ';'; p += strcspn(p, stops)) {
                         if (*p == '\'') {
                                 const char *end = strchr(p + 1, '\'');

@@ -995,9 +995,17 @@ static int begin_reset(struct ds_call *c)
         return 1;
 }
 
-struct ds_conn *ds_fast_enter(int id, int slot, const void *ra, const void *conn)
+struct ds_conn *ds_fast_enter(int id, int slot, const void *ra, const void *conn, void **inner)
 {
-        if (depth || !conn || (slot < 0 && ds_lib_at(ra)))
+        *inner = NULL;
+        if (slot < 0) {
+                struct ds_lib *caller = ds_lib_at(ra);
+                if (caller) {
+                        *inner = caller->fn[id]; /* as ds_begin: nested, passed through */
+                        return NULL;
+                }
+        }
+        if (depth || !conn)
                 return NULL;
         struct ds_conn *e = ds_conn_find(conn);
         if (!e || !e->lib->fn[id] || !ds_conn_try_enter(e))
@@ -1013,10 +1021,10 @@ void ds_fast_leave(struct ds_conn *e)
 }
 
 struct ds_conn *ds_fast_activity(struct ds_call *c, int id, int slot, const void *ra,
-                                 const void *conn)
+                                 const void *conn, void **inner)
 {
-        struct ds_conn *e = ds_fast_enter(id, slot, ra, conn);
-        if (e && !e->pinned) {
+        struct ds_conn *e = ds_fast_enter(id, slot, ra, conn, inner);
+        if (e && !e->pinned && (c->args.stmt || c->args.query)) {
                 c->id = id;
                 note_pins(c, e);
         }

@@ -237,8 +237,11 @@ void ds_forget_inherited(struct ds_conn *e);
 
 /* The fast path of a state getter: the record of conn, entered, when the
  * call needs nothing but the real function of the connection's library
- * (a known, OPEN connection; not nested); else NULL and nothing done. */
-struct ds_conn *ds_fast_enter(int id, int slot, const void *ra, const void *conn);
+ * (a known, OPEN connection; not nested); else NULL and nothing done. A
+ * call libpq makes into its own exports (PQexec's PQgetResult) needs no
+ * bookkeeping at all: then *inner is the caller's copy's function (else
+ * NULL), for the wrapper to call as it is. */
+struct ds_conn *ds_fast_enter(int id, int slot, const void *ra, const void *conn, void **inner);
 void ds_fast_leave(struct ds_conn *e);
 
 struct ds_call {
@@ -278,7 +281,7 @@ struct ds_call {
 /* The same for a call that talks to the server (c->args filled): notes the
  * session state its SQL pins; the end touches the activity clock. */
 struct ds_conn *ds_fast_activity(struct ds_call *c, int id, int slot, const void *ra,
-                                 const void *conn);
+                                 const void *conn, void **inner);
 void ds_fast_activity_end(struct ds_conn *e);
 
 /* Every wrapper: ds_begin decides (and returns 1 if the real function must

@@ -79,12 +79,15 @@
 #define DS_BODY_ACTIVITY(ret, name, params, args, slot)                                            \
         struct ds_call c;                                                                          \
         DS_Q_##name args;                                                                          \
-        struct ds_conn *fe = ds_fast_activity(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args));      \
+        void *fi;                                                                                  \
+        struct ds_conn *fe = ds_fast_activity(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args), &fi); \
         if (fe) {                                                                                  \
                 ret fr = ((ret(*) params)fe->lib->fn[DS_ID_##name])args;                           \
                 ds_fast_activity_end(fe);                                                          \
                 return fr;                                                                         \
         }                                                                                          \
+        if (fi)                                                                                    \
+                return ((ret(*) params)fi)args;                                                    \
         ds_begin(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args));                                   \
         ret r = DS_REAL(ret, params) args;                                                         \
         ds_end(&c);                                                                                \
@@ -97,12 +100,15 @@
         return c.out.str;
 
 #define DS_BODY_GETTER(ret, name, params, args, slot)                                              \
-        struct ds_conn *fe = ds_fast_enter(DS_ID_##name, slot, DS_RA, DS_FIRST(args));             \
+        void *fi;                                                                                  \
+        struct ds_conn *fe = ds_fast_enter(DS_ID_##name, slot, DS_RA, DS_FIRST(args), &fi);        \
         if (fe) {                                                                                  \
                 ret fr = ((ret(*) params)fe->lib->fn[DS_ID_##name])args;                           \
                 ds_fast_leave(fe);                                                                 \
                 return fr;                                                                         \
         }                                                                                          \
+        if (fi)                                                                                    \
+                return ((ret(*) params)fi)args;                                                    \
         struct ds_call c;                                                                          \
         ret r;                                                                                     \
         if (ds_begin(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args)))                               \
