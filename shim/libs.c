@@ -15,9 +15,10 @@
 
 /* ---- the C library's own dlsym/dlopen ---- */
 
-/* Read by the trampolines below; set before any of them jumps. */
-void *ds_real_dlsym_ptr;
-void *ds_real_dlopen_ptr;
+/* Read by the trampolines below; set before any of them jumps. "used":
+ * only the assembly names them, which link-time optimisation cannot see. */
+__attribute__((used)) void *ds_real_dlsym_ptr;
+__attribute__((used)) void *ds_real_dlopen_ptr;
 
 static int real_ready;                 /* ds_real_dlsym_ptr and ds_real_dlopen_ptr are bound */
 static uintptr_t self_start, self_end; /* this shim's mapped range */
