@@ -46,6 +46,17 @@ static pthread_mutex_t conns_mutex = PTHREAD_MUTEX_INITIALIZER;
 static struct conn_slot first_slots[FIRST_SLOTS];
 static struct conn_table first = {.mask = FIRST_SLOTS - 1, .slot = first_slots};
 
+/* Each thread remembers the last connection it looked up: a program calls
+ * on one connection many times in a row. The memory is good while no key
+ * has been added or removed since (conns_gen, bumped under conns_mutex by
+ * both), so it never names a record that has been freed, except one whose
+ * connection the application finishes while using it (its own bug, and
+ * the table's lookup has the same window). */
+static _Atomic unsigned long conns_gen;
+static __thread const void *hot_key __attribute__((tls_model("initial-exec")));
+static __thread struct ds_conn *hot_rec __attribute__((tls_model("initial-exec")));
+static __thread unsigned long hot_gen __attribute__((tls_model("initial-exec")));
+
 static size_t home_of(const void *conn)
 {
         uintptr_t v = (uintptr_t)conn;
@@ -110,6 +121,7 @@ int ds_conn_add(struct ds_conn *c)
 {
         int rc = -ENOMEM;
         pthread_mutex_lock(&conns_mutex);
+        atomic_fetch_add_explicit(&conns_gen, 1, memory_order_release);
         struct conn_table *t = &first, *last = t;
         for (; t; t = atomic_load_explicit(&t->next, memory_order_relaxed)) {
                 last = t;
@@ -139,9 +151,18 @@ struct ds_conn *ds_conn_find(const void *conn)
 {
         if (!conn)
                 return NULL;
+        unsigned long gen = atomic_load_explicit(&conns_gen, memory_order_acquire);
+        if (conn == hot_key && gen == hot_gen)
+                return hot_rec;
         struct conn_table *t;
         struct conn_slot *s = locate(conn, &t);
-        return s ? atomic_load_explicit(&s->rec, memory_order_relaxed) : NULL;
+        struct ds_conn *rec = s ? atomic_load_explicit(&s->rec, memory_order_relaxed) : NULL;
+        if (rec) {
+                hot_key = conn;
+                hot_rec = rec;
+                hot_gen = gen;
+        }
+        return rec;
 }
 
 struct ds_conn *ds_conn_remove(const void *conn)
@@ -153,6 +174,7 @@ struct ds_conn *ds_conn_remove(const void *conn)
         struct conn_slot *s = locate(conn, &t);
         struct ds_conn *c = NULL;
         if (s) {
+                atomic_fetch_add_explicit(&conns_gen, 1, memory_order_release);
                 c = atomic_load_explicit(&s->rec, memory_order_relaxed);
                 atomic_store_explicit(&s->key, TOMB, memory_order_release);
                 /* A run of TOMBs that ends at an EMPTY is EMPTY again. */

@@ -998,14 +998,18 @@ static int begin_reset(struct ds_call *c)
 struct ds_conn *ds_fast_enter(int id, int slot, const void *ra, const void *conn, void **inner)
 {
         *inner = NULL;
-        if (slot < 0) {
-                struct ds_lib *caller = ds_lib_at(ra);
-                if (caller) {
-                        *inner = caller->fn[id]; /* as ds_begin: nested, passed through */
-                        return NULL;
-                }
+        if (depth) {
+                /* inside a call: libpq using its own exports is passed
+                 * through as ds_begin would; anything else takes its path */
+                struct ds_lib *caller = slot < 0 ? ds_lib_at(ra) : NULL;
+                if (caller)
+                        *inner = caller->fn[id];
+                return NULL;
         }
-        if (depth || !conn)
+        /* Not inside a call. libpq may still be the caller (lo_import's
+         * PQexec); on a known OPEN connection that is tracked as the
+         * application's own call, which it stands for. */
+        if (!conn)
                 return NULL;
         struct ds_conn *e = ds_conn_find(conn);
         if (!e || !e->lib->fn[id] || !ds_conn_try_enter(e))

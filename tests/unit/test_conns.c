@@ -56,6 +56,41 @@ Test(conns, add_find_remove_across_chained_tables)
                 cr_assert_null(ds_conn_find(&keys[i]));
 }
 
+/* A thread's memory of its last lookup never outlives the key: finished
+ * and connected again at the same address (malloc reuses it), the
+ * connection is found with its new record, in this thread and another. */
+static void *find_key(void *key)
+{
+        return ds_conn_find(key);
+}
+
+Test(conns, last_lookup_memory_follows_removal_and_reuse)
+{
+        static char key;
+        struct ds_conn *a = record_for(&key), *b = record_for(&key);
+        cr_assert_eq(ds_conn_add(a), 0);
+        cr_assert_eq(ds_conn_find(&key), a);
+        cr_assert_eq(ds_conn_find(&key), a, "found again, from memory");
+        cr_assert_eq(ds_conn_remove(&key), a);
+        cr_assert_null(ds_conn_find(&key), "removed: not remembered");
+        cr_assert_eq(ds_conn_add(b), 0);
+        cr_assert_eq(ds_conn_find(&key), b, "the new record, not the remembered one");
+        pthread_t th;
+        void *seen = NULL;
+        cr_assert_eq(pthread_create(&th, NULL, find_key, &key), 0);
+        pthread_join(th, &seen);
+        cr_assert_eq(seen, b);
+        cr_assert_eq(ds_conn_remove(&key), b);
+        static char other;
+        struct ds_conn *c = record_for(&other);
+        cr_assert_eq(ds_conn_add(c), 0);
+        cr_assert_null(ds_conn_find(&key), "another key's add does not bring it back");
+        cr_assert_eq(ds_conn_remove(&other), c);
+        free(a);
+        free(b);
+        free(c);
+}
+
 static void count_cb(struct ds_conn *e, void *arg)
 {
         (void)e;
