@@ -995,7 +995,11 @@ static int begin_reset(struct ds_call *c)
         return 1;
 }
 
-struct ds_conn *ds_fast_enter(int id, int slot, const void *ra, const void *conn, void **inner)
+/* The fast paths run on every call an application makes on a connection:
+ * flatten pulls the table lookup and the thread's mark (conns.c) into each
+ * of them, where link-time optimisation allows. */
+__attribute__((flatten)) struct ds_conn *ds_fast_enter(int id, int slot, const void *ra,
+                                                       const void *conn, void **inner)
 {
         *inner = NULL;
         if (depth) {
@@ -1018,14 +1022,15 @@ struct ds_conn *ds_fast_enter(int id, int slot, const void *ra, const void *conn
         return e;
 }
 
-void ds_fast_leave(struct ds_conn *e)
+__attribute__((flatten)) void ds_fast_leave(struct ds_conn *e)
 {
         depth--;
         ds_conn_leave(e, DS_IN_RECORD);
 }
 
-struct ds_conn *ds_fast_activity(struct ds_call *c, int id, int slot, const void *ra,
-                                 const void *conn, void **inner)
+__attribute__((flatten)) struct ds_conn *ds_fast_activity(struct ds_call *c, int id, int slot,
+                                                          const void *ra, const void *conn,
+                                                          void **inner)
 {
         struct ds_conn *e = ds_fast_enter(id, slot, ra, conn, inner);
         if (e && !e->pinned && (c->args.stmt || c->args.query)) {
@@ -1035,7 +1040,7 @@ struct ds_conn *ds_fast_activity(struct ds_call *c, int id, int slot, const void
         return e;
 }
 
-void ds_fast_activity_end(struct ds_conn *e)
+__attribute__((flatten)) void ds_fast_activity_end(struct ds_conn *e)
 {
         ds_handle *h = atomic_load_explicit(&coord, memory_order_relaxed);
         atomic_store_explicit(&e->last_used_ns, h ? touch(h) : coarse_now(), memory_order_relaxed);
