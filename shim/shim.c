@@ -1002,18 +1002,18 @@ __attribute__((flatten)) struct ds_conn *ds_fast_enter(int id, int slot, const v
                                                        const void *conn, void **inner)
 {
         *inner = NULL;
-        if (depth) {
-                /* inside a call: libpq using its own exports is passed
-                 * through as ds_begin would; anything else takes its path */
-                struct ds_lib *caller = slot < 0 ? ds_lib_at(ra) : NULL;
-                if (caller)
+        /* libpq using its own exports is passed through as ds_begin would,
+         * also outside any call of the application's: the shim's own work
+         * on a connection (the life thread closing or releasing one) calls
+         * into libpq, and must not count as the application's activity. */
+        if (slot < 0) {
+                struct ds_lib *caller = ds_lib_at(ra);
+                if (caller) {
                         *inner = caller->fn[id];
-                return NULL;
+                        return NULL;
+                }
         }
-        /* Not inside a call. libpq may still be the caller (lo_import's
-         * PQexec); on a known OPEN connection that is tracked as the
-         * application's own call, which it stands for. */
-        if (!conn)
+        if (depth || !conn)
                 return NULL;
         struct ds_conn *e = ds_conn_find(conn);
         if (!e || !e->lib->fn[id] || !ds_conn_try_enter(e))
