@@ -193,7 +193,12 @@ static inline int tu_segment_foreign_strings(const char *name, size_t min_len, c
                                            j - i <= sizeof(pthread_mutex_t) - rel;
                         }
                         int in_magic = i < sizeof(H->magic); /* "DDNYSHM1" */
-                        if (!in_name && !in_gen && !in_magic && !in_lock) {
+                        /* a run inside one aligned 8-byte word is a number's
+                         * bytes (a timestamp's low bytes may all be
+                         * printable); text leaks are looked for by content
+                         * above, and a longer run still counts */
+                        int in_word = i / 8 == (j - 1) / 8;
+                        if (!in_name && !in_gen && !in_magic && !in_lock && !in_word) {
                                 if (n == 0 && what)
                                         snprintf(what, whatlen, "'%.*s' at offset %zu",
                                                  (int)(j - i > 80 ? 80 : j - i),
