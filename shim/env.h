@@ -22,9 +22,4 @@ int ds_env_wait_timeout(const char *v, uint32_t *ms);
  * terminated string of at most len - 1 bytes (len >= 8). */
 void ds_scraper_from_cmdline(const char *buf, size_t n, char *out, size_t len);
 
-/* Whether SQL text q (one or more statements) keeps state in the session
- * that a reconnect would lose (SPEC 4.5). String literals are skipped; a
- * keyword anywhere else errs on the side of pinning. Linear in the text. */
-int ds_sql_pins(const char *q);
-
 #endif

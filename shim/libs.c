@@ -205,8 +205,10 @@ struct ds_lib *ds_lib_containing(const void *addr)
         lib->re.untrace = own_symbol(h, "PQuntrace", &o);
         lib->re.notifies = own_symbol(h, "PQnotifies", &o);
         lib->re.freemem = own_symbol(h, "PQfreemem", &o);
-        lib->re.result_status = own_symbol(h, "PQresultStatus", &o);
-        lib->re.clear = own_symbol(h, "PQclear", &o);
+        lib->result_status = own_symbol(h, "PQresultStatus", &o);
+        lib->ntuples = own_symbol(h, "PQntuples", &o);
+        lib->getvalue = own_symbol(h, "PQgetvalue", &o);
+        lib->clear = own_symbol(h, "PQclear", &o);
         lib->idx = n;
         h = NULL; /* kept: the reference keeps the copy mapped while we route to it */
         atomic_store_explicit(&n_libs, n + 1, memory_order_release);

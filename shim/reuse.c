@@ -62,7 +62,7 @@ static int usable(const struct ds_lib *lib)
 {
         return lib->status && lib->socket && lib->re.set_processor && lib->re.set_receiver &&
                lib->re.set_verbosity && lib->re.set_context && lib->re.untrace &&
-               lib->re.notifies && lib->re.freemem && lib->re.result_status && lib->re.clear &&
+               lib->re.notifies && lib->re.freemem && lib->result_status && lib->clear &&
                lib->fn[DS_ID_PQexec] && lib->fn[DS_ID_PQtransactionStatus] &&
                lib->fn[DS_ID_PQisBusy] && lib->fn[DS_ID_PQsetnonblocking];
 }
@@ -100,9 +100,9 @@ static int command(struct ds_lib *lib, PGresult *(*exec)(PGconn *, const char *)
 {
         PGTransactionStatusType (*tx)(const PGconn *) = lib->fn[DS_ID_PQtransactionStatus];
         PGresult *r = exec(conn, sql);
-        int ok = r && lib->re.result_status(r) == PGRES_COMMAND_OK;
+        int ok = r && lib->result_status(r) == PGRES_COMMAND_OK;
         if (r)
-                lib->re.clear(r);
+                lib->clear(r);
         return ok && lib->status(conn) == CONNECTION_OK && tx(conn) == PQTRANS_IDLE ? 0 : -1;
 }
 

@@ -512,18 +512,6 @@ static int status_bad(struct ds_call *c, const PGconn *conn)
         return !conn || (c->lib->status && c->lib->status(conn) == CONNECTION_BAD);
 }
 
-/* ---- pins: session state a reconnect would lose (ds_sql_pins: env.c) ---- */
-
-static void note_pins(struct ds_call *c, struct ds_conn *e)
-{
-        if (e->pinned)
-                return;
-        if ((c->args.stmt && c->args.stmt[0]) || (c->args.query && ds_sql_pins(c->args.query))) {
-                e->pinned = 1;
-                ds_debug("connection %p is pinned by %s", (void *)e->conn, ds_fn_names[c->id]);
-        }
-}
-
 /* ---- idle and surplus release ---- */
 
 static char empty_message[1];
@@ -621,6 +609,98 @@ static int enter_conn(struct ds_call *c, struct ds_conn *e)
         }
 }
 
+/* ---- pins: session state a reconnect would lose ---- */
+
+/* What a session holds that a reconnect would lose (SPEC 4.5), counted by
+ * the server itself: named prepared statements (SQL PREPARE and the
+ * protocol's), cursors WITH HOLD, LISTEN, session advisory locks (no
+ * transaction is open, so any advisory lock held is a session's), settings
+ * changed for the session (SET, set_config(..., false), SET ROLE; not the
+ * client encoding, which a reconnect restores) and temporary tables.
+ * Whatever statement made them (a DO block, a function, SELECT INTO TEMP),
+ * and at no cost to the application's own calls. Names are qualified: the
+ * session's search_path cannot redirect them. */
+static const char session_state_sql[] =
+    "SELECT (SELECT count(*) FROM pg_catalog.pg_prepared_statements)"
+    " + (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable)"
+    " + (SELECT count(*) FROM pg_catalog.pg_listening_channels())"
+    " + (SELECT count(*) FROM pg_catalog.pg_locks"
+    " WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())"
+    " + (SELECT count(*) FROM pg_catalog.pg_settings"
+    " WHERE source = 'session' AND name <> 'client_encoding')"
+    " + (SELECT count(*) FROM pg_catalog.pg_class"
+    " WHERE relnamespace = pg_catalog.pg_my_temp_schema())";
+
+/* How long the release waits for the server's answer. */
+#define SESSION_STATE_WAIT_MS 5000
+
+enum { STATE_NONE, STATE_KEPT, STATE_UNKNOWN, STATE_NO_ANSWER };
+
+/* Waits until conn has sent everything and a result (or the end) can be
+ * taken without blocking. 0, or -1: the connection failed or the deadline
+ * (coarse ns) passed. */
+static int await_result(struct ds_lib *lib, PGconn *conn, uint64_t deadline)
+{
+        int (*flush)(PGconn *) = lib->fn[DS_ID_PQflush];
+        int (*consume)(PGconn *) = lib->fn[DS_ID_PQconsumeInput];
+        int (*isbusy)(PGconn *) = lib->fn[DS_ID_PQisBusy];
+        for (;;) {
+                int f = flush(conn);
+                if (f < 0)
+                        return -1;
+                if (!f && !isbusy(conn))
+                        return 0;
+                uint64_t now = coarse_now();
+                if (now >= deadline)
+                        return -1;
+                struct pollfd p = {lib->socket(conn), f ? POLLIN | POLLOUT : POLLIN, 0};
+                int left = (int)((deadline - now) / 1000000) + 1;
+                if (p.fd < 0 || (poll(&p, 1, left) < 0 && errno != EINTR))
+                        return -1;
+                if ((p.revents & (POLLIN | POLLERR | POLLHUP)) && !consume(conn))
+                        return -1;
+        }
+}
+
+/* Asks the server whether e's session holds state a reconnect would lose
+ * (the advice thread owns e in RELEASING; it is idle, outside any
+ * transaction and not in pipeline mode). STATE_NONE or STATE_KEPT; or
+ * STATE_UNKNOWN: the check failed, and the connection is as it was (or
+ * broken); or STATE_NO_ANSWER: no answer in time, and the query is still
+ * out, so the connection cannot go back to the application as it is. */
+static int session_state(struct ds_conn *e)
+{
+        struct ds_lib *lib = e->lib;
+        PGconn *conn = (PGconn *)e->conn;
+        int (*send)(PGconn *, const char *) = lib->fn[DS_ID_PQsendQuery];
+        PGresult *(*get)(PGconn *) = lib->fn[DS_ID_PQgetResult];
+        if (!send || !get || !lib->fn[DS_ID_PQflush] || !lib->fn[DS_ID_PQconsumeInput] ||
+            !lib->fn[DS_ID_PQisBusy] || !lib->result_status || !lib->ntuples || !lib->getvalue ||
+            !lib->clear)
+                return STATE_UNKNOWN;
+        if (!send(conn, session_state_sql))
+                return STATE_UNKNOWN;
+        uint64_t deadline = coarse_now() + SESSION_STATE_WAIT_MS * 1000000ull;
+        long long held = -1;
+        int failed = 0;
+        for (;;) {
+                if (await_result(lib, conn, deadline) != 0)
+                        return lib->status(conn) == CONNECTION_BAD ? STATE_UNKNOWN
+                                                                   : STATE_NO_ANSWER;
+                PGresult *r = get(conn);
+                if (!r)
+                        break;
+                if (lib->result_status(r) == PGRES_TUPLES_OK && lib->ntuples(r) == 1)
+                        held = atoll(lib->getvalue(r, 0, 0));
+                else
+                        failed = 1;
+                lib->clear(r);
+        }
+        if (failed || held < 0)
+                return STATE_UNKNOWN;
+        return held > 0 ? STATE_KEPT : STATE_NONE;
+}
+
 /* Closes e on the server side and gives its slot back (the advice thread
  * owns e in RELEASING). 1 if released; else e is OPEN again. */
 static int release_conn(struct ds_conn *e, int reason)
@@ -639,6 +719,22 @@ static int release_conn(struct ds_conn *e, int reason)
                 atomic_store(&e->rstate, DS_CONN_OPEN);
                 return 0;
         }
+        /* A connection with an event procedure is not asked: the check's
+         * result would reach the procedure from this thread. */
+        int state = e->events ? STATE_UNKNOWN : session_state(e);
+        if (state == STATE_KEPT || state == STATE_UNKNOWN) {
+                e->pinned = 1; /* never asked again (until reuse resets it) */
+                ds_debug("connection %p is pinned: %s", (void *)conn,
+                         state == STATE_KEPT ? "its session holds state a reconnect would lose"
+                                             : "its session state could not be checked");
+                atomic_store(&e->rstate, DS_CONN_OPEN);
+                return 0;
+        }
+        if (state == STATE_NO_ANSWER)
+                ds_log(DS_LOG_WARN,
+                       "the server did not answer the session-state check of an idle connection "
+                       "within %d ms; the connection is closed",
+                       SESSION_STATE_WAIT_MS);
         e->nonblocking = isnb(conn);
         e->encoding = enc(conn);
         /* a duplicate of the socket shows when the backend is gone: only
@@ -1028,18 +1124,6 @@ __attribute__((flatten)) void ds_fast_leave(struct ds_conn *e)
         ds_conn_leave(e, DS_IN_RECORD);
 }
 
-__attribute__((flatten)) struct ds_conn *ds_fast_activity(struct ds_call *c, int id, int slot,
-                                                          const void *ra, const void *conn,
-                                                          void **inner)
-{
-        struct ds_conn *e = ds_fast_enter(id, slot, ra, conn, inner);
-        if (e && !e->pinned && (c->args.stmt || c->args.query)) {
-                c->id = id;
-                note_pins(c, e);
-        }
-        return e;
-}
-
 __attribute__((flatten)) void ds_fast_activity_end(struct ds_conn *e)
 {
         ds_handle *h = atomic_load_explicit(&coord, memory_order_relaxed);
@@ -1134,7 +1218,6 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                 if (c->entry) {
                         c->busy = ds_conn_enter(c->entry);
                         enter_conn(c, c->entry);
-                        note_pins(c, c->entry);
                 }
                 return 1;
         case DS_KIND_REVIVE:

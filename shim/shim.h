@@ -56,6 +56,11 @@ struct ds_lib {
         int (*backend_pid)(const PGconn *);
         PGpipelineStatus (*pipeline)(const PGconn *);
         const char *(*encoding_name)(int);
+        /* reading a result: the session-state check, connection reuse */
+        ExecStatusType (*result_status)(const PGresult *);
+        int (*ntuples)(const PGresult *);
+        char *(*getvalue)(const PGresult *, int, int);
+        void (*clear)(PGresult *);
         /* what connection reuse needs beyond the intercepted names (any NULL:
          * its connections are never parked) */
         struct {
@@ -66,8 +71,6 @@ struct ds_lib {
                 void (*untrace)(PGconn *);
                 PGnotify *(*notifies)(PGconn *);
                 void (*freemem)(void *);
-                ExecStatusType (*result_status)(const PGresult *);
-                void (*clear)(PGresult *);
         } re;
         int no_release; /* a release of its connections could not keep them */
         int idx;        /* index in the registry and in ds_slot_fns */
@@ -116,8 +119,19 @@ struct ds_slot {
 struct ds_conn {
         const PGconn *conn;
         struct ds_lib *lib; /* the library that created it: every call goes there */
-        pid_t owner;        /* the process that opened it; a forked child is not it */
-        int leased;         /* 1: lease is a slot held for this connection */
+        /* What every call on it reads or writes comes first, in one cache
+         * line with conn and lib (records are cache-line aligned).
+         * Idle release: rstate is DS_CONN_OPEN, or owned by one thread while
+         * RELEASING / REVIVING, or RELEASED (closed on the server side, no
+         * slot; the PGconn keeps its parameters). A thread using the
+         * connection enters it (ds_conn_enter) before it reads rstate; the
+         * releaser moves OPEN -> RELEASING before it checks for calls inside. */
+        _Atomic int rstate;
+        int pinned;                    /* holds session state a reconnect would lose */
+        _Atomic uint64_t last_used_ns; /* coarse clock, end of its last call */
+        _Atomic int busy;              /* nested calls in flight on it (ds_conn_enter) */
+        pid_t owner;                   /* the process that opened it; a forked child is not it */
+        int leased;                    /* 1: lease is a slot held for this connection */
         struct ds_slot lease;
         char *error; /* dynshim's refusal, returned by PQerrorMessage; or NULL */
         /* The parameters it was opened with, for a later transparent reconnect:
@@ -125,18 +139,9 @@ struct ds_conn {
          * with expand_dbname). Process memory only, never the segment. */
         char **keywords, **values;
         int expand_dbname;
-        _Atomic int busy; /* nested calls in flight on it (ds_conn_enter) */
-        /* Idle release: rstate is DS_CONN_OPEN, or owned by one thread while
-         * RELEASING / REVIVING, or RELEASED (closed on the server side, no
-         * slot; the PGconn keeps its parameters). A thread using the
-         * connection enters it (ds_conn_enter) before it reads rstate; the
-         * releaser moves OPEN -> RELEASING before it checks for calls inside. */
-        _Atomic int rstate;
-        int pinned;                    /* holds session state a reconnect would lose */
-        int fd;                        /* while released: the fd number kept for it, or -1 */
-        int nonblocking;               /* while released: the mode to restore */
-        int encoding;                  /* while released: the client encoding to restore */
-        _Atomic uint64_t last_used_ns; /* coarse clock, end of its last call */
+        int fd;          /* while released: the fd number kept for it, or -1 */
+        int nonblocking; /* while released: the mode to restore */
+        int encoding;    /* while released: the client encoding to restore */
         /* connection reuse (reuse.c) */
         int events;           /* an event procedure was registered: never parked */
         uint64_t parked_ns;   /* while parked: when */
@@ -235,9 +240,10 @@ void ds_forget_inherited(struct ds_conn *e);
 
 /* ---- the call record (shim.c) ---- */
 
-/* The fast path of a state getter: the record of conn, entered, when the
- * call needs nothing but the real function of the connection's library
- * (a known, OPEN connection; not nested); else NULL and nothing done. A
+/* The fast path of a state getter or an activity call: the record of
+ * conn, entered, when the call needs nothing but the real function of the
+ * connection's library (a known, OPEN connection; not nested); else NULL
+ * and nothing done. A
  * call libpq makes into its own exports (PQexec's PQgetResult) needs no
  * bookkeeping at all: then *inner is the caller's copy's function (else
  * NULL), for the wrapper to call as it is. */
@@ -266,8 +272,6 @@ struct ds_call {
                 const char *const *keywords, *const *values;
                 int expand_dbname;
                 const char *setdb[7]; /* PQsetdbLogin's, in order */
-                const char *query;    /* activity: SQL text, or NULL */
-                const char *stmt;     /* PQprepare/PQsendPrepare: the name */
         } args;
         union {
                 PGconn *conn;
@@ -278,10 +282,8 @@ struct ds_call {
         } out;
 };
 
-/* The same for a call that talks to the server (c->args filled): notes the
- * session state its SQL pins; the end touches the activity clock. */
-struct ds_conn *ds_fast_activity(struct ds_call *c, int id, int slot, const void *ra,
-                                 const void *conn, void **inner);
+/* The end of the fast path of a call that talks to the server (entered by
+ * ds_fast_enter): also touches the activity clock. */
 void ds_fast_activity_end(struct ds_conn *e);
 
 /* Every wrapper: ds_begin decides (and returns 1 if the real function must

@@ -22,27 +22,6 @@
         (c.args.setdb[0] = h, c.args.setdb[1] = p, c.args.setdb[2] = o, c.args.setdb[3] = t,       \
          c.args.setdb[4] = d, c.args.setdb[5] = u, c.args.setdb[6] = w)
 
-/* An activity call's SQL text and statement name, for pin detection. */
-#define DS_Q_NONE(...)                (c.args.query = NULL, c.args.stmt = NULL)
-#define DS_Q_PQexec(cn, q)            (c.args.query = q, c.args.stmt = NULL)
-#define DS_Q_PQsendQuery              DS_Q_PQexec
-#define DS_Q_PQexecParams(cn, q, ...) (c.args.query = q, c.args.stmt = NULL)
-#define DS_Q_PQsendQueryParams        DS_Q_PQexecParams
-#define DS_Q_PQprepare(cn, n, q, ...) (c.args.query = q, c.args.stmt = n)
-#define DS_Q_PQsendPrepare            DS_Q_PQprepare
-#define DS_Q_PQexecPrepared           DS_Q_NONE
-#define DS_Q_PQdescribePrepared       DS_Q_NONE
-#define DS_Q_PQdescribePortal         DS_Q_NONE
-#define DS_Q_PQsendQueryPrepared      DS_Q_NONE
-#define DS_Q_PQsendDescribePrepared   DS_Q_NONE
-#define DS_Q_PQsendDescribePortal     DS_Q_NONE
-#define DS_Q_PQpipelineSync           DS_Q_NONE
-#define DS_Q_PQgetResult              DS_Q_NONE
-#define DS_Q_PQconsumeInput           DS_Q_NONE
-#define DS_Q_PQputCopyData            DS_Q_NONE
-#define DS_Q_PQputCopyEnd             DS_Q_NONE
-#define DS_Q_PQgetCopyData            DS_Q_NONE
-
 /* One body per kind; `slot` is -1 for the exported interposers. */
 #define DS_BODY_CONNECT(ret, name, params, args, slot)                                             \
         struct ds_call c;                                                                          \
@@ -77,10 +56,8 @@
         ds_end(&c);                                                                                \
         return c.out.ping;
 #define DS_BODY_ACTIVITY(ret, name, params, args, slot)                                            \
-        struct ds_call c;                                                                          \
-        DS_Q_##name args;                                                                          \
         void *fi;                                                                                  \
-        struct ds_conn *fe = ds_fast_activity(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args), &fi); \
+        struct ds_conn *fe = ds_fast_enter(DS_ID_##name, slot, DS_RA, DS_FIRST(args), &fi);        \
         if (fe) {                                                                                  \
                 ret fr = ((ret(*) params)fe->lib->fn[DS_ID_##name])args;                           \
                 ds_fast_activity_end(fe);                                                          \
@@ -88,6 +65,7 @@
         }                                                                                          \
         if (fi)                                                                                    \
                 return ((ret(*) params)fi)args;                                                    \
+        struct ds_call c;                                                                          \
         ds_begin(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args));                                   \
         ret r = DS_REAL(ret, params) args;                                                         \
         ds_end(&c);                                                                                \
