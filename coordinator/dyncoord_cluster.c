@@ -709,6 +709,13 @@ void cluster_step(struct cluster_agent *a, ds_handle *h, const char *segment)
                         write_state(a, segment);
                         return;
                 }
+                /* the agent's slot, like a client's, outlives the agent
+                 * until its backend is gone: a killed agent's session may
+                 * still be on the server when its successor connects */
+                int rc = ds_lease_set_backend(h, &a->lease, PQbackendPID(a->conn));
+                if (rc)
+                        error_once(a, "could not record the agent's backend with its slot",
+                                   strerror(-rc));
         }
         if (!a->id && join(a, h)) {
                 if (PQstatus(a->conn) != CONNECTION_OK)
