@@ -243,10 +243,9 @@ void ds_forget_inherited(struct ds_conn *e);
 /* The fast path of a state getter or an activity call: the record of
  * conn, entered, when the call needs nothing but the real function of the
  * connection's library (a known, OPEN connection; not nested); else NULL
- * and nothing done. A
- * call libpq makes into its own exports (PQexec's PQgetResult) needs no
- * bookkeeping at all: then *inner is the caller's copy's function (else
- * NULL), for the wrapper to call as it is. */
+ * and nothing done. A call libpq makes into its own exports (PQexec's
+ * PQgetResult) needs no bookkeeping at all: then *inner is the caller's
+ * copy's function (else NULL), for the wrapper to call as it is. */
 struct ds_conn *ds_fast_enter(int id, int slot, const void *ra, const void *conn, void **inner);
 void ds_fast_leave(struct ds_conn *e);
 

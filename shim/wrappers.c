@@ -55,16 +55,21 @@
                 c.out.ping = DS_REAL(ret, params) args;                                            \
         ds_end(&c);                                                                                \
         return c.out.ping;
-#define DS_BODY_ACTIVITY(ret, name, params, args, slot)                                            \
+/* The fast path of ACTIVITY and GETTER (ds_fast_enter): the real function
+ * of the connection's library, then `end`; or libpq's own call passed
+ * through; else the wrapper goes on to ds_begin. */
+#define DS_FAST(ret, name, params, args, slot, end)                                                \
         void *fi;                                                                                  \
         struct ds_conn *fe = ds_fast_enter(DS_ID_##name, slot, DS_RA, DS_FIRST(args), &fi);        \
         if (fe) {                                                                                  \
                 ret fr = ((ret(*) params)fe->lib->fn[DS_ID_##name])args;                           \
-                ds_fast_activity_end(fe);                                                          \
+                end(fe);                                                                           \
                 return fr;                                                                         \
         }                                                                                          \
         if (fi)                                                                                    \
-                return ((ret(*) params)fi)args;                                                    \
+                return ((ret(*) params)fi)args;
+#define DS_BODY_ACTIVITY(ret, name, params, args, slot)                                            \
+        DS_FAST(ret, name, params, args, slot, ds_fast_activity_end)                               \
         struct ds_call c;                                                                          \
         ds_begin(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args));                                   \
         ret r = DS_REAL(ret, params) args;                                                         \
@@ -78,15 +83,7 @@
         return c.out.str;
 
 #define DS_BODY_GETTER(ret, name, params, args, slot)                                              \
-        void *fi;                                                                                  \
-        struct ds_conn *fe = ds_fast_enter(DS_ID_##name, slot, DS_RA, DS_FIRST(args), &fi);        \
-        if (fe) {                                                                                  \
-                ret fr = ((ret(*) params)fe->lib->fn[DS_ID_##name])args;                           \
-                ds_fast_leave(fe);                                                                 \
-                return fr;                                                                         \
-        }                                                                                          \
-        if (fi)                                                                                    \
-                return ((ret(*) params)fi)args;                                                    \
+        DS_FAST(ret, name, params, args, slot, ds_fast_leave)                                      \
         struct ds_call c;                                                                          \
         ret r;                                                                                     \
         if (ds_begin(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args)))                               \
