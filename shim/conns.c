@@ -48,14 +48,18 @@ static struct conn_table first = {.mask = FIRST_SLOTS - 1, .slot = first_slots};
 
 /* Each thread remembers the last connection it looked up: a program calls
  * on one connection many times in a row. The memory is good while no key
- * has been added or removed since (conns_gen, bumped under conns_mutex by
+ * has been added or removed since (hot.gen, bumped under conns_mutex by
  * both), so it never names a record that has been freed, except one whose
  * connection the application finishes while using it (its own bug, and
  * the table's lookup has the same window). */
-static _Atomic unsigned long conns_gen;
-static __thread const void *hot_key __attribute__((tls_model("initial-exec")));
-static __thread struct ds_conn *hot_rec __attribute__((tls_model("initial-exec")));
-static __thread unsigned long hot_gen __attribute__((tls_model("initial-exec")));
+__thread struct ds_tls ds_tls __attribute__((tls_model("initial-exec")));
+
+/* What every call reads of the table's globals, in one cache line: the
+ * generation, and how a thread marks the connection it is in (below). */
+static struct {
+        _Alignas(64) _Atomic unsigned long gen;
+        _Atomic int asymmetric; /* 1: the releaser's membarrier fences the readers */
+} hot;
 
 static size_t home_of(const void *conn)
 {
@@ -121,7 +125,7 @@ int ds_conn_add(struct ds_conn *c)
 {
         int rc = -ENOMEM;
         pthread_mutex_lock(&conns_mutex);
-        atomic_fetch_add_explicit(&conns_gen, 1, memory_order_release);
+        atomic_fetch_add_explicit(&hot.gen, 1, memory_order_release);
         struct conn_table *t = &first, *last = t;
         for (; t; t = atomic_load_explicit(&t->next, memory_order_relaxed)) {
                 last = t;
@@ -151,16 +155,16 @@ struct ds_conn *ds_conn_find(const void *conn)
 {
         if (!conn)
                 return NULL;
-        unsigned long gen = atomic_load_explicit(&conns_gen, memory_order_acquire);
-        if (conn == hot_key && gen == hot_gen)
-                return hot_rec;
+        unsigned long gen = atomic_load_explicit(&hot.gen, memory_order_acquire);
+        if (conn == ds_tls.hot_key && gen == ds_tls.hot_gen)
+                return ds_tls.hot_rec;
         struct conn_table *t;
         struct conn_slot *s = locate(conn, &t);
         struct ds_conn *rec = s ? atomic_load_explicit(&s->rec, memory_order_relaxed) : NULL;
         if (rec) {
-                hot_key = conn;
-                hot_rec = rec;
-                hot_gen = gen;
+                ds_tls.hot_key = conn;
+                ds_tls.hot_rec = rec;
+                ds_tls.hot_gen = gen;
         }
         return rec;
 }
@@ -174,7 +178,7 @@ struct ds_conn *ds_conn_remove(const void *conn)
         struct conn_slot *s = locate(conn, &t);
         struct ds_conn *c = NULL;
         if (s) {
-                atomic_fetch_add_explicit(&conns_gen, 1, memory_order_release);
+                atomic_fetch_add_explicit(&hot.gen, 1, memory_order_release);
                 c = atomic_load_explicit(&s->rec, memory_order_relaxed);
                 atomic_store_explicit(&s->key, TOMB, memory_order_release);
                 /* A run of TOMBs that ends at an EMPTY is EMPTY again. */
@@ -254,8 +258,6 @@ static pthread_mutex_t threads_mutex = PTHREAD_MUTEX_INITIALIZER;
 static struct ds_thread *threads; /* every record (under threads_mutex) */
 static pthread_key_t thread_key;
 static pthread_once_t threads_once = PTHREAD_ONCE_INIT;
-static _Atomic int asymmetric; /* 1: the releaser's membarrier fences the readers */
-static __thread struct ds_thread *self_thread __attribute__((tls_model("initial-exec")));
 
 static int membarrier(int cmd)
 {
@@ -265,7 +267,7 @@ static int membarrier(int cmd)
 static void register_barrier(void)
 {
         int cmds = membarrier(MEMBARRIER_CMD_QUERY);
-        atomic_store(&asymmetric, cmds > 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) &&
+        atomic_store(&hot.asymmetric, cmds > 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) &&
                                       membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0);
 }
 
@@ -286,13 +288,13 @@ static void threads_init(void)
 void ds_conns_without_membarrier(void)
 {
         pthread_once(&threads_once, threads_init);
-        atomic_store(&asymmetric, 0);
+        atomic_store(&hot.asymmetric, 0);
 }
 
 /* The calling thread's record, made on its first call; NULL if none can be. */
 static struct ds_thread *thread_record(void)
 {
-        struct ds_thread *t = self_thread;
+        struct ds_thread *t = ds_tls.self;
         if (t)
                 return t;
         pthread_once(&threads_once, threads_init);
@@ -312,7 +314,7 @@ static struct ds_thread *thread_record(void)
                 }
         }
         pthread_mutex_unlock(&threads_mutex);
-        self_thread = t;
+        ds_tls.self = t;
         return t;
 }
 
@@ -322,7 +324,7 @@ static struct ds_thread *thread_record(void)
  * sequentially consistent state change and loads orders the two sides. */
 static void mark(struct ds_thread *t, struct ds_conn *e)
 {
-        if (atomic_load_explicit(&asymmetric, memory_order_relaxed)) {
+        if (atomic_load_explicit(&hot.asymmetric, memory_order_relaxed)) {
                 atomic_store_explicit(&t->in, e, memory_order_relaxed);
                 atomic_signal_fence(memory_order_seq_cst);
         } else {
@@ -332,7 +334,7 @@ static void mark(struct ds_thread *t, struct ds_conn *e)
 
 int ds_conn_try_enter(struct ds_conn *e)
 {
-        struct ds_thread *t = self_thread;
+        struct ds_thread *t = ds_tls.self;
         if (!t || atomic_load_explicit(&t->in, memory_order_relaxed))
                 return 0;
         mark(t, e);
@@ -356,7 +358,7 @@ int ds_conn_enter(struct ds_conn *e)
 void ds_conn_leave(struct ds_conn *e, int how)
 {
         if (how == DS_IN_RECORD)
-                atomic_store_explicit(&self_thread->in, NULL, memory_order_release);
+                atomic_store_explicit(&ds_tls.self->in, NULL, memory_order_release);
         else if (how == DS_IN_COUNTER)
                 atomic_fetch_sub(&e->busy, 1);
 }
@@ -364,7 +366,7 @@ void ds_conn_leave(struct ds_conn *e, int how)
 int ds_conns_unused(struct ds_conn **e, int n)
 {
         int ok = 1;
-        if (atomic_load(&asymmetric))
+        if (atomic_load(&hot.asymmetric))
                 ok = membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0;
         int kept = 0;
         pthread_mutex_lock(&threads_mutex);
@@ -408,9 +410,9 @@ void ds_conns_fork_parent(void)
 void ds_conns_fork_child(void)
 {
         for (struct ds_thread *t = threads; t; t = t->next)
-                if (t != self_thread)
+                if (t != ds_tls.self)
                         thread_gone(t);
-        if (atomic_load(&asymmetric))
+        if (atomic_load(&hot.asymmetric))
                 register_barrier();
         ds_conns_fork_parent();
 }

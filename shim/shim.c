@@ -817,6 +817,7 @@ static void pick_cb(struct ds_conn *e, void *arg)
         if (p->n >= p->max || e->owner != p->me || !e->leased || (p->h && e->lease.h != p->h) ||
             e->pinned || e->lib->no_release || atomic_load(&e->busy))
                 return;
+        ds_conn_note_used(e, p->now);
         if (p->now - atomic_load(&e->last_used_ns) < p->min_unused_ns)
                 return;
         int s = DS_CONN_OPEN;
@@ -926,14 +927,31 @@ static void self_wait(ds_handle *h, int delta)
         }
 }
 
+struct activity {
+        uint64_t now;
+        int any;
+};
+
+static void activity_cb(struct ds_conn *e, void *arg)
+{
+        struct activity *a = arg;
+        a->any |= ds_conn_note_used(e, a->now);
+}
+
 /* Runs on the process's life thread every advice period and when the pool
  * wants slots back. */
 static void advice_handler(void *arg)
 {
         ds_handle *h = arg;
         struct ds_advice a;
-        if (ds_conns_any_inside())
-                touch(h); /* a call in flight (a long query): the scraper is active */
+        /* The application's calls since the last look, or one in flight (a
+         * long query): the scraper is active. Its calls only mark their
+         * connection, so activity reaches the pool from here, before the
+         * pool is asked whether anything is idle. */
+        struct activity act = {coarse_now(), 0};
+        ds_conns_each(activity_cb, &act);
+        if (act.any || ds_conns_any_inside())
+                touch(h);
         int advised_ok = ds_advise(h, &a) == 0;
         /* parked connections go first: expired ones, every one when a
          * connect waits, and before any connection in use is released */
@@ -992,8 +1010,6 @@ static void register_advice(ds_handle *h)
 }
 
 /* ---- begin / end ---- */
-
-static __thread int depth __attribute__((tls_model("initial-exec")));
 
 static long missing_function(void)
 {
@@ -1109,25 +1125,24 @@ __attribute__((flatten)) struct ds_conn *ds_fast_enter(int id, int slot, const v
                         return NULL;
                 }
         }
-        if (depth || !conn)
+        if (ds_tls.depth || !conn)
                 return NULL;
         struct ds_conn *e = ds_conn_find(conn);
         if (!e || !e->lib->fn[id] || !ds_conn_try_enter(e))
                 return NULL;
-        depth++;
+        ds_tls.depth++;
         return e;
 }
 
 __attribute__((flatten)) void ds_fast_leave(struct ds_conn *e)
 {
-        depth--;
+        ds_tls.depth--;
         ds_conn_leave(e, DS_IN_RECORD);
 }
 
 __attribute__((flatten)) void ds_fast_activity_end(struct ds_conn *e)
 {
-        ds_handle *h = atomic_load_explicit(&coord, memory_order_relaxed);
-        atomic_store_explicit(&e->last_used_ns, h ? touch(h) : coarse_now(), memory_order_relaxed);
+        ds_conn_mark_used(e); /* the life thread makes it the scraper's activity */
         ds_fast_leave(e);
 }
 
@@ -1135,7 +1150,7 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
 {
         c->id = id;
         c->kind = ds_fn_kinds[id];
-        c->nested = depth++ > 0;
+        c->nested = ds_tls.depth++ > 0;
         c->skip = 0;
         c->ra = ra;
         c->conn = conn;
@@ -1364,7 +1379,7 @@ static void note_own_backend(struct ds_conn *e)
 
 void ds_end(struct ds_call *c)
 {
-        depth--;
+        ds_tls.depth--;
         if (c->nested)
                 return;
         struct ds_conn *e = c->entry;

@@ -128,7 +128,8 @@ struct ds_conn {
          * releaser moves OPEN -> RELEASING before it checks for calls inside. */
         _Atomic int rstate;
         int pinned;                    /* holds session state a reconnect would lose */
-        _Atomic uint64_t last_used_ns; /* coarse clock, end of its last call */
+        _Atomic uint64_t last_used_ns; /* coarse clock: its last call seen (ds_conn_note_used) */
+        _Atomic int used;              /* 1: called since last_used_ns was set */
         _Atomic int busy;              /* nested calls in flight on it (ds_conn_enter) */
         pid_t owner;                   /* the process that opened it; a forked child is not it */
         int leased;                    /* 1: lease is a slot held for this connection */
@@ -163,6 +164,38 @@ enum { DS_FDHOOK_RELEASE = 1, DS_FDHOOK_RECONNECT = 2 };
 void ds_fdhook_begin(int mode, int fd);
 int ds_fdhook_end(void);
 int ds_fd_placeholder(int fd);
+
+/* What a thread keeps for the fast path, in one thread-local block: one
+ * GOT entry and one cache line for all of it. */
+struct ds_thread;
+struct ds_tls {
+        int depth;               /* intercepted calls the thread is inside (shim.c) */
+        struct ds_thread *self;  /* its record of the connection it is in (conns.c) */
+        const void *hot_key;     /* the connection it looked up last (conns.c) */
+        struct ds_conn *hot_rec; /* and its record */
+        unsigned long hot_gen;   /* the table's generation then */
+};
+extern __thread struct ds_tls ds_tls __attribute__((tls_model("initial-exec")));
+
+/* A call on e was made: marks it for the life thread, which turns the mark
+ * into a time (ds_conn_note_used) before it looks at how long e has gone
+ * unused. No clock is read on the application's calls, and the line is
+ * written only when the mark is not already there. */
+static inline void ds_conn_mark_used(struct ds_conn *e)
+{
+        if (!atomic_load_explicit(&e->used, memory_order_relaxed))
+                atomic_store_explicit(&e->used, 1, memory_order_relaxed);
+}
+/* The releaser's side: a marked e was last used `now`. Returns 1 if e was
+ * marked. */
+static inline int ds_conn_note_used(struct ds_conn *e, uint64_t now)
+{
+        if (!atomic_load_explicit(&e->used, memory_order_relaxed) ||
+            !atomic_exchange_explicit(&e->used, 0, memory_order_relaxed))
+                return 0;
+        atomic_store_explicit(&e->last_used_ns, now, memory_order_relaxed);
+        return 1;
+}
 
 /* Records a new connection (conn must not be in the table). 0 or -ENOMEM. */
 int ds_conn_add(struct ds_conn *c);
