@@ -21,7 +21,11 @@
  * two tables are the same functions, and the ratio shows the method's own
  * noise.
  *
- *   pair_bench simple|prepared BLOCKS TRANSACTIONS_PER_BLOCK
+ *   pair_bench simple|prepared BLOCKS TRANSACTIONS_PER_BLOCK [CLIENTS]
+ *
+ * With CLIENTS (default 1), that many threads do the same at once, each on
+ * its own connection, as pgbench -c N -j N does; a block's times are then
+ * summed over the threads.
  *
  * Prints: ratio=<median over blocks of direct time / via time, that is
  *         via's throughput relative to direct> lo= hi=<95 % bootstrap
@@ -33,6 +37,7 @@
 #include <libpq-fe.h>
 #include <link.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -135,14 +140,13 @@ static int direct_api(struct api *out)
 /* ---- one transaction ---- */
 
 static int prepared;
-static unsigned seed = 12345;
 
 /* One pgbench -S transaction through a; its time in ns, or -1. */
-static long long transaction(const struct api *a, PGconn *c)
+static long long transaction(const struct api *a, PGconn *c, unsigned *seed)
 {
         char sql[128], aid[16];
-        seed = seed * 1103515245u + 12345u;
-        int n = 1 + (int)((seed >> 8) % 100000);
+        *seed = *seed * 1103515245u + 12345u;
+        int n = 1 + (int)((*seed >> 8) % 100000);
         long long t0 = now_ns();
         int sent;
         if (prepared) {
@@ -187,26 +191,49 @@ static double median(double *v, int n)
         return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-int main(int argc, char **argv)
+static struct api via, direct;
+static int blocks;
+static long per;
+static pthread_barrier_t start;
+
+struct client {
+        PGconn *conn;
+        unsigned seed;
+        double *t; /* [block][2]: via, direct ns */
+        int failed;
+};
+
+/* A client: a warm-up, then every block's transactions, alternating the
+ * two tables (the order swapped every block). */
+static void *client_run(void *arg)
 {
-        prepared = argc == 4 && strcmp(argv[1], "prepared") == 0;
-        int blocks = argc == 4 ? atoi(argv[2]) : 0;
-        long per = argc == 4 ? atol(argv[3]) : 0;
-        if (argc != 4 || (!prepared && strcmp(argv[1], "simple") != 0) || blocks < 2 || per < 1) {
-                fprintf(stderr, "usage: %s simple|prepared BLOCKS(>=2) TRANSACTIONS_PER_BLOCK\n",
-                        argv[0]);
-                return 2;
-        }
-        const struct api via = {PQsendQuery, PQsendQueryPrepared, PQsocket,           PQconsumeInput,
-                                PQisBusy,    PQgetResult,         PQtransactionStatus};
-        struct api direct = {0};
-        if (direct_api(&direct) != 0)
-                return 1;
+        struct client *cl = arg;
+        const struct api *tables[2] = {&via, &direct};
+        for (long i = 0; i < per && !cl->failed; i++)
+                cl->failed = transaction(&via, cl->conn, &cl->seed) < 0 ||
+                             transaction(&direct, cl->conn, &cl->seed) < 0;
+        pthread_barrier_wait(&start);
+        for (int b = 0; b < blocks && !cl->failed; b++)
+                for (long i = 0; i < per && !cl->failed; i++)
+                        for (int k = 0; k < 2; k++) {
+                                int which = (k + b) % 2;
+                                long long ns = transaction(tables[which], cl->conn, &cl->seed);
+                                if (ns < 0) {
+                                        cl->failed = 1;
+                                        break;
+                                }
+                                cl->t[b * 2 + which] += (double)ns;
+                        }
+        return NULL;
+}
+
+static PGconn *open_conn(void)
+{
         PGconn *c = PQconnectdb("");
         if (PQstatus(c) != CONNECTION_OK) {
                 fprintf(stderr, "pair_bench: connect: %s", PQerrorMessage(c));
                 PQfinish(c);
-                return 1;
+                return NULL;
         }
         if (prepared) {
                 PGresult *r = PQprepare(
@@ -216,36 +243,71 @@ int main(int argc, char **argv)
                 if (!ok) {
                         fprintf(stderr, "pair_bench: prepare: %s", PQerrorMessage(c));
                         PQfinish(c);
-                        return 1;
+                        return NULL;
                 }
         }
-        double *ratio = calloc((size_t)blocks, sizeof(double));
-        double sum[2] = {0, 0};
-        if (!ratio)
+        return c;
+}
+
+int main(int argc, char **argv)
+{
+        prepared = (argc == 4 || argc == 5) && strcmp(argv[1], "prepared") == 0;
+        blocks = argc >= 4 ? atoi(argv[2]) : 0;
+        per = argc >= 4 ? atol(argv[3]) : 0;
+        int clients = argc == 5 ? atoi(argv[4]) : 1;
+        if ((argc != 4 && argc != 5) || (!prepared && strcmp(argv[1], "simple") != 0) ||
+            blocks < 2 || per < 1 || clients < 1 || clients > 64) {
+                fprintf(stderr,
+                        "usage: %s simple|prepared BLOCKS(>=2) TRANSACTIONS_PER_BLOCK [CLIENTS]\n",
+                        argv[0]);
+                return 2;
+        }
+        via = (struct api){PQsendQuery, PQsendQueryPrepared, PQsocket,           PQconsumeInput,
+                           PQisBusy,    PQgetResult,         PQtransactionStatus};
+        if (direct_api(&direct) != 0)
                 return 1;
-        const struct api *tables[2] = {&via, &direct};
-        for (long i = 0; i < per; i++) /* warm up both */
-                if (transaction(&via, c) < 0 || transaction(&direct, c) < 0)
-                        goto failed;
+        struct client *cl = calloc((size_t)clients, sizeof(*cl));
+        pthread_t *th = calloc((size_t)clients, sizeof(*th));
+        double *ratio = calloc((size_t)blocks, sizeof(double));
+        if (!cl || !th || !ratio)
+                return 1;
+        int rc = 1;
+        for (int i = 0; i < clients; i++) {
+                cl[i].seed = 12345u + 7919u * (unsigned)i;
+                if (!(cl[i].t = calloc((size_t)blocks * 2, sizeof(double))) ||
+                    !(cl[i].conn = open_conn()))
+                        goto out;
+        }
+        pthread_barrier_init(&start, NULL, (unsigned)clients);
+        for (int i = 0; i < clients; i++)
+                if (pthread_create(&th[i], NULL, client_run, &cl[i]) != 0) {
+                        fprintf(stderr, "pair_bench: cannot start a thread\n");
+                        exit(1); /* the others wait at the barrier */
+                }
+        for (int i = 0; i < clients; i++)
+                pthread_join(th[i], NULL);
+        double sum[2] = {0, 0};
         for (int b = 0; b < blocks; b++) {
                 double t[2] = {0, 0};
-                for (long i = 0; i < per; i++)
-                        for (int k = 0; k < 2; k++) {
-                                int which = (k + b) % 2; /* the order swapped every block */
-                                long long ns = transaction(tables[which], c);
-                                if (ns < 0)
-                                        goto failed;
-                                t[which] += (double)ns;
+                for (int i = 0; i < clients; i++) {
+                        if (cl[i].failed) {
+                                fprintf(stderr, "pair_bench: a transaction failed: %s",
+                                        PQerrorMessage(cl[i].conn));
+                                goto out;
                         }
+                        t[0] += cl[i].t[b * 2];
+                        t[1] += cl[i].t[b * 2 + 1];
+                }
                 ratio[b] = t[1] / t[0];
                 sum[0] += t[0];
                 sum[1] += t[1];
         }
         /* bootstrap of the median of the block ratios */
         enum { RESAMPLES = 2000 };
-        double *meds = calloc(RESAMPLES, sizeof(double)), *pick = calloc((size_t)blocks, sizeof(double));
+        double *meds = calloc(RESAMPLES, sizeof(double));
+        double *pick = calloc((size_t)blocks, sizeof(double));
         if (!meds || !pick)
-                return 1;
+                goto out;
         unsigned r = 0x9e3779b9u;
         for (int s = 0; s < RESAMPLES; s++) {
                 for (int b = 0; b < blocks; b++) {
@@ -255,17 +317,21 @@ int main(int argc, char **argv)
                 meds[s] = median(pick, blocks);
         }
         qsort(meds, RESAMPLES, sizeof(double), cmp_double);
-        double n = (double)blocks * (double)per;
-        printf("ratio=%.4f lo=%.4f hi=%.4f via_us=%.3f direct_us=%.3f diff_ns=%.0f blocks=%d\n",
+        double n = (double)blocks * (double)per * clients;
+        printf("ratio=%.4f lo=%.4f hi=%.4f via_us=%.3f direct_us=%.3f diff_ns=%.0f blocks=%d "
+               "clients=%d\n",
                median(ratio, blocks), meds[RESAMPLES * 25 / 1000], meds[RESAMPLES * 975 / 1000],
-               sum[0] / n / 1e3, sum[1] / n / 1e3, (sum[0] - sum[1]) / n, blocks);
+               sum[0] / n / 1e3, sum[1] / n / 1e3, (sum[0] - sum[1]) / n, blocks, clients);
         free(meds);
         free(pick);
+        rc = 0;
+out:
+        for (int i = 0; i < clients; i++) {
+                PQfinish(cl[i].conn);
+                free(cl[i].t);
+        }
+        free(cl);
+        free(th);
         free(ratio);
-        PQfinish(c);
-        return 0;
-failed:
-        fprintf(stderr, "pair_bench: a transaction failed: %s", PQerrorMessage(c));
-        PQfinish(c);
-        return 1;
+        return rc;
 }
