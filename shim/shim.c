@@ -1209,6 +1209,11 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                         /* out of the table: wait for a release or reconnect to end */
                         struct ds_conn *e = c->entry;
                         int st = settle(e);
+                        /* calls the life thread has not seen yet: the
+                         * scraper's activity, which must not go with them */
+                        ds_handle *h = atomic_load_explicit(&coord, memory_order_relaxed);
+                        if (ds_conn_note_used(e, coarse_now()) && h)
+                                touch(h);
                         if (st == DS_CONN_OPEN && e->owner == getpid() && ds_reuse_park(e)) {
                                 c->skip = 1; /* parked: stays open, keeps its slot */
                                 return 0;

@@ -334,6 +334,40 @@ static void long_call_keeps_scraper_active(void)
         server_log_is_clean();
 }
 
+/* Short calls, one after another, keep their scraper active and their
+ * connection in place for as long as they go on: the calls only mark the
+ * connection, and the life thread must pass that on to the pool before it
+ * asks what is idle. Once they stop, the connection is released. */
+static void steady_calls_keep_scraper_active(void)
+{
+        make_pool(20, 10, 15, 1000, 1);
+        PGconn *c = connect_ok();
+        int pid = PQbackendPID(c);
+        double t0 = now_s();
+        int samples = 0;
+        while (now_s() - t0 < 3.5) {
+                CHECK(query_int(c, "SELECT 1") == 1, "query");
+                struct ds_scraper_stats s = scraper("dsidle");
+                if (now_s() - t0 > 0.3) {
+                        CHECK(s.active, "%.1f s into steady queries the scraper is idle",
+                              now_s() - t0);
+                        CHECK(s.held == 1 && s.idle_releases == 0,
+                              "%.1f s into steady queries: held %u, idle releases %llu",
+                              now_s() - t0, s.held, (unsigned long long)s.idle_releases);
+                        samples++;
+                }
+                sleep_s(0.05);
+        }
+        CHECK(samples > 40, "only %d samples", samples);
+        CHECK(server_count() == 1, "the server shows %d sessions", server_count());
+        CHECK(PQbackendPID(c) == pid, "the connection was replaced while in use");
+        CHECK(wait_for(0, 5.0) >= 0, "once the queries stopped the connection was kept");
+        CHECK(!scraper("dsidle").active, "idle, but still shown active");
+        CHECK(query_int(c, "SELECT 2") == 2, "the released connection does not come back");
+        PQfinish(c);
+        server_log_is_clean();
+}
+
 static int event_proc(PGEventId id, void *info, void *pass)
 {
         (void)id, (void)info, (void)pass;
@@ -726,6 +760,8 @@ int main(int argc, char **argv)
                 pinned_connections_are_never_released();
         else if (!strcmp(name, "long_call_keeps_scraper_active"))
                 long_call_keeps_scraper_active();
+        else if (!strcmp(name, "steady_calls_keep_scraper_active"))
+                steady_calls_keep_scraper_active();
         else if (!strcmp(name, "idle_release_off_keeps_connections"))
                 idle_release_off_keeps_connections();
         else if (!strcmp(name, "surplus_goes_to_waiting_scraper"))
