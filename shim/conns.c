@@ -48,18 +48,12 @@ static struct conn_table first = {.mask = FIRST_SLOTS - 1, .slot = first_slots};
 
 /* Each thread remembers the last connection it looked up: a program calls
  * on one connection many times in a row. The memory is good while no key
- * has been added or removed since (hot.gen, bumped under conns_mutex by
+ * has been added or removed since (ds_hot.conns_gen, bumped under conns_mutex by
  * both), so it never names a record that has been freed, except one whose
  * connection the application finishes while using it (its own bug, and
  * the table's lookup has the same window). */
 __thread struct ds_tls ds_tls __attribute__((tls_model("initial-exec")));
-
-/* What every call reads of the table's globals, in one cache line: the
- * generation, and how a thread marks the connection it is in (below). */
-static struct {
-        _Alignas(64) _Atomic unsigned long gen;
-        _Atomic int asymmetric; /* 1: the releaser's membarrier fences the readers */
-} hot;
+struct ds_hot ds_hot; /* shim.h */
 
 static size_t home_of(const void *conn)
 {
@@ -125,7 +119,7 @@ int ds_conn_add(struct ds_conn *c)
 {
         int rc = -ENOMEM;
         pthread_mutex_lock(&conns_mutex);
-        atomic_fetch_add_explicit(&hot.gen, 1, memory_order_release);
+        atomic_fetch_add_explicit(&ds_hot.conns_gen, 1, memory_order_release);
         struct conn_table *t = &first, *last = t;
         for (; t; t = atomic_load_explicit(&t->next, memory_order_relaxed)) {
                 last = t;
@@ -155,7 +149,7 @@ struct ds_conn *ds_conn_find(const void *conn)
 {
         if (!conn)
                 return NULL;
-        unsigned long gen = atomic_load_explicit(&hot.gen, memory_order_acquire);
+        unsigned long gen = atomic_load_explicit(&ds_hot.conns_gen, memory_order_acquire);
         if (conn == ds_tls.hot_key && gen == ds_tls.hot_gen)
                 return ds_tls.hot_rec;
         struct conn_table *t;
@@ -178,7 +172,7 @@ struct ds_conn *ds_conn_remove(const void *conn)
         struct conn_slot *s = locate(conn, &t);
         struct ds_conn *c = NULL;
         if (s) {
-                atomic_fetch_add_explicit(&hot.gen, 1, memory_order_release);
+                atomic_fetch_add_explicit(&ds_hot.conns_gen, 1, memory_order_release);
                 c = atomic_load_explicit(&s->rec, memory_order_relaxed);
                 atomic_store_explicit(&s->key, TOMB, memory_order_release);
                 /* A run of TOMBs that ends at an EMPTY is EMPTY again. */
@@ -267,8 +261,9 @@ static int membarrier(int cmd)
 static void register_barrier(void)
 {
         int cmds = membarrier(MEMBARRIER_CMD_QUERY);
-        atomic_store(&hot.asymmetric, cmds > 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) &&
-                                      membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0);
+        atomic_store(&ds_hot.asymmetric,
+                     cmds > 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) &&
+                         membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0);
 }
 
 static void thread_gone(void *rec)
@@ -288,7 +283,7 @@ static void threads_init(void)
 void ds_conns_without_membarrier(void)
 {
         pthread_once(&threads_once, threads_init);
-        atomic_store(&hot.asymmetric, 0);
+        atomic_store(&ds_hot.asymmetric, 0);
 }
 
 /* The calling thread's record, made on its first call; NULL if none can be. */
@@ -324,7 +319,7 @@ static struct ds_thread *thread_record(void)
  * sequentially consistent state change and loads orders the two sides. */
 static void mark(struct ds_thread *t, struct ds_conn *e)
 {
-        if (atomic_load_explicit(&hot.asymmetric, memory_order_relaxed)) {
+        if (atomic_load_explicit(&ds_hot.asymmetric, memory_order_relaxed)) {
                 atomic_store_explicit(&t->in, e, memory_order_relaxed);
                 atomic_signal_fence(memory_order_seq_cst);
         } else {
@@ -366,7 +361,7 @@ void ds_conn_leave(struct ds_conn *e, int how)
 int ds_conns_unused(struct ds_conn **e, int n)
 {
         int ok = 1;
-        if (atomic_load(&hot.asymmetric))
+        if (atomic_load(&ds_hot.asymmetric))
                 ok = membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0;
         int kept = 0;
         pthread_mutex_lock(&threads_mutex);
@@ -412,7 +407,7 @@ void ds_conns_fork_child(void)
         for (struct ds_thread *t = threads; t; t = t->next)
                 if (t != ds_tls.self)
                         thread_gone(t);
-        if (atomic_load(&hot.asymmetric))
+        if (atomic_load(&ds_hot.asymmetric))
                 register_barrier();
         ds_conns_fork_parent();
 }

@@ -140,21 +140,12 @@ static int in_self(uintptr_t a)
 
 static pthread_mutex_t libs_mutex = PTHREAD_MUTEX_INITIALIZER;
 static struct ds_lib libs[DS_MAX_LIBS];
-/* What every call reads to tell libpq's own calls from the application's:
- * how many copies are registered and their address ranges, in one cache
- * line (a copy of each libs[i].start/end, written before n grows). */
-static struct {
-        _Alignas(64) _Atomic int n;
-        struct {
-                uintptr_t start, end;
-        } at[DS_MAX_LIBS];
-} reg;
 
 static struct ds_lib *lib_in_range(uintptr_t a)
 {
-        int n = atomic_load_explicit(&reg.n, memory_order_acquire);
+        int n = atomic_load_explicit(&ds_hot.n_libs, memory_order_acquire);
         for (int i = 0; i < n && i < DS_MAX_LIBS; i++)
-                if (a >= reg.at[i].start && a < reg.at[i].end)
+                if (a >= ds_hot.lib_at[i].start && a < ds_hot.lib_at[i].end)
                         return &libs[i];
         return NULL;
 }
@@ -188,15 +179,15 @@ struct ds_lib *ds_lib_containing(const void *addr)
         h = ds_real_dlopen(o.name, RTLD_NOLOAD | RTLD_LAZY);
         if (!h || !own_symbol(h, "PQconnectStart", &o))
                 goto out;
-        int n = atomic_load_explicit(&reg.n, memory_order_relaxed);
+        int n = atomic_load_explicit(&ds_hot.n_libs, memory_order_relaxed);
         if (n == DS_MAX_LIBS) {
                 ds_log(DS_LOG_WARN, "more than %d libpq copies in one process; %s is not routed",
                        DS_MAX_LIBS, o.name);
                 goto out;
         }
         lib = &libs[n];
-        lib->start = reg.at[n].start = o.start;
-        lib->end = reg.at[n].end = o.end;
+        lib->start = ds_hot.lib_at[n].start = o.start;
+        lib->end = ds_hot.lib_at[n].end = o.end;
         lib->handle = h;
         snprintf(lib->path, sizeof(lib->path), "%s", o.name);
         for (int i = 0; i < DS_ID_COUNT; i++)
@@ -219,7 +210,7 @@ struct ds_lib *ds_lib_containing(const void *addr)
         lib->clear = own_symbol(h, "PQclear", &o);
         lib->idx = n;
         h = NULL; /* kept: the reference keeps the copy mapped while we route to it */
-        atomic_store_explicit(&reg.n, n + 1, memory_order_release);
+        atomic_store_explicit(&ds_hot.n_libs, n + 1, memory_order_release);
         ds_debug("libpq copy %d is %s", n, lib->path);
 out:
         if (h)
@@ -230,7 +221,8 @@ out:
 
 struct ds_lib *ds_lib_slot(int k)
 {
-        return k >= 0 && k < atomic_load_explicit(&reg.n, memory_order_acquire) ? &libs[k] : NULL;
+        return k >= 0 && k < atomic_load_explicit(&ds_hot.n_libs, memory_order_acquire) ? &libs[k]
+                                                                                        : NULL;
 }
 
 /* ---- which copy a caller reaches ---- */
@@ -292,7 +284,7 @@ static int scan_cb(struct dl_phdr_info *info, size_t size, void *arg)
 /* Any libpq copy in the process, for callers whose own scope has none. */
 static struct ds_lib *any_lib(void)
 {
-        if (atomic_load(&reg.n) > 0)
+        if (atomic_load(&ds_hot.n_libs) > 0)
                 return &libs[0];
         struct scan s = {.n = 0};
         dl_iterate_phdr(scan_cb, &s);

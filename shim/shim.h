@@ -47,10 +47,12 @@ int ds_fn_id(const char *name);
 /* One loaded libpq copy. Filled completely before it is published; never
  * changes afterwards (the handle keeps the object mapped). */
 struct ds_lib {
+        /* its own definitions of the intercepted names; first and line
+         * aligned, so that a query loop's few share a line (intercept.def) */
+        _Alignas(64) void *fn[DS_ID_COUNT];
         uintptr_t start, end; /* the object's mapped address range */
         void *handle;         /* a dlopen reference that keeps it loaded */
         char path[256];
-        void *fn[DS_ID_COUNT]; /* its own definitions of the intercepted names */
         ConnStatusType (*status)(const PGconn *);
         int (*socket)(const PGconn *);
         int (*backend_pid)(const PGconn *);
@@ -90,6 +92,21 @@ struct ds_lib *ds_lib_for_caller(const void *ra);
 struct ds_lib *ds_lib_containing(const void *addr);
 /* The libpq copy known to contain addr, or NULL: no lookup, no lock. */
 struct ds_lib *ds_lib_at(const void *addr);
+
+/* What every call reads of the registry and of the connection table, in
+ * one cache line: the table's generation (conns.c), how a thread marks the
+ * connection it is in (conns.c), and how many libpq copies are registered
+ * with the address ranges of the first three (libs.c; a copy of each
+ * libs[i].start/end, written before n_libs grows). */
+struct ds_hot {
+        _Alignas(64) _Atomic unsigned long conns_gen;
+        _Atomic int asymmetric; /* 1: the releaser's membarrier fences the readers */
+        _Atomic int n_libs;
+        struct {
+                uintptr_t start, end;
+        } lib_at[DS_MAX_LIBS];
+};
+extern struct ds_hot ds_hot;
 
 /* The copy registered in slot k, or NULL. */
 struct ds_lib *ds_lib_slot(int k);
