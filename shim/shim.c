@@ -589,6 +589,7 @@ static int revive(struct ds_call *c, struct ds_conn *e)
         ds_debug("released connection %p reconnected: %s, socket %d", (void *)conn,
                  ok ? "ok" : "failed", lib->socket ? lib->socket(conn) : -1);
         atomic_store(&e->last_used_ns, coarse_now());
+        atomic_store(&e->fresh, 1);
         atomic_store(&e->rstate, DS_CONN_OPEN);
         return ok ? 0 : -1;
 }
@@ -809,6 +810,15 @@ struct pick {
         int n, max;
 };
 
+/* A connection just (re)connected is never taken before it has gone this
+ * long without a call, whatever is owed: the program is about to use it,
+ * and its first calls may be ones it makes holding a lock of its own
+ * (psycopg2 reads the server's parameters under Python's GIL right after
+ * connecting). A reconnect there would wait for a slot with that lock held,
+ * while the program's other threads, which hold the slots that could free
+ * one, wait for the lock. */
+#define FRESH_UNUSED_NS (1000ull * 1000 * 1000)
+
 /* Takes a releasable, unused connection of this process exclusively
  * (under the table lock, so it cannot be finished meanwhile). */
 static void pick_cb(struct ds_conn *e, void *arg)
@@ -818,7 +828,8 @@ static void pick_cb(struct ds_conn *e, void *arg)
             e->pinned || e->lib->no_release || atomic_load(&e->busy))
                 return;
         ds_conn_note_used(e, p->now);
-        if (p->now - atomic_load(&e->last_used_ns) < p->min_unused_ns)
+        uint64_t unused = p->now - atomic_load(&e->last_used_ns);
+        if (unused < p->min_unused_ns || (atomic_load(&e->fresh) && unused < FRESH_UNUSED_NS))
                 return;
         int s = DS_CONN_OPEN;
         if (atomic_compare_exchange_strong(&e->rstate, &s, DS_CONN_RELEASING))
@@ -855,6 +866,7 @@ static uint32_t release_some(ds_handle *h, uint32_t n, int reason, uint64_t min_
  * limit. */
 #define SURPLUS_UNUSED_NS (1000ull * 1000 * 1000)
 static _Atomic uint64_t surplus_owed_since; /* coarse ns; 0: no surplus owed */
+
 
 static uint32_t advice_period(ds_handle *h)
 {
@@ -1035,6 +1047,7 @@ static int reuse_parked(struct ds_call *c)
         atomic_store(&e->busy, 0);
         atomic_store(&e->rstate, DS_CONN_OPEN);
         atomic_store(&e->last_used_ns, coarse_now());
+        atomic_store(&e->fresh, 1);
         if (ds_conn_add(e) != 0) {
                 ds_finish_now(e); /* cannot be tracked: a new connection instead */
                 return 0;
@@ -1351,6 +1364,7 @@ static void end_connect(struct ds_call *c)
                         e->lease = c->lease;
                         e->fd = -1;
                         e->last_used_ns = coarse_now();
+                        e->fresh = 1;
                         if (!bad)
                                 ds_reuse_note_fresh(e);
                         if (ds_conn_add(e) != 0) {

@@ -147,6 +147,7 @@ struct ds_conn {
         int pinned;                    /* holds session state a reconnect would lose */
         _Atomic uint64_t last_used_ns; /* coarse clock: its last call seen (ds_conn_note_used) */
         _Atomic int used;              /* 1: called since last_used_ns was set */
+        _Atomic int fresh;             /* (re)connected, no call seen since (FRESH_UNUSED_NS) */
         _Atomic int busy;              /* nested calls in flight on it (ds_conn_enter) */
         pid_t owner;                   /* the process that opened it; a forked child is not it */
         int leased;                    /* 1: lease is a slot held for this connection */
@@ -203,14 +204,15 @@ static inline void ds_conn_mark_used(struct ds_conn *e)
         if (!atomic_load_explicit(&e->used, memory_order_relaxed))
                 atomic_store_explicit(&e->used, 1, memory_order_relaxed);
 }
-/* The releaser's side: a marked e was last used `now`. Returns 1 if e was
- * marked. */
+/* The releaser's side: a marked e was last used `now` (and is no longer
+ * fresh). Returns 1 if e was marked. */
 static inline int ds_conn_note_used(struct ds_conn *e, uint64_t now)
 {
         if (!atomic_load_explicit(&e->used, memory_order_relaxed) ||
             !atomic_exchange_explicit(&e->used, 0, memory_order_relaxed))
                 return 0;
         atomic_store_explicit(&e->last_used_ns, now, memory_order_relaxed);
+        atomic_store_explicit(&e->fresh, 0, memory_order_relaxed);
         return 1;
 }
 
