@@ -388,6 +388,14 @@ static uint64_t coarse_now(void)
         return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* e was (re)connected just now: its unused time starts, and it is fresh
+ * until a call on it is seen (FRESH_UNUSED_NS). */
+static void stamp_connected(struct ds_conn *e)
+{
+        atomic_store(&e->last_used_ns, coarse_now());
+        atomic_store(&e->fresh, 1);
+}
+
 /* Activity: a coarse timestamp, published at most every 100 ms per
  * process. Returns the time read. */
 static uint64_t touch(ds_handle *h)
@@ -588,8 +596,7 @@ static int revive(struct ds_call *c, struct ds_conn *e)
         }
         ds_debug("released connection %p reconnected: %s, socket %d", (void *)conn,
                  ok ? "ok" : "failed", lib->socket ? lib->socket(conn) : -1);
-        atomic_store(&e->last_used_ns, coarse_now());
-        atomic_store(&e->fresh, 1);
+        stamp_connected(e);
         atomic_store(&e->rstate, DS_CONN_OPEN);
         return ok ? 0 : -1;
 }
@@ -867,7 +874,6 @@ static uint32_t release_some(ds_handle *h, uint32_t n, int reason, uint64_t min_
 #define SURPLUS_UNUSED_NS (1000ull * 1000 * 1000)
 static _Atomic uint64_t surplus_owed_since; /* coarse ns; 0: no surplus owed */
 
-
 static uint32_t advice_period(ds_handle *h)
 {
         struct ds_config cf = {0};
@@ -1046,8 +1052,7 @@ static int reuse_parked(struct ds_call *c)
                 return 0;
         atomic_store(&e->busy, 0);
         atomic_store(&e->rstate, DS_CONN_OPEN);
-        atomic_store(&e->last_used_ns, coarse_now());
-        atomic_store(&e->fresh, 1);
+        stamp_connected(e);
         if (ds_conn_add(e) != 0) {
                 ds_finish_now(e); /* cannot be tracked: a new connection instead */
                 return 0;
@@ -1363,8 +1368,7 @@ static void end_connect(struct ds_call *c)
                         e->leased = c->leased && !bad;
                         e->lease = c->lease;
                         e->fd = -1;
-                        e->last_used_ns = coarse_now();
-                        e->fresh = 1;
+                        stamp_connected(e);
                         if (!bad)
                                 ds_reuse_note_fresh(e);
                         if (ds_conn_add(e) != 0) {

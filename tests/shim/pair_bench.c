@@ -57,9 +57,9 @@ struct api {
         PGTransactionStatusType (*tx_status)(const PGconn *);
 };
 
-static const char *const api_names[] = {"PQsendQuery",    "PQsendQueryPrepared", "PQsocket",
-                                        "PQconsumeInput", "PQisBusy",            "PQgetResult",
-                                        "PQtransactionStatus"};
+static const char *const api_names[] = {
+    "PQsendQuery", "PQsendQueryPrepared", "PQsocket",           "PQconsumeInput",
+    "PQisBusy",    "PQgetResult",         "PQtransactionStatus"};
 #define API_N (sizeof(api_names) / sizeof(api_names[0]))
 _Static_assert(sizeof(struct api) == API_N * sizeof(void (*)(void)), "one name per function");
 
@@ -120,7 +120,8 @@ static int direct_api(struct api *out)
                 const ElfW(Sym) *sym = (const void *)(m + sh[i].sh_offset);
                 const char *str = (const char *)(m + sh[sh[i].sh_link].sh_offset);
                 for (size_t k = 0; k < sh[i].sh_size / sizeof(*sym); k++) {
-                        if (sym[k].st_shndx == SHN_UNDEF || ELF64_ST_TYPE(sym[k].st_info) != STT_FUNC)
+                        if (sym[k].st_shndx == SHN_UNDEF ||
+                            ELF64_ST_TYPE(sym[k].st_info) != STT_FUNC)
                                 continue;
                         for (size_t j = 0; j < API_N; j++)
                                 if (!slot[j] && strcmp(str + sym[k].st_name, api_names[j]) == 0) {
