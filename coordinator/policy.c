@@ -91,6 +91,19 @@ uint64_t ds_policy_min_unused_ns(const struct ds_config *cfg, enum ds_release_re
         return 0;
 }
 
+#define FRESH_UNUSED_NS      (1000ull * 1000 * 1000)
+#define SURPLUS_ANY_AFTER_NS (1000ull * 1000 * 1000)
+
+int ds_policy_may_take(uint64_t unused_ns, int fresh, uint64_t min_unused_ns)
+{
+        return unused_ns >= min_unused_ns && (!fresh || unused_ns >= FRESH_UNUSED_NS);
+}
+
+uint64_t ds_policy_surplus_unused_ns(uint64_t min_unused_ns, uint64_t owed_ns)
+{
+        return owed_ns >= SURPLUS_ANY_AFTER_NS ? 0 : min_unused_ns;
+}
+
 uint32_t ds_policy_advice_period_ms(const struct ds_config *cfg, int busy)
 {
         uint32_t p = 1000;

@@ -144,6 +144,26 @@ uint32_t ds_policy_give_back(const struct ds_config *cfg, int idle, uint32_t hel
  * for a handover and for a surplus. */
 uint64_t ds_policy_min_unused_ns(const struct ds_config *cfg, enum ds_release_reason reason);
 
+/* 1 if a release may take a connection unused for unused_ns when the
+ * release wants min_unused_ns. A connection just (re)connected, with no
+ * call seen since (fresh), is never taken before it has gone a second
+ * without a call, whatever is owed: the program is about to use it, and
+ * its first calls may be ones it makes holding a lock of its own (psycopg2
+ * reads the server's parameters under Python's GIL right after
+ * connecting). A reconnect there would wait for a slot with that lock
+ * held, while the program's other threads, which hold the slots that could
+ * free one, wait for the lock. */
+int ds_policy_may_take(uint64_t unused_ns, int fresh, uint64_t min_unused_ns);
+
+/* The unused time a surplus release wants once it has been owed for
+ * owed_ns: min_unused_ns at first; after a second, any connection no call
+ * is inside, however recently used (0). A client-side pool that keeps all
+ * its connections busy would otherwise never give one back, and the other
+ * scrapers would wait until they time out; the connection's next use then
+ * reconnects, and waits for a slot like any connect of a scraper above its
+ * limit. */
+uint64_t ds_policy_surplus_unused_ns(uint64_t min_unused_ns, uint64_t owed_ns);
+
 /* How often a process that holds slots asks the pool for advice, in ms: a
  * quarter of idle_timeout (and of reuse_timeout with reuse on), at most a
  * second; half the handover delay while a connect of the pool waits that

@@ -1029,3 +1029,14 @@ Test(policy, release_thresholds_and_advice_periods_follow_the_configuration)
         c.handover_delay_ms = 10;
         cr_assert_eq(ds_policy_advice_period_ms(&c, 1), 20, "never below 20 ms");
 }
+
+Test(policy, a_fresh_connection_is_kept_a_second_and_an_owed_surplus_takes_any)
+{
+        uint64_t ms = 1000000ull;
+        cr_assert(ds_policy_may_take(200 * ms, 0, 100 * ms));
+        cr_assert_not(ds_policy_may_take(50 * ms, 0, 100 * ms));
+        cr_assert_not(ds_policy_may_take(200 * ms, 1, 100 * ms), "fresh: a second first");
+        cr_assert(ds_policy_may_take(1000 * ms, 1, 100 * ms));
+        cr_assert_eq(ds_policy_surplus_unused_ns(100 * ms, 500 * ms), 100 * ms);
+        cr_assert_eq(ds_policy_surplus_unused_ns(100 * ms, 1000 * ms), 0, "owed a second");
+}
