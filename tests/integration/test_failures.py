@@ -86,7 +86,7 @@ def idle_holder_hands_its_connection_over_to_a_waiter():
         holder.stdin.flush()
         holder.wait(30)
         check(holder.returncode == 0, f"holder.py exited {holder.returncode}")
-        c.check_never_above_pool()
+        c.check_server_view()
 
 
 def wait_until_waiting(c, waiter):
