@@ -1650,8 +1650,8 @@ static void render_frame(FILE *f, const struct options *o, const struct ds_stats
         snprintf(buf, sizeof(buf), "%u/%u", st->held, st->cfg.pool_size);
         fprintf(f, " %*s %*u\n\n", wl, buf, ww, st->waiting);
         fprintf(f, "%-*s %-6s %-*s %*s %*s %*s %*s %*s\n", (int)col, "SCRAPER", "STATE", bar + 2,
-                "HELD OF LIMIT", wl, "HELD/LIMIT", ww, "WAIT", wc, "CONNECTS", wt, "TIMEOUTS", wm,
-                "WAIT_MS");
+                bar + 2 >= (int)strlen("HELD OF LIMIT") ? "HELD OF LIMIT" : "USAGE", wl,
+                "HELD/LIMIT", ww, "WAIT", wc, "CONNECTS", wt, "TIMEOUTS", wm, "WAIT_MS");
         if (st->n_scrapers == 0)
                 fputs("no scrapers yet\n", f);
         for (size_t i = 0; i < st->n_scrapers; i++) {
