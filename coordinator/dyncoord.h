@@ -141,7 +141,8 @@ void print_stats_prometheus(FILE *f, const char *segment, const struct ds_stats 
 struct metrics_server;
 
 /* Parses "ADDR:PORT" ("127.0.0.1:9187", "[::1]:9187", "localhost:0"; port 0:
- * any free port) into *ss (NULL: only checks). 0, or a usage error printed
+ * any free port; a numeric address or localhost, never looked up in DNS)
+ * into *ss (NULL: only checks). 0, or a usage error printed
  * and -EINVAL. */
 struct sockaddr_storage;
 int metrics_parse_listen(const char *spec, struct sockaddr_storage *ss);

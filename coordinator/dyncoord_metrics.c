@@ -72,16 +72,20 @@ int metrics_parse_listen(const char *spec, struct sockaddr_storage *ss)
         if (ds_parse_u32(port, 0, 65535, &p) != 0)
                 return usage_error("--metrics-listen: '%s' is not a port number from 0 to 65535",
                                    port);
+        /* numeric only: parsing an option never asks a name server */
+        if (strcmp(host, "localhost") == 0)
+                snprintf(host, sizeof(host), "127.0.0.1");
         struct addrinfo hints = {.ai_family = AF_UNSPEC,
                                  .ai_socktype = SOCK_STREAM,
-                                 .ai_flags = AI_NUMERICSERV | AI_PASSIVE},
+                                 .ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE},
                         *res = NULL;
         int rc = getaddrinfo(host, port, &hints, &res);
         if (rc != 0 || !res) {
                 if (res)
                         freeaddrinfo(res);
-                return usage_error("--metrics-listen: cannot resolve '%s': %s", host,
-                                   gai_strerror(rc));
+                return usage_error("--metrics-listen: '%s' is not an IP address (e.g. 127.0.0.1, "
+                                   "0.0.0.0, [::1]) or localhost",
+                                   host);
         }
         if (ss) {
                 memset(ss, 0, sizeof(*ss));

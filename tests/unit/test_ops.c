@@ -264,6 +264,15 @@ Test(ops, operation_usage_errors_exit_2_with_the_reason)
             {{"--stats", "--cluster", "c"}, "--cluster only applies to --watchdog"},
             {{"--watchdog", "--cluster", "a b"}, "contains a space"},
             {{"--watchdog", "--cluster", "c", "--cluster-budget", "1"}, "from 2 to 1000000"},
+            {{"--watchdog", "--metrics-listen", "example.com:80"},
+             "'example.com' is not an IP address"},
+            {{"--watchdog", "--metrics-listen", "127.0.0.1"}, "'127.0.0.1' is not ADDR:PORT"},
+            {{"--watchdog", "--metrics-listen", "::1:80"}, "'::1:80' is not ADDR:PORT"},
+            {{"--watchdog", "--metrics-listen", "127.0.0.1:70000"}, "'70000' is not a port"},
+            {{"--stats", "--metrics-listen", "127.0.0.1:0"},
+             "--metrics-listen only applies to --watchdog"},
+            {{"--watchdog", "--wide"}, "--wide only applies to --stats"},
+            {{"--stats", "--wide", "--prometheus"}, "--wide is a view of the table"},
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 struct result r;
