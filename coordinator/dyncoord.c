@@ -950,7 +950,10 @@ static int cmd_set(const struct options *o)
                 sp = strchr(t, ' ');
                 int n = sp ? (int)(sp - t) : (int)strlen(t);
                 if (n == 15 && strncmp(t, "soft_limit=auto", 15) == 0)
-                        printf("soft_limit=%u (follows pool_size)", cfg.soft_limit);
+                        printf("soft_limit=%u (follows %s)", cfg.soft_limit,
+                               cfg.soft_limit == ds_policy_derived_soft_limit(cfg.pool_size)
+                                   ? "pool_size"
+                                   : "max_limit");
                 else if (n == 14 && strncmp(t, "max_limit=auto", 14) == 0)
                         printf("max_limit=%u (follows pool_size)", cfg.max_limit);
                 else

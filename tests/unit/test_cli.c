@@ -1019,6 +1019,7 @@ Test(cli, explicit_limits_stay_and_a_pool_below_them_is_refused_naming_them)
         cr_assert_eq(c.limits_set, DS_LIMIT_MAX_SET);
         DYNCOORD(r, "--set", "pool_size=30");
         assert_exit(&r, 0);
+        assert_contains(r.out, "soft_limit=5 (follows max_limit) max_limit=5 ");
         c = read_config();
         cr_assert_eq(c.max_limit, 5, "an explicit max_limit stays as set");
         cr_assert_eq(c.soft_limit, 5, "the derived soft_limit stays within max_limit");
