@@ -248,7 +248,7 @@ static void print_usage(FILE *f)
               "  --version              show the version\n"
               "\n"
               "Options of every command:\n"
-              "  --segment NAME         segment to use (default $DYNSHIM_SEGMENT, "
+              "  --segment NAME         segment to use ($DYNSHIM_SEGMENT, "
               "else " DS_DEFAULT_SEGMENT ")\n"
               "\n"
               "Options of --init:\n"

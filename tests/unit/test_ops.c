@@ -964,6 +964,9 @@ Test(ops, help_and_the_man_page_document_every_option)
         struct result r;
         DYNCOORD(r, "--help");
         assert_exit(&r, 0);
+        int at;
+        size_t w = widest_line(r.out, &at);
+        cr_assert_leq(w, 80, "--help line %d is %zu columns wide", at, w);
         for (size_t i = 0; i < sizeof(ops_options) / sizeof(ops_options[0]); i++)
                 assert_contains(r.out, ops_options[i]);
         /* the man page, with roff's \- read as - */
