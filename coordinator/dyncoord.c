@@ -289,7 +289,7 @@ static void print_usage(FILE *f)
               "  --log FILE             append the log to FILE instead of stderr\n"
               "  --metrics-listen ADDR:PORT\n"
               "                         serve the --prometheus text over HTTP at /metrics\n"
-              "                         (e.g. 127.0.0.1:9187, [::1]:9187; port 0: any free)\n"
+              "                         (e.g. 127.0.0.1:9432, [::1]:9432; port 0: any free)\n"
               "  --cluster NAME         share one connection budget with the other hosts of\n"
               "                         cluster NAME through the server of --conninfo: this\n"
               "                         host's pool_size becomes its share (docs/cluster.md)\n"

@@ -140,7 +140,7 @@ void print_stats_prometheus(FILE *f, const char *segment, const struct ds_stats 
 
 struct metrics_server;
 
-/* Parses "ADDR:PORT" ("127.0.0.1:9187", "[::1]:9187", "localhost:0"; port 0:
+/* Parses "ADDR:PORT" ("127.0.0.1:9432", "[::1]:9432", "localhost:0"; port 0:
  * any free port; a numeric address or localhost, never looked up in DNS)
  * into *ss (NULL: only checks). 0, or a usage error printed
  * and -EINVAL. */

@@ -66,8 +66,8 @@ int metrics_parse_listen(const char *spec, struct sockaddr_storage *ss)
         char host[256], port[16];
         uint32_t p;
         if (split_listen(spec, host, sizeof(host), port, sizeof(port)) != 0)
-                return usage_error("--metrics-listen: '%s' is not ADDR:PORT (e.g. 127.0.0.1:9187 "
-                                   "or [::1]:9187)",
+                return usage_error("--metrics-listen: '%s' is not ADDR:PORT (e.g. 127.0.0.1:9432 "
+                                   "or [::1]:9432)",
                                    spec);
         if (ds_parse_u32(port, 0, 65535, &p) != 0)
                 return usage_error("--metrics-listen: '%s' is not a port number from 0 to 65535",
