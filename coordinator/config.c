@@ -1,5 +1,6 @@
 /* config.c - pool configuration: defaults, validation and strict parsers. */
 #include "dynshim/config.h"
+#include "dynshim/policy.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -21,6 +22,8 @@ void ds_config_defaults(struct ds_config *cfg)
         cfg->reuse_timeout_ms = 5000;
         cfg->handover_delay_ms = 100;
         cfg->deadlock_timeout_ms = 1000;
+        cfg->limits_set = 0; /* the limits follow pool_size */
+        ds_policy_follow_pool(cfg);
 }
 
 void ds_capacity_defaults(struct ds_capacity *cap)
@@ -65,12 +68,26 @@ int ds_config_validate(const struct ds_config *cfg, const struct ds_capacity *ca
                 WHY("max_limit must be at least 1");
                 return -EINVAL;
         }
+        if (cfg->limits_set & ~DS_LIMIT_SET_ALL) {
+                WHY("limits_set has unknown bits 0x%x", cfg->limits_set & ~DS_LIMIT_SET_ALL);
+                return -EINVAL;
+        }
+        /* The limits the operator set are named as such: they do not follow
+         * pool_size, so a smaller pool is refused until they are lowered too
+         * (or handed back to pool_size with the value auto). */
         if (cfg->soft_limit > cfg->max_limit) {
-                WHY("soft_limit %u is above max_limit %u", cfg->soft_limit, cfg->max_limit);
+                WHY("soft_limit %u is above max_limit %u%s", cfg->soft_limit, cfg->max_limit,
+                    !(cfg->limits_set & DS_LIMIT_MAX_SET)
+                        ? " (max_limit follows pool_size, 75 %: set max_limit as well)"
+                        : "");
                 return -EINVAL;
         }
         if (cfg->max_limit > cfg->pool_size) {
-                WHY("max_limit %u is above pool_size %u", cfg->max_limit, cfg->pool_size);
+                WHY("max_limit %u is above pool_size %u%s", cfg->max_limit, cfg->pool_size,
+                    cfg->limits_set & DS_LIMIT_MAX_SET
+                        ? " (max_limit was set explicitly: lower it too, or set "
+                          "max_limit=auto to let it follow pool_size)"
+                        : "");
                 return -EINVAL;
         }
         if (cap && cfg->agent_proc > cap->max_procs) {
@@ -240,14 +257,23 @@ int ds_config_set_kv(struct ds_config *cfg, const char *kv, char *why, size_t wh
                 const struct kv_key *k = &kv_keys[i];
                 if (strlen(k->name) != klen || strncmp(k->name, kv, klen) != 0)
                         continue;
-                uint32_t v;
+                uint32_t v, flag = 0;
                 int rc;
+                if (k->off == offsetof(struct ds_config, soft_limit))
+                        flag = DS_LIMIT_SOFT_SET;
+                else if (k->off == offsetof(struct ds_config, max_limit))
+                        flag = DS_LIMIT_MAX_SET;
+                if (flag && strcmp(val, "auto") == 0) {
+                        cfg->limits_set &= ~flag;
+                        ds_policy_follow_pool(cfg);
+                        return 0;
+                }
                 switch (k->kind) {
                 case KV_COUNT:
                         rc = ds_parse_u32(val, 1, DS_CAP_LEASES_MAX, &v);
                         if (rc)
-                                WHY("%s: '%s' is not a whole number from 1 to %u", k->name, val,
-                                    DS_CAP_LEASES_MAX);
+                                WHY("%s: '%s' is not a whole number from 1 to %u%s", k->name, val,
+                                    DS_CAP_LEASES_MAX, flag ? ", or auto (follow pool_size)" : "");
                         break;
                 case KV_PERCENT:
                         rc = ds_parse_u32(val, 1, 100, &v);
@@ -269,6 +295,8 @@ int ds_config_set_kv(struct ds_config *cfg, const char *kv, char *why, size_t wh
                 if (rc)
                         return -EINVAL;
                 memcpy((char *)cfg + k->off, &v, sizeof(v));
+                cfg->limits_set |= flag;
+                ds_policy_follow_pool(cfg);
                 return 0;
         }
         WHY("unknown key '%.*s' (keys: pool_size, soft_limit, max_limit, idle_timeout, "
@@ -289,20 +317,29 @@ static void fmt_ms(char *b, size_t n, uint32_t ms)
 
 int ds_config_format(const struct ds_config *cfg, char *buf, size_t len)
 {
-        char it[24], ri[24], wt[24], rt[24], hd[24], dt[24];
+        char it[24], ri[24], wt[24], rt[24], sl[24], ml[24], hd[24], dt[24];
         fmt_ms(hd, sizeof(hd), cfg->handover_delay_ms);
         fmt_ms(dt, sizeof(dt), cfg->deadlock_timeout_ms);
         fmt_ms(it, sizeof(it), cfg->idle_timeout_ms);
         fmt_ms(rt, sizeof(rt), cfg->reuse_timeout_ms);
         fmt_ms(ri, sizeof(ri), cfg->realloc_interval_ms);
         fmt_ms(wt, sizeof(wt), cfg->wait_timeout_ms);
+        /* a limit that follows pool_size is printed as such, so that the
+         * text read back gives the same configuration */
+        if (cfg->limits_set & DS_LIMIT_SOFT_SET)
+                snprintf(sl, sizeof(sl), "%u", cfg->soft_limit);
+        else
+                snprintf(sl, sizeof(sl), "auto");
+        if (cfg->limits_set & DS_LIMIT_MAX_SET)
+                snprintf(ml, sizeof(ml), "%u", cfg->max_limit);
+        else
+                snprintf(ml, sizeof(ml), "auto");
         return snprintf(buf, len,
-                        "pool_size=%u\nsoft_limit=%u\nmax_limit=%u\nidle_timeout=%s\n"
+                        "pool_size=%u\nsoft_limit=%s\nmax_limit=%s\nidle_timeout=%s\n"
                         "realloc_interval=%s\nwait_timeout=%s\nwarn_usage=%u\nidle_release=%s\n"
                         "reuse=%s\nreuse_timeout=%s\nhandover_delay=%s\ndeadlock_timeout=%s\n",
-                        cfg->pool_size, cfg->soft_limit, cfg->max_limit, it, ri, wt,
-                        cfg->warn_usage_pct, cfg->idle_release ? "on" : "off",
-                        cfg->reuse ? "on" : "off", rt, hd, dt);
+                        cfg->pool_size, sl, ml, it, ri, wt, cfg->warn_usage_pct,
+                        cfg->idle_release ? "on" : "off", cfg->reuse ? "on" : "off", rt, hd, dt);
 }
 
 /* ---- per-scraper overrides ---- */

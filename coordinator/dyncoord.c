@@ -28,6 +28,7 @@
 
 #include "dynshim/config.h"
 #include "dynshim/coord.h"
+#include "dynshim/policy.h"
 #include "dyncoord.h"
 
 static const char *const command_names[] = {
@@ -88,6 +89,8 @@ enum option_id {
         OPT_CLUSTER,
         OPT_CLUSTER_BUDGET,
         OPT_CLUSTER_HOST,
+        OPT_WIDE,
+        OPT_METRICS_LISTEN,
 };
 
 static const struct option long_options[] = {
@@ -134,6 +137,8 @@ static const struct option long_options[] = {
     {"cluster", required_argument, NULL, OPT_CLUSTER},
     {"cluster-budget", required_argument, NULL, OPT_CLUSTER_BUDGET},
     {"cluster-host", required_argument, NULL, OPT_CLUSTER_HOST},
+    {"wide", no_argument, NULL, OPT_WIDE},
+    {"metrics-listen", required_argument, NULL, OPT_METRICS_LISTEN},
     {NULL, 0, NULL, 0},
 };
 
@@ -235,13 +240,15 @@ static void print_usage(FILE *f)
               "                         scraper.NAME.max, .reserve, .weight, .idle_release)\n"
               "  --unset KEY...         remove scraper overrides (scraper.NAME.KEY, or\n"
               "                         scraper.NAME for all of them)\n"
-              "  --stats [--json|--prometheus] [--watch S]\n"
-              "                         show the pool and every scraper (--watch: live view)\n"
+              "  --stats [--wide|--json|--prometheus] [--watch S]\n"
+              "                         show the pool and every scraper (--watch: live view;\n"
+              "                         --wide: every column, else the main ones in 100)\n"
               "  --health [--conninfo STR]\n"
               "                         check the segment, its invariants and the server\n"
               "  --run NAME [--replace] [--restart on-failure [--max-restarts N]] [--grace S]\n"
               "        -- CMD [ARGS...] run a scraper under the shim and supervise it\n"
               "  --watchdog [--interval S] [--ping-interval S] [--conninfo STR] [--log FILE]\n"
+              "             [--metrics-listen ADDR:PORT]\n"
               "             [--cluster NAME --cluster-budget N [--cluster-host NAME]]\n"
               "                         reclaim dead processes' slots, watch usage, zombies\n"
               "                         and the server, in the foreground\n"
@@ -250,13 +257,15 @@ static void print_usage(FILE *f)
               "  --version              show the version\n"
               "\n"
               "Options of every command:\n"
-              "  --segment NAME         segment to use (default $DYNSHIM_SEGMENT, "
+              "  --segment NAME         segment to use ($DYNSHIM_SEGMENT, "
               "else " DS_DEFAULT_SEGMENT ")\n"
               "\n"
               "Options of --init:\n"
               "  --pool-size N          slots held by all processes together (20)\n"
-              "  --soft-limit N         per-scraper limit with 2 or more active scrapers (10)\n"
-              "  --max-limit N          per-scraper limit with 1 active scraper (15)\n"
+              "  --soft-limit N         per-scraper limit with 2 or more active scrapers\n"
+              "                         (unset: 50 % of pool_size, following it)\n"
+              "  --max-limit N          per-scraper limit with 1 active scraper\n"
+              "                         (unset: 75 % of pool_size, following it)\n"
               "  --idle-timeout S       a scraper without libpq activity this long is idle (60)\n"
               "  --realloc-interval S   limits are recomputed at least this often (30)\n"
               "  --wait-timeout S       a connect waits at most this long for a slot (30)\n"
@@ -291,6 +300,9 @@ static void print_usage(FILE *f)
               "  --ping-interval S      ping the server this often (300)\n"
               "  --conninfo STR         the server to ping (also --health); no ping without it\n"
               "  --log FILE             append the log to FILE instead of stderr\n"
+              "  --metrics-listen ADDR:PORT\n"
+              "                         serve the --prometheus text over HTTP at /metrics\n"
+              "                         (e.g. 127.0.0.1:9432, [::1]:9432; port 0: any free)\n"
               "  --cluster NAME         share one connection budget with the other hosts of\n"
               "                         cluster NAME through the server of --conninfo: this\n"
               "                         host's pool_size becomes its share (docs/cluster.md)\n"
@@ -349,6 +361,11 @@ static int apply_value_option(struct options *o, int id, const char *arg)
                         return rc;
                 char *base = v->in_capacity ? (char *)&o->cap : (char *)&o->cfg;
                 memcpy(base + v->off, &n, sizeof(n));
+                /* a limit given is kept as given; the others follow pool_size */
+                if (id == OPT_SOFT_LIMIT)
+                        o->cfg.limits_set |= DS_LIMIT_SOFT_SET;
+                else if (id == OPT_MAX_LIMIT)
+                        o->cfg.limits_set |= DS_LIMIT_MAX_SET;
                 if (!o->init_only) {
                         o->init_only = v->name;
                         o->init_only_is_live = !v->in_capacity;
@@ -506,6 +523,14 @@ static int parse_option(int c, struct options *o, char *const argv[])
                 o->prometheus = 1;
                 note_only(&o->stats_only, "--prometheus");
                 return 0;
+        case OPT_WIDE:
+                o->wide = 1;
+                note_only(&o->stats_only, "--wide");
+                return 0;
+        case OPT_METRICS_LISTEN:
+                note_only(&o->watchdog_only, "--metrics-listen");
+                o->metrics_listen = optarg;
+                return metrics_parse_listen(optarg, NULL);
         case OPT_WATCH:
                 note_only(&o->stats_only, "--watch");
                 return parse_duration_option("--watch", optarg, 100, &o->watch_ms);
@@ -614,6 +639,9 @@ static int check_command_options(struct options *o)
                 return usage_error("--conninfo only applies to --health and --watchdog");
         if (o->json && o->prometheus)
                 return usage_error("--json and --prometheus are two output formats: choose one");
+        if (o->wide && (o->json || o->prometheus))
+                return usage_error("--wide is a view of the table: --json and --prometheus "
+                                   "always have every field");
         if (o->cmd == CMD_SET && o->n_pairs == 0)
                 return usage_error("--set needs at least one KEY=VALUE pair");
         if (o->cmd == CMD_UNSET && o->n_pairs == 0)
@@ -806,23 +834,32 @@ static int attach(const struct options *o, ds_handle **h)
         return rc;
 }
 
+/* " (follows pool_size)" when the limit flag is not set explicitly. */
+static const char *limit_origin(const struct ds_config *cfg, uint32_t flag)
+{
+        return cfg->limits_set & flag ? "" : " (follows pool_size)";
+}
+
 static int cmd_init(const struct options *o)
 {
         char why[512] = "";
+        struct ds_config cfg = o->cfg;
+        ds_policy_follow_pool(&cfg);
         int rc = ds_capacity_validate(&o->cap, why, sizeof(why));
         if (!rc)
-                rc = ds_config_validate(&o->cfg, &o->cap, why, sizeof(why));
+                rc = ds_config_validate(&cfg, &o->cap, why, sizeof(why));
         if (rc)
                 return usage_error("%s", why);
-        rc = ds_segment_create(o->segment, &o->cfg, &o->cap, &o->create, why, sizeof(why));
+        rc = ds_segment_create(o->segment, &cfg, &o->cap, &o->create, why, sizeof(why));
         if (rc) {
                 print_error("%s", why[0] ? why : strerror(-rc));
                 return rc;
         }
-        printf("created segment %s (mode %04o): pool_size=%u soft_limit=%u max_limit=%u, "
+        printf("created segment %s (mode %04o): pool_size=%u soft_limit=%u%s max_limit=%u%s, "
                "capacity %u processes, %u leases, %u scrapers\n",
-               ds_segment_name(o->segment), (unsigned)o->create.mode, o->cfg.pool_size,
-               o->cfg.soft_limit, o->cfg.max_limit, o->cap.max_procs, o->cap.max_leases,
+               ds_segment_name(o->segment), (unsigned)o->create.mode, cfg.pool_size, cfg.soft_limit,
+               limit_origin(&cfg, DS_LIMIT_SOFT_SET), cfg.max_limit,
+               limit_origin(&cfg, DS_LIMIT_MAX_SET), o->cap.max_procs, o->cap.max_leases,
                o->cap.max_scrapers);
         return 0;
 }
@@ -841,6 +878,11 @@ static int check_pairs(const struct options *o)
                 if (o->cmd == CMD_UNSET) {
                         int rc = ds_override_parse_key(kv, strlen(kv), 1, name, &field, why,
                                                        sizeof(why));
+                        if (rc == -ENOENT &&
+                            (strcmp(kv, "soft_limit") == 0 || strcmp(kv, "max_limit") == 0))
+                                return usage_error("--unset: '%s' is a pool key: --set %s=auto "
+                                                   "lets it follow pool_size again",
+                                                   kv, kv);
                         if (rc == -ENOENT)
                                 return usage_error("--unset: '%s' cannot be unset: only scraper "
                                                    "settings can (scraper.NAME or "
@@ -915,22 +957,78 @@ static int cmd_set(const struct options *o)
         ds_config_format(&cfg, text, sizeof(text));
         for (char *nl = strchr(text, '\n'); nl; nl = strchr(nl, '\n'))
                 *nl = nl[1] ? ' ' : '\0';
-        printf("segment %s: %s\n", ds_segment_name(o->segment), text);
+        /* "soft_limit=auto" is shown with the value it has now */
+        printf("segment %s: ", ds_segment_name(o->segment));
+        for (char *t = text, *sp; *t; t = sp ? sp + 1 : t + strlen(t)) {
+                sp = strchr(t, ' ');
+                int n = sp ? (int)(sp - t) : (int)strlen(t);
+                if (n == 15 && strncmp(t, "soft_limit=auto", 15) == 0)
+                        printf("soft_limit=%u (follows %s)", cfg.soft_limit,
+                               cfg.soft_limit == ds_policy_derived_soft_limit(cfg.pool_size)
+                                   ? "pool_size"
+                                   : "max_limit");
+                else if (n == 14 && strncmp(t, "max_limit=auto", 14) == 0)
+                        printf("max_limit=%u (follows pool_size)", cfg.max_limit);
+                else
+                        printf("%.*s", n, t);
+                fputs(sp ? " " : "\n", stdout);
+        }
         print_overrides(h, ds_segment_name(o->segment));
 out:
         ds_detach(h);
         return rc;
 }
 
-static void print_scraper_table(const struct ds_stats *st);
+static void print_scraper_table(FILE *f, const struct ds_stats *st);
+static void print_scraper_summary(FILE *f, const struct ds_stats *st, int width);
 static void print_cluster_table(const char *segment);
 
-static void print_stats_table(const char *segment, const struct ds_stats *st)
+/* The width the default views fit in; --wide has no bound. */
+#define NARROW_COLUMNS 100
+
+/* Writes items as "prefix item, item, ...", starting a new line indented
+ * like the first one's text whenever the next item would pass width. */
+static void print_wrapped(FILE *f, const char *prefix, const char *const *items, size_t n,
+                          int width)
 {
-        char it[32], ri[32], wt[32];
+        size_t indent = strlen(prefix), col = indent;
+        fputs(prefix, f);
+        for (size_t i = 0; i < n; i++) {
+                size_t len = strlen(items[i]) + (i + 1 < n ? 1 : 0); /* the comma */
+                if (i > 0 && col + 1 + len > (size_t)width) {
+                        fprintf(f, "\n%*s", (int)indent, "");
+                        col = indent;
+                } else if (i > 0) {
+                        fputc(' ', f);
+                        col++;
+                }
+                fprintf(f, "%s%s", items[i], i + 1 < n ? "," : "");
+                col += len;
+        }
+        fputc('\n', f);
+}
+
+/* "soft_limit 10 (50 % of pool_size)", "soft_limit 5 (set)", or, for a
+ * derived soft_limit held down by a max_limit set below it,
+ * "soft_limit 5 (follows max_limit)". */
+static void format_limit(char *buf, size_t len, const char *name, uint32_t value, int set,
+                         unsigned pct, uint32_t derived)
+{
+        if (set)
+                snprintf(buf, len, "%s %u (set)", name, value);
+        else if (value != derived)
+                snprintf(buf, len, "%s %u (follows max_limit)", name, value);
+        else
+                snprintf(buf, len, "%s %u (%u %% of pool_size)", name, value, pct);
+}
+
+static void print_stats_table(const char *segment, const struct ds_stats *st, int wide)
+{
+        char it[32], ri[32], wt[32], rt[32], sl[64], ml[64], wu[48], ir[48], ru[80];
         format_seconds(it, sizeof(it), st->cfg.idle_timeout_ms);
         format_seconds(ri, sizeof(ri), st->cfg.realloc_interval_ms);
         format_seconds(wt, sizeof(wt), st->cfg.wait_timeout_ms);
+        format_seconds(rt, sizeof(rt), st->cfg.reuse_timeout_ms);
         printf("segment %s: pool %u/%u in use (%u%%), %u waiting, %u %s, %u active %s\n", segment,
                st->held, st->cfg.pool_size, usage_pct(st), st->waiting, st->procs,
                plural(st->procs, "process", "processes"), st->n_active,
@@ -939,8 +1037,8 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
                 printf("warning: usage %u%% is above warn_usage %u%%\n", usage_pct(st),
                        st->cfg.warn_usage_pct);
         if (st->draining)
-                printf("draining: %u of the slots in use wait for the server backends of dead "
-                       "processes to end\n",
+                printf("draining: %u of the slots in use wait for the server backends of dead\n"
+                       "          processes to end\n",
                        st->draining);
         if (st->agent_state == 1)
                 printf("cluster: pool_size is this host's share, kept by agent pid %d\n",
@@ -949,25 +1047,45 @@ static void print_stats_table(const char *segment, const struct ds_stats *st)
                 printf("warning: the cluster agent (pid %d) is gone: no new slots until it is "
                        "back\n",
                        (int)st->cfg.agent_pid);
-        printf("config: soft_limit %u, max_limit %u, idle_timeout %s, realloc_interval %s, "
-               "wait_timeout %s, warn_usage %u%%, idle_release %s, reuse %s (timeout %.3gs)\n",
-               st->cfg.soft_limit, st->cfg.max_limit, it, ri, wt, st->cfg.warn_usage_pct,
-               st->cfg.idle_release ? "on" : "off", st->cfg.reuse ? "on" : "off",
-               st->cfg.reuse_timeout_ms / 1000.0);
-        printf("totals: %llu grants, peak %llu held, %llu dead processes reclaimed, %llu lock "
-               "repairs; capacity %u processes, %u leases, %u scrapers (%zu bytes)\n",
-               (unsigned long long)st->grants, (unsigned long long)st->peak_held,
-               (unsigned long long)st->reclaimed_procs, (unsigned long long)st->repairs,
-               st->cap.max_procs, st->cap.max_leases, st->cap.max_scrapers, st->segment_size);
+        format_limit(sl, sizeof(sl), "soft_limit", st->cfg.soft_limit,
+                     !!(st->cfg.limits_set & DS_LIMIT_SOFT_SET), 50,
+                     ds_policy_derived_soft_limit(st->cfg.pool_size));
+        format_limit(ml, sizeof(ml), "max_limit", st->cfg.max_limit,
+                     !!(st->cfg.limits_set & DS_LIMIT_MAX_SET), 75,
+                     ds_policy_derived_max_limit(st->cfg.pool_size));
+        char its[64], ris[64], wts[64];
+        snprintf(its, sizeof(its), "idle_timeout %s", it);
+        snprintf(ris, sizeof(ris), "realloc_interval %s", ri);
+        snprintf(wts, sizeof(wts), "wait_timeout %s", wt);
+        snprintf(wu, sizeof(wu), "warn_usage %u%%", st->cfg.warn_usage_pct);
+        snprintf(ir, sizeof(ir), "idle_release %s", st->cfg.idle_release ? "on" : "off");
+        snprintf(ru, sizeof(ru), "reuse %s (timeout %s)", st->cfg.reuse ? "on" : "off", rt);
+        const char *const config[] = {sl, ml, its, ris, wts, wu, ir, ru};
+        print_wrapped(stdout, "config: ", config, sizeof(config) / sizeof(config[0]),
+                      NARROW_COLUMNS);
+        char g[48], pk[48], rc[64], lr[48], cp[96];
+        snprintf(g, sizeof(g), "%llu grants", (unsigned long long)st->grants);
+        snprintf(pk, sizeof(pk), "peak %llu held", (unsigned long long)st->peak_held);
+        snprintf(rc, sizeof(rc), "%llu dead processes reclaimed",
+                 (unsigned long long)st->reclaimed_procs);
+        snprintf(lr, sizeof(lr), "%llu lock repairs", (unsigned long long)st->repairs);
+        snprintf(cp, sizeof(cp), "capacity %u processes, %u leases, %u scrapers (%zu bytes)",
+                 st->cap.max_procs, st->cap.max_leases, st->cap.max_scrapers, st->segment_size);
+        const char *const totals[] = {g, pk, rc, lr, cp};
+        print_wrapped(stdout, "totals: ", totals, sizeof(totals) / sizeof(totals[0]),
+                      NARROW_COLUMNS);
         putchar('\n');
         if (st->n_scrapers == 0)
                 printf("no scrapers yet\n");
+        else if (wide)
+                print_scraper_table(stdout, st);
         else
-                print_scraper_table(st);
+                print_scraper_summary(stdout, st, NARROW_COLUMNS);
         print_cluster_table(segment);
 }
 
-static void print_scraper_table(const struct ds_stats *st)
+/* Every column of every scraper (--wide). */
+static void print_scraper_table(FILE *f, const struct ds_stats *st)
 {
         char name[DS_NAME_MAX * 4 + 8];
         size_t col = strlen("SCRAPER");
@@ -976,24 +1094,115 @@ static void print_scraper_table(const struct ds_stats *st)
                 if (w > col)
                         col = w;
         }
-        printf("%-*s  %-6s %5s %5s %7s %5s %9s %9s %9s %9s %10s %9s %13s %12s %6s %9s  %s\n",
-               (int)col, "SCRAPER", "STATE", "HELD", "LIMIT", "WAITING", "PROCS", "CONNECTS",
-               "RELEASES", "IDLE_REL", "SURPL_REL", "RECONNECTS", "TIMEOUTS", "WAIT_MEAN_MS",
-               "WAIT_MAX_MS", "PARKED", "REUSES", "OVERRIDES");
+        fprintf(f, "%-*s  %-6s %5s %5s %7s %5s %9s %9s %9s %9s %10s %9s %13s %12s %6s %9s  %s\n",
+                (int)col, "SCRAPER", "STATE", "HELD", "LIMIT", "WAITING", "PROCS", "CONNECTS",
+                "RELEASES", "IDLE_REL", "SURPL_REL", "RECONNECTS", "TIMEOUTS", "WAIT_MEAN_MS",
+                "WAIT_MAX_MS", "PARKED", "REUSES", "OVERRIDES");
         for (size_t i = 0; i < st->n_scrapers; i++) {
                 const struct ds_scraper_stats *s = &st->scrapers[i];
                 size_t w = display_name(s->name, name, sizeof(name));
                 char ov[128];
                 if (!s->ov.flags || ds_override_format(&s->ov, ov, sizeof(ov)) <= 0)
                         snprintf(ov, sizeof(ov), "-");
-                printf("%s%*s  %-6s %5u %5u %7u %5u %9llu %9llu %9llu %9llu %10llu %9llu %13.3f "
-                       "%12.3f %6u %9llu  %s\n",
-                       name, (int)(col - w), "", s->active ? "active" : "idle", s->held, s->limit,
-                       s->waiting, s->procs, (unsigned long long)s->connects,
-                       (unsigned long long)s->releases, (unsigned long long)s->idle_releases,
-                       (unsigned long long)s->surplus_releases, (unsigned long long)s->reconnects,
-                       (unsigned long long)s->timeouts, wait_ms_mean(s), ms_of_ns(s->wait_ns_max),
-                       s->parked, (unsigned long long)s->reuses, ov);
+                fprintf(f,
+                        "%s%*s  %-6s %5u %5u %7u %5u %9llu %9llu %9llu %9llu %10llu %9llu %13.3f "
+                        "%12.3f %6u %9llu  %s\n",
+                        name, (int)(col - w), "", s->active ? "active" : "idle", s->held, s->limit,
+                        s->waiting, s->procs, (unsigned long long)s->connects,
+                        (unsigned long long)s->releases, (unsigned long long)s->idle_releases,
+                        (unsigned long long)s->surplus_releases, (unsigned long long)s->reconnects,
+                        (unsigned long long)s->timeouts, wait_ms_mean(s), ms_of_ns(s->wait_ns_max),
+                        s->parked, (unsigned long long)s->reuses, ov);
+        }
+}
+
+/* A name for a column of at most maxw characters: display_name's text, cut
+ * with a final '~' when longer (never inside an escape or a character). */
+static size_t fit_name(const char *s, char *out, size_t outlen, size_t maxw)
+{
+        size_t w = display_name(s, out, outlen);
+        if (w <= maxw || maxw == 0)
+                return w;
+        size_t o = 0, cw = 0, n = strlen(out);
+        while (o < n) {
+                /* one unit: an escape \xNN (4 wide), or one character */
+                size_t len =
+                    out[o] == '\\' ? 4 : utf8_sequence((const unsigned char *)out + o, n - o);
+                size_t uw = out[o] == '\\' ? 4 : 1;
+                if (len == 0 || cw + uw + 1 > maxw)
+                        break;
+                o += len;
+                cw += uw;
+        }
+        out[o] = '~';
+        out[o + 1] = '\0';
+        return cw + 1;
+}
+
+/* Digits of v. */
+static int digits(unsigned long long v)
+{
+        int n = 1;
+        while (v >= 10)
+                v /= 10, n++;
+        return n;
+}
+
+/* The columns an operator reads first, one scraper a line, in width
+ * columns (the name is cut to fit): the default view of --stats. */
+static void print_scraper_summary(FILE *f, const struct ds_stats *st, int width)
+{
+        int wl = (int)strlen("HELD/LIMIT"), wc = (int)strlen("CONNECTS"),
+            wt = (int)strlen("TIMEOUTS"), ww = (int)strlen("WAITING"), wp = (int)strlen("PROCS"),
+            wm = (int)strlen("WAIT_MEAN_MS");
+        char name[DS_NAME_MAX * 4 + 8], buf[64];
+        size_t col = strlen("SCRAPER");
+        int any_ov = 0;
+        for (size_t i = 0; i < st->n_scrapers; i++) {
+                const struct ds_scraper_stats *s = &st->scrapers[i];
+                size_t w = display_name(s->name, name, sizeof(name));
+                col = w > col ? w : col;
+                int n = snprintf(buf, sizeof(buf), "%u/%u", s->held, s->limit);
+                wl = n > wl ? n : wl;
+                wc = digits(s->connects) > wc ? digits(s->connects) : wc;
+                wt = digits(s->timeouts) > wt ? digits(s->timeouts) : wt;
+                ww = digits(s->waiting) > ww ? digits(s->waiting) : ww;
+                wp = digits(s->procs) > wp ? digits(s->procs) : wp;
+                n = snprintf(buf, sizeof(buf), "%.1f", wait_ms_mean(s));
+                wm = n > wm ? n : wm;
+                any_ov |= s->ov.flags != 0;
+        }
+        /* name, 2 spaces, state (6), then six columns each after a space */
+        int rest = 2 + 6 + 1 + wl + 1 + ww + 1 + wp + 1 + wc + 1 + wt + 1 + wm;
+        int room = width - rest;
+        if (room < 8)
+                room = 8;
+        if ((int)col > room)
+                col = (size_t)room;
+        fprintf(f, "%-*s  %-6s %*s %*s %*s %*s %*s %*s\n", (int)col, "SCRAPER", "STATE", wl,
+                "HELD/LIMIT", ww, "WAITING", wp, "PROCS", wc, "CONNECTS", wt, "TIMEOUTS", wm,
+                "WAIT_MEAN_MS");
+        for (size_t i = 0; i < st->n_scrapers; i++) {
+                const struct ds_scraper_stats *s = &st->scrapers[i];
+                size_t w = fit_name(s->name, name, sizeof(name), col);
+                snprintf(buf, sizeof(buf), "%u/%u", s->held, s->limit);
+                fprintf(f, "%s%*s  %-6s %*s %*u %*u %*llu %*llu %*.1f\n", name, (int)(col - w), "",
+                        s->active ? "active" : "idle", wl, buf, ww, s->waiting, wp, s->procs, wc,
+                        (unsigned long long)s->connects, wt, (unsigned long long)s->timeouts, wm,
+                        wait_ms_mean(s));
+        }
+        if (!any_ov)
+                return;
+        /* the overrides, one scraper a line, name cut to leave room for them */
+        fputs("\noverrides (every column: --wide, --json):\n", f);
+        for (size_t i = 0; i < st->n_scrapers; i++) {
+                const struct ds_scraper_stats *s = &st->scrapers[i];
+                char ov[128];
+                if (!s->ov.flags || ds_override_format(&s->ov, ov, sizeof(ov)) <= 0)
+                        continue;
+                int room_name = width - 4 - (int)strlen(ov);
+                fit_name(s->name, name, sizeof(name), room_name < 8 ? 8 : (size_t)room_name);
+                fprintf(f, "  %s: %s\n", name, ov);
         }
 }
 
@@ -1084,6 +1293,9 @@ static void print_stats_json(const char *segment, const struct ds_stats *st)
                c->wait_timeout_ms, c->warn_usage_pct, c->idle_release ? "true" : "false",
                c->reuse ? "true" : "false", c->reuse_timeout_ms, c->handover_delay_ms,
                c->deadlock_timeout_ms);
+        printf(", \"soft_limit_derived\": %s, \"max_limit_derived\": %s",
+               c->limits_set & DS_LIMIT_SOFT_SET ? "false" : "true",
+               c->limits_set & DS_LIMIT_MAX_SET ? "false" : "true");
         printf(", \"processes\": %u, \"active_scrapers\": %u, \"grants\": %llu, "
                "\"peak_held\": %llu, \"reclaimed_processes\": %llu, \"repairs\": %llu",
                st->procs, st->n_active, (unsigned long long)st->grants,
@@ -1290,9 +1502,8 @@ static void print_cluster_prometheus(FILE *f, const char *segment)
         free(v);
 }
 
-static void print_stats_prometheus(const char *segment, const struct ds_stats *st)
+void print_stats_prometheus(FILE *f, const char *segment, const struct ds_stats *st)
 {
-        FILE *f = stdout;
         const struct {
                 const char *name, *type, *help;
                 double value;
@@ -1363,9 +1574,9 @@ static void print_stats(const struct options *o, const struct ds_stats *st)
         if (o->json)
                 print_stats_json(name, st);
         else if (o->prometheus)
-                print_stats_prometheus(name, st);
+                print_stats_prometheus(stdout, name, st);
         else
-                print_stats_table(name, st);
+                print_stats_table(name, st, o->wide);
 }
 
 /* Reads a snapshot of the pool; prints the reason on failure. */
@@ -1397,23 +1608,26 @@ static void draw_bar(FILE *f, uint32_t held, uint32_t waiting, uint32_t limit, i
         uint32_t scale = limit > held ? limit : held;
         int fill = scale ? (int)((uint64_t)held * (uint64_t)width / scale) : 0;
         int over = limit < held && scale ? (int)((uint64_t)(held - limit) * width / scale) : 0;
+        (void)waiting; /* shown in its own column */
         fputc('[', f);
         for (int i = 0; i < width; i++)
                 fputc(i < fill - over ? '#' : i < fill ? '!' : '.', f);
         fputc(']', f);
-        fprintf(f, " %u/%u", held, limit);
-        if (waiting)
-                fprintf(f, " +%u waiting", waiting);
 }
 
 /* Renders one frame of the live view into f: a header, a bar for the pool
- * and one per scraper (held of limit, waiting). */
+ * and one line per scraper (a bar of held of limit, then the columns an
+ * operator reads first), all within min(cols, 100) columns; --wide adds
+ * the full table below the bars, unbounded. */
 static void render_frame(FILE *f, const struct options *o, const struct ds_stats *st,
                          const char *error, int cols)
 {
         char when[32];
         time_t now = time(NULL);
         struct tm tm;
+        int width = cols < NARROW_COLUMNS ? cols : NARROW_COLUMNS;
+        if (width < 40)
+                width = 40;
         strftime(when, sizeof(when), "%H:%M:%S", localtime_r(&now, &tm));
         fprintf(f, "dyncoord %s  segment %s  every %.1f s  %s (Ctrl-C quits)\n", DS_VERSION_STRING,
                 ds_segment_name(o->segment), o->watch_ms / 1000.0, when);
@@ -1421,31 +1635,64 @@ static void render_frame(FILE *f, const struct options *o, const struct ds_stats
                 fprintf(f, "\n%s\n", error);
                 return;
         }
-        int bar = cols - 50;
-        bar = bar < 10 ? 10 : bar > 60 ? 60 : bar;
         fprintf(f, "pool %u/%u in use (%u%%), %u waiting, %u %s, %u active%s\n", st->held,
                 st->cfg.pool_size, usage_pct(st), st->waiting, st->procs,
                 plural(st->procs, "process", "processes"), st->n_active,
                 usage_above_warning(st) ? "  WARNING: above warn_usage" : "");
-        fprintf(f, "%-24s ", "POOL");
-        draw_bar(f, st->held, st->waiting, st->cfg.pool_size, bar);
-        fputs("\n\n", f);
-        fprintf(f, "%-24s %-6s %s\n", "SCRAPER", "STATE", "HELD OF LIMIT");
-        if (st->n_scrapers == 0)
-                fputs("no scrapers yet\n", f);
-        char name[DS_NAME_MAX * 4 + 8];
+        /* columns after the bar: " 123/456 +7 waiting" for the pool, and
+         * for a scraper HELD/LIMIT WAITING CONNECTS TIMEOUTS WAIT_MEAN_MS */
+        int wl = (int)strlen("HELD/LIMIT"), ww = (int)strlen("WAIT"), wc = (int)strlen("CONNECTS"),
+            wt = (int)strlen("TIMEOUTS"), wm = (int)strlen("WAIT_MS");
+        char name[DS_NAME_MAX * 4 + 8], buf[64];
+        size_t col = strlen("POOL");
         for (size_t i = 0; i < st->n_scrapers; i++) {
                 const struct ds_scraper_stats *s = &st->scrapers[i];
                 size_t w = display_name(s->name, name, sizeof(name));
-                fprintf(f, "%s%*s %-6s ", name, w < 24 ? (int)(24 - w) : 0, "",
-                        s->active ? "active" : "idle");
+                col = w > col ? w : col;
+                int n = snprintf(buf, sizeof(buf), "%u/%u", s->held, s->limit);
+                wl = n > wl ? n : wl;
+                ww = digits(s->waiting) > ww ? digits(s->waiting) : ww;
+                wc = digits(s->connects) > wc ? digits(s->connects) : wc;
+                wt = digits(s->timeouts) > wt ? digits(s->timeouts) : wt;
+                n = snprintf(buf, sizeof(buf), "%.1f", wait_ms_mean(s));
+                wm = n > wm ? n : wm;
+        }
+        int n = snprintf(buf, sizeof(buf), "%u/%u", st->held, st->cfg.pool_size);
+        wl = n > wl ? n : wl;
+        if (col > 24)
+                col = 24;
+        /* name, state (6), bar [..], then the five columns */
+        int fixed = 1 + 6 + 1 + 2 + 1 + wl + 1 + ww + 1 + wc + 1 + wt + 1 + wm;
+        int bar = width - fixed - (int)col;
+        if (bar > 40)
+                bar = 40;
+        if (bar < 10) {
+                bar = 10;
+                int room = width - fixed - bar;
+                col = room < 8 ? 8 : (size_t)room;
+        }
+        fprintf(f, "%-*s %-6s ", (int)col, "POOL", "");
+        draw_bar(f, st->held, 0, st->cfg.pool_size, bar);
+        snprintf(buf, sizeof(buf), "%u/%u", st->held, st->cfg.pool_size);
+        fprintf(f, " %*s %*u\n\n", wl, buf, ww, st->waiting);
+        fprintf(f, "%-*s %-6s %-*s %*s %*s %*s %*s %*s\n", (int)col, "SCRAPER", "STATE", bar + 2,
+                bar + 2 >= (int)strlen("HELD OF LIMIT") ? "HELD OF LIMIT" : "USAGE", wl,
+                "HELD/LIMIT", ww, "WAIT", wc, "CONNECTS", wt, "TIMEOUTS", wm, "WAIT_MS");
+        if (st->n_scrapers == 0)
+                fputs("no scrapers yet\n", f);
+        for (size_t i = 0; i < st->n_scrapers; i++) {
+                const struct ds_scraper_stats *s = &st->scrapers[i];
+                size_t w = fit_name(s->name, name, sizeof(name), col);
+                fprintf(f, "%s%*s %-6s ", name, (int)(col - w), "", s->active ? "active" : "idle");
                 draw_bar(f, s->held, s->waiting, s->limit, bar);
-                fprintf(f, "  %llu connects, %llu timeouts", (unsigned long long)s->connects,
-                        (unsigned long long)s->timeouts);
-                char ov[128];
-                if (s->ov.flags && ds_override_format(&s->ov, ov, sizeof(ov)) > 0)
-                        fprintf(f, "  [%s]", ov);
+                snprintf(buf, sizeof(buf), "%u/%u", s->held, s->limit);
+                fprintf(f, " %*s %*u %*llu %*llu %*.1f\n", wl, buf, ww, s->waiting, wc,
+                        (unsigned long long)s->connects, wt, (unsigned long long)s->timeouts, wm,
+                        wait_ms_mean(s));
+        }
+        if (o->wide && st->n_scrapers) {
                 fputc('\n', f);
+                print_scraper_table(f, st);
         }
 }
 

@@ -72,6 +72,10 @@ struct options {
         const char *cluster_host; /* NULL: hostname + segment */
         uint32_t cluster_budget;
         const char *cluster_only; /* first option only --cluster takes */
+        /* --stats --wide: every column (the default view fits 100) */
+        int wide;
+        /* --watchdog --metrics-listen ADDR:PORT: NULL, no HTTP server */
+        const char *metrics_listen;
 };
 
 /* Parses dyncoord's command line into *o (getopt_long: argv may be
@@ -128,6 +132,27 @@ void trim_message(char *s);
 
 /* 0 if conninfo parses, else a usage error (printed) and -EINVAL. */
 int validate_conninfo(const char *conninfo);
+
+/* Writes the Prometheus text exposition of st (as --stats --prometheus). */
+void print_stats_prometheus(FILE *f, const char *segment, const struct ds_stats *st);
+
+/* ---- the metrics server of --watchdog --metrics-listen (dyncoord_metrics.c) ---- */
+
+struct metrics_server;
+
+/* Parses "ADDR:PORT" ("127.0.0.1:9432", "[::1]:9432", "localhost:0"; port 0:
+ * any free port; a numeric address or localhost, never looked up in DNS)
+ * into *ss (NULL: only checks). 0, or a usage error printed
+ * and -EINVAL. */
+struct sockaddr_storage;
+int metrics_parse_listen(const char *spec, struct sockaddr_storage *ss);
+
+/* Listens on spec and serves GET /metrics from its own thread, attaching to
+ * segment for every request. 0 and *out, or -errno with the reason in why.
+ * bound gets the address actually listened on ("127.0.0.1:40123"). */
+int metrics_start(const char *spec, const char *segment, struct metrics_server **out, char *bound,
+                  size_t boundlen, char *why, size_t whylen);
+void metrics_stop(struct metrics_server *m);
 
 /* ---- the cluster agent (dyncoord_cluster.c, docs/cluster.md) ---- */
 

@@ -196,28 +196,43 @@ static uint32_t scale(uint64_t ppm, uint32_t share)
         return v < 1 ? 1 : v > share ? share : (uint32_t)v;
 }
 
-/* Sets the local pool_size to share, soft_limit and max_limit in their
- * proportion to it. */
+/* Sets the local pool_size to share. The limits that follow pool_size are
+ * derived from it (ds_policy_follow_pool); the ones set explicitly keep
+ * their proportion to it. */
 static int set_pool(struct cluster_agent *a, ds_handle *h, uint32_t share, const char *why)
 {
         char p[40], s[40], m[40], err[300];
-        uint32_t soft = scale(a->soft_ppm, share), max = scale(a->max_ppm, share);
+        struct ds_config cfg, want;
+        if (ds_get_config(h, &cfg) != 0)
+                return -EIO;
+        want = cfg;
+        want.pool_size = share;
+        const char *pairs[3];
+        size_t n = 0;
         snprintf(p, sizeof(p), "pool_size=%u", share);
-        snprintf(s, sizeof(s), "soft_limit=%u", soft);
-        snprintf(m, sizeof(m), "max_limit=%u", max);
-        /* the order of validation does not matter: one change as a whole */
-        const char *pairs[] = {p, s, m};
-        struct ds_config cfg;
-        if (ds_get_config(h, &cfg) == 0 && cfg.pool_size == share && cfg.soft_limit == soft &&
-            cfg.max_limit == max)
+        pairs[n++] = p;
+        if (cfg.limits_set & DS_LIMIT_SOFT_SET) {
+                want.soft_limit = scale(a->soft_ppm, share);
+                snprintf(s, sizeof(s), "soft_limit=%u", want.soft_limit);
+                pairs[n++] = s;
+        }
+        if (cfg.limits_set & DS_LIMIT_MAX_SET) {
+                want.max_limit = scale(a->max_ppm, share);
+                snprintf(m, sizeof(m), "max_limit=%u", want.max_limit);
+                pairs[n++] = m;
+        }
+        ds_policy_follow_pool(&want);
+        if (cfg.pool_size == want.pool_size && cfg.soft_limit == want.soft_limit &&
+            cfg.max_limit == want.max_limit)
                 return 0;
-        int rc = ds_update_config(h, pairs, 3, NULL, err, sizeof(err));
+        /* the order of validation does not matter: one change as a whole */
+        int rc = ds_update_config(h, pairs, n, NULL, err, sizeof(err));
         if (rc) {
                 error_once(a, "could not set the local pool_size", err);
                 return rc;
         }
-        a->wrote_soft = soft;
-        a->wrote_max = max;
+        a->wrote_soft = want.soft_limit;
+        a->wrote_max = want.max_limit;
         if (cfg.pool_size != share)
                 alog(a, "info", "cluster %s: local pool_size %u -> %u (%s)", a->o->cluster,
                      cfg.pool_size, share, why);

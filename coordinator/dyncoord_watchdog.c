@@ -408,12 +408,29 @@ int cmd_watchdog(const struct options *o)
         sigaddset(&set, SIGINT);
         sigaddset(&set, SIGHUP);
         sigprocmask(SIG_BLOCK, &set, &old);
+        /* the HTTP server's thread starts with these signals blocked too */
+        struct metrics_server *metrics = NULL;
+        char bound[128] = "";
+        if (o->metrics_listen) {
+                char why[512];
+                rc = metrics_start(o->metrics_listen, w.segment, &metrics, bound, sizeof(bound),
+                                   why, sizeof(why));
+                if (rc) {
+                        print_error("--metrics-listen: %s", why);
+                        close(lock);
+                        sigprocmask(SIG_SETMASK, &old, NULL);
+                        return 1;
+                }
+        }
         wlog(&w, "info", "watchdog started for segment %s: checks every %.1f s%s", w.segment,
              o->interval_ms / 1000.0, o->conninfo ? "" : ", no server ping (no --conninfo)");
         if (o->conninfo)
                 wlog(&w, "info", "pinging server %s every %.1f s", w.server,
                      o->ping_interval_ms / 1000.0);
+        if (metrics)
+                wlog(&w, "info", "serving metrics at http://%s/metrics", bound);
         if (o->cluster && !(w.cluster = cluster_open(o, w.segment, cluster_log, &w))) {
+                metrics_stop(metrics);
                 print_error("out of memory");
                 close(lock);
                 return 1;
@@ -449,6 +466,7 @@ int cmd_watchdog(const struct options *o)
                         break;
                 }
         }
+        metrics_stop(metrics);
         cluster_close(w.cluster);
         ds_detach(w.h);
         if (w.log != stderr)

@@ -7,6 +7,29 @@ uint32_t ds_policy_limit(const struct ds_config *cfg, uint32_t n_active)
         return limit < cfg->pool_size ? limit : cfg->pool_size;
 }
 
+uint32_t ds_policy_derived_max_limit(uint32_t pool_size)
+{
+        uint64_t v = (uint64_t)pool_size * 3u / 4u;
+        return v < 1 ? 1 : (uint32_t)v;
+}
+
+uint32_t ds_policy_derived_soft_limit(uint32_t pool_size)
+{
+        uint32_t v = pool_size / 2u;
+        return v < 1 ? 1 : v;
+}
+
+void ds_policy_follow_pool(struct ds_config *cfg)
+{
+        uint32_t set = cfg->limits_set;
+        if (!(set & DS_LIMIT_MAX_SET))
+                cfg->max_limit = ds_policy_derived_max_limit(cfg->pool_size);
+        if (!(set & DS_LIMIT_SOFT_SET)) {
+                uint32_t s = ds_policy_derived_soft_limit(cfg->pool_size);
+                cfg->soft_limit = s < cfg->max_limit ? s : cfg->max_limit;
+        }
+}
+
 static int recently_used(const struct ds_config *cfg, const struct ds_activity *a, uint64_t now_ns)
 {
         if (a->inflight > 0)

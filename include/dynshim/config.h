@@ -43,8 +43,15 @@ struct ds_config {
         /* Waiters that hold the only slots they could get (hold-and-wait)
          * this long: the newest of them fails with a deadlock error. */
         uint32_t deadlock_timeout_ms;
-        uint32_t reserved[2]; /* zero; room for later keys */
+        /* DS_LIMIT_*_SET: the limits the operator set explicitly. The others
+         * follow pool_size (ds_policy_follow_pool) whenever it changes. */
+        uint32_t limits_set;
+        uint32_t reserved[3]; /* zero; room for later keys */
 };
+
+#define DS_LIMIT_SOFT_SET (1u << 0) /* soft_limit was set explicitly */
+#define DS_LIMIT_MAX_SET  (1u << 1) /* max_limit was set explicitly */
+#define DS_LIMIT_SET_ALL  (DS_LIMIT_SOFT_SET | DS_LIMIT_MAX_SET)
 
 /* Table sizes fixed when a segment is created. */
 struct ds_capacity {
@@ -64,7 +71,11 @@ int ds_capacity_validate(const struct ds_capacity *cap, char *why, size_t whylen
 
 /* Applies one "key=value" (snake_case key, as dyncoord --set takes it) to
  * cfg. 0, or -EINVAL with the reason in why; cfg is untouched on error.
- * Does not validate the configuration as a whole. */
+ * soft_limit and max_limit are marked as set explicitly (limits_set), or,
+ * with the value "auto", as following pool_size again; the limits that
+ * follow pool_size are then derived anew (ds_policy_follow_pool), so that
+ * a change of pool_size carries them along. Does not validate the
+ * configuration as a whole. */
 int ds_config_set_kv(struct ds_config *cfg, const char *kv, char *why, size_t whylen);
 
 /* Strict parsers: the whole string must be the value; 0 or -EINVAL.
@@ -127,7 +138,9 @@ int ds_override_validate(const struct ds_override *ov, const char *name, char *w
  * ("" when none). Returns the length snprintf would have written. */
 int ds_override_format(const struct ds_override *ov, char *buf, size_t len);
 
-/* Writes "key=value" lines for cfg (for --stats and docs). Returns the length
+/* Writes "key=value" lines for cfg (for --stats and docs); a limit that
+ * follows pool_size is written "auto", so the lines read back through
+ * ds_config_set_kv give cfg again. Returns the length
  * snprintf would have written. */
 int ds_config_format(const struct ds_config *cfg, char *buf, size_t len);
 

@@ -13,6 +13,21 @@
  * pool_size. n_active of 0 is treated as 1 (the asker is active). */
 uint32_t ds_policy_limit(const struct ds_config *cfg, uint32_t n_active);
 
+/* The limits that follow pool_size, for the limits the operator did not set
+ * (max_limit 75 %, soft_limit 50 % of the pool, rounded down, at least 1;
+ * a pool of 20 gives 15 and 10). */
+uint32_t ds_policy_derived_max_limit(uint32_t pool_size);
+uint32_t ds_policy_derived_soft_limit(uint32_t pool_size);
+
+/* Sets every limit of cfg not marked in cfg->limits_set (DS_LIMIT_*_SET) to
+ * its share of cfg->pool_size. A derived soft_limit also yields to an
+ * explicit max_limit below it (max_limit 5 alone gives soft_limit 5 in a
+ * pool of 20); a derived max_limit is always 75 % (an explicit soft_limit
+ * above it is refused by ds_config_validate, naming both). Called
+ * wherever pool_size or a limit changes (dyncoord --init and --set, the
+ * cluster agent, a segment created with the defaults). */
+void ds_policy_follow_pool(struct ds_config *cfg);
+
 /* What a scraper's state depends on. */
 struct ds_activity {
         uint32_t waiting;          /* connects waiting for a slot */

@@ -17,7 +17,7 @@
 #include "dynshim/policy.h"
 
 #define DS_MAGIC          UINT64_C(0x314d4853594e4444) /* "DDNYSHM1" */
-#define DS_LAYOUT_VERSION 5u
+#define DS_LAYOUT_VERSION 6u
 #define DS_ALIGN          64u
 
 enum ds_lease_state {

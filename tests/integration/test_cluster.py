@@ -210,6 +210,62 @@ def three_hosts_share_one_budget_through_the_server():
             cl.destroy()
 
 
+def agent_moves_derived_limits_with_pool_size():
+    """The agent sets pool_size to the host's share: limits the operator did
+    not set follow it (75 % and 50 %), limits set keep their proportion.
+    One host per cluster, over 127.0.0.1: no network namespaces needed."""
+    with Case("cluster_limits", pool_size=8, init=False) as c:
+        dyncoord = _binary("DYNSHIM_IT_DYNCOORD", "dyncoord")
+        conninfo = (f"host=127.0.0.1 port={c.pg['PGPORT']} user={c.pg['PGUSER']} "
+                    f"dbname={c.db}")
+        hosts = {"derived": [], "explicit": ["--soft-limit", "1", "--max-limit", "1"]}
+        agents, env = [], {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+        rundir = os.path.join(c.tmpdir(), "run")
+        os.mkdir(rundir, 0o700)
+        env["DYNSHIM_RUN_DIR"] = rundir
+        try:
+            for name, limits in hosts.items():
+                seg = f"{c.segment}-{name}"
+                sh(dyncoord, "--segment", seg, "--init", "--force", "--pool-size", "1", *limits)
+                agents.append(subprocess.Popen(
+                    [dyncoord, "--segment", seg, "--watchdog", "--interval", INTERVAL,
+                     "--cluster", f"limits-{name}", "--cluster-budget", "8", "--conninfo",
+                     conninfo, "--log", os.path.join(c.tmpdir(), f"agent-{name}.log")],
+                    env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+                c.procs.append(agents[-1])
+
+            def stats(name):
+                r = subprocess.run([dyncoord, "--segment", f"{c.segment}-{name}", "--stats",
+                                    "--json"], env=env, capture_output=True, text=True,
+                                   timeout=30)
+                check(r.returncode == 0, f"--stats of {name}: {r.stderr}")
+                return json.loads(r.stdout)
+
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if all(stats(n)["pool_size"] == 8 for n in hosts):
+                    break
+                time.sleep(0.1)
+            d, e = stats("derived"), stats("explicit")
+            log(f"derived: pool {d['pool_size']} soft {d['soft_limit']} max {d['max_limit']}; "
+                f"explicit: pool {e['pool_size']} soft {e['soft_limit']} max {e['max_limit']}")
+            check(d["pool_size"] == 8 and e["pool_size"] == 8,
+                  f"the agents did not raise the pools to the budget: {d['pool_size']}, "
+                  f"{e['pool_size']}")
+            check((d["soft_limit"], d["max_limit"], d["soft_limit_derived"],
+                   d["max_limit_derived"]) == (4, 6, True, True),
+                  f"derived limits of a pool of 8 are not 4 and 6: {d}")
+            check((e["soft_limit"], e["max_limit"]) == (8, 8),
+                  f"limits set to the whole pool did not keep their proportion: {e}")
+            for a in agents:
+                a.send_signal(signal.SIGTERM)
+                out, err = a.communicate(timeout=10)
+                check(a.returncode == 0, f"an agent exited {a.returncode}: {err}")
+        finally:
+            for name in hosts:
+                sh(dyncoord, "--segment", f"{c.segment}-{name}", "--destroy", check_rc=False)
+
+
 def run_scenarios(c, net, cl):
     cl.init()
     c.start_sampler()
@@ -325,4 +381,5 @@ def check_stats_formats(cl):
 
 
 if __name__ == "__main__":
-    main({f.__name__: f for f in (three_hosts_share_one_budget_through_the_server,)})
+    main({f.__name__: f for f in (three_hosts_share_one_budget_through_the_server,
+                                  agent_moves_derived_limits_with_pool_size)})

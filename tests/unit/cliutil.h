@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "dynshim/coord.h"
+#include "dynshim/segment.h"
 
 #ifndef DYNCOORD_PATH
 #error "DYNCOORD_PATH must name the dyncoord binary"
@@ -212,6 +213,52 @@ static inline void client_stop(struct client *c)
         cr_assert_eq(waitpid(c->pid, &status, 0), c->pid);
         close(c->results);
         cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "client failed");
+}
+
+/* The widest line of text, in characters (UTF-8 continuation bytes are
+ * not characters); *line_no gets its number (from 1) if not NULL. */
+static inline size_t widest_line(const char *text, int *line_no)
+{
+        size_t widest = 0, w = 0;
+        int line = 1, at = 1;
+        for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
+                if (*p == '\n') {
+                        w = 0;
+                        line++;
+                        continue;
+                }
+                if ((*p & 0xc0) != 0x80 && ++w > widest) {
+                        widest = w;
+                        at = line;
+                }
+        }
+        if (line_no)
+                *line_no = at;
+        return widest;
+}
+
+/* Puts large counters into the record of scraper name, as a pool that has
+ * run for years would show them. */
+static inline void inflate_counters(const char *segment, const char *name)
+{
+        ds_handle *h = NULL;
+        cr_assert_eq(ds_attach(segment, 0, &h, NULL, 0), 0);
+        struct ds_header *H = ds_handle_header(h);
+        struct ds_scraper *sc = (struct ds_scraper *)((char *)H + ds_layout_scrapers_off(&H->cap));
+        int found = 0;
+        for (uint32_t i = 0; i < H->scraper_hwm; i++) {
+                if (strcmp(sc[i].name, name) != 0)
+                        continue;
+                sc[i].connects = 123456789012ull;
+                sc[i].releases = 123456789000ull;
+                sc[i].timeouts = 9876543ull;
+                sc[i].waits = 1000;
+                sc[i].wait_ns_total = 1000ull * 12345678901ull; /* 12345.679 ms each */
+                sc[i].wait_ns_max = 29999000000ull;
+                found = 1;
+        }
+        ds_detach(h);
+        cr_assert(found, "no scraper record named %s", name);
 }
 
 static inline void sleep_ms(long ms)

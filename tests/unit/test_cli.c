@@ -248,7 +248,8 @@ Test(cli, invalid_init_options_exit_2_naming_the_value_and_create_nothing)
             {{"--init", "--max-limit", "-1"}, "--max-limit: '-1' is not a whole number"},
             {{"--init", "--soft-limit", "16"}, "soft_limit 16 is above max_limit 15"},
             {{"--init", "--max-limit", "25"}, "max_limit 25 is above pool_size 20"},
-            {{"--init", "--pool-size", "5"}, "max_limit 15 is above pool_size 5"},
+            {{"--init", "--pool-size", "5", "--max-limit", "15"},
+             "max_limit 15 is above pool_size 5 (max_limit was set explicitly"},
             {{"--init", "--pool-size", "200", "--max-leases", "100"},
              "pool_size 200 is above the segment's capacity of 100 leases"},
             {{"--init", "--idle-timeout", "0"}, "idle_timeout must be above 0"},
@@ -461,7 +462,7 @@ Test(cli, set_shrinking_below_usage_keeps_slots_and_stops_new_grants)
 
 /* ---- --stats ---- */
 
-/* Finds the table row of scraper `name` and reads its columns. */
+/* Finds the row of scraper `name` in the --wide table and reads its columns. */
 struct row {
         char state[16];
         unsigned held, limit, waiting, procs;
@@ -497,7 +498,7 @@ Test(cli, stats_shows_a_scraper_after_a_child_acquired_slots)
         struct client c = client_start("crawler", 2, 1000);
         cr_assert_eq(client_result(&c), 'y');
         cr_assert_eq(client_result(&c), 'y');
-        DYNCOORD(r, "--stats");
+        DYNCOORD(r, "--stats", "--wide");
         assert_exit(&r, 0);
         assert_contains(r.out, "pool 2/20 in use (10%), 0 waiting, 1 process, 1 active scraper");
         assert_contains(r.out, "SCRAPER");
@@ -614,7 +615,7 @@ Test(cli, stats_reports_waiters_timeouts_and_wait_times)
         /* c gives up after the pool's wait_timeout (0.3 s) */
         struct client c = client_start("quitter", 1, UINT32_MAX);
         cr_assert_eq(client_result(&c), 't');
-        DYNCOORD(r, "--stats");
+        DYNCOORD(r, "--stats", "--wide");
         assert_exit(&r, 0);
         struct row row;
         cr_assert(find_row(r.out, "quitter", &row), "no row for quitter in:\n%s", r.out);
@@ -685,16 +686,18 @@ Test(cli, set_applies_scraper_overrides_with_pool_keys_in_one_change)
         assert_json(r.out,
                     "[(s['name'], s['limit'], s['weight'], s['reserve_claimed'], "
                     "s['scraper_idle_release']) for s in d['scrapers']]",
-                    "[('batch', 15, 0.5, 0, True), ('viewer', 5, 1.0, 2, False)]");
+                    "[('batch', 22, 0.5, 0, True), ('viewer', 5, 1.0, 2, False)]");
         /* the existing keys are still there */
-        assert_json(r.out, "sorted(d['scrapers'][0].keys())[:4]",
+        assert_json(r.out,
+                    "sorted(k for k in d['scrapers'][0] "
+                    "if k in ('connects', 'held', 'idle_releases', 'limit'))",
                     "['connects', 'held', 'idle_releases', 'limit']");
         /* a scraper named this way keeps its settings when it runs */
         struct client c = client_start("viewer", 6, 200);
         for (int i = 0; i < 5; i++)
                 cr_assert_eq(client_result(&c), 'y');
         cr_assert_eq(client_result(&c), 't', "a sixth slot above max=5");
-        DYNCOORD(r, "--stats");
+        DYNCOORD(r, "--stats", "--wide");
         assert_exit(&r, 0);
         assert_contains(r.out, "OVERRIDES");
         struct row row;
@@ -969,4 +972,153 @@ Test(cli, destroy_removes_a_corrupt_segment)
         DYNCOORD(r, "--destroy");
         assert_exit(&r, 0);
         cr_assert(!segment_exists());
+}
+
+/* ---- limits that follow pool_size ---- */
+
+Test(cli, init_with_only_a_pool_size_derives_the_limits_and_set_moves_them)
+{
+        struct result r;
+        DYNCOORD(r, "--init", "--pool-size", "6");
+        assert_exit(&r, 0);
+        assert_contains(r.out, "soft_limit=3 (follows pool_size) max_limit=4 (follows pool_size)");
+        struct ds_config c = read_config();
+        cr_assert_eq(c.soft_limit, 3);
+        cr_assert_eq(c.max_limit, 4);
+        cr_assert_eq(c.limits_set, 0);
+        DYNCOORD(r, "--stats");
+        assert_exit(&r, 0);
+        assert_contains(r.out, "soft_limit 3 (50 % of pool_size), max_limit 4 (75 % of pool_size)");
+        DYNCOORD(r, "--stats", "--json");
+        assert_json(r.out,
+                    "(d['soft_limit'], d['max_limit'], d['soft_limit_derived'], "
+                    "d['max_limit_derived'])",
+                    "(3, 4, True, True)");
+        /* a new pool_size carries them along */
+        DYNCOORD(r, "--set", "pool_size=12");
+        assert_exit(&r, 0);
+        assert_contains(r.out, "pool_size=12 soft_limit=6 (follows pool_size) max_limit=9 "
+                               "(follows pool_size)");
+        c = read_config();
+        cr_assert_eq(c.soft_limit, 6);
+        cr_assert_eq(c.max_limit, 9);
+        /* 20 keeps the documented 15 and 10 */
+        DYNCOORD(r, "--set", "pool_size=20");
+        assert_exit(&r, 0);
+        c = read_config();
+        cr_assert_eq(c.soft_limit, 10);
+        cr_assert_eq(c.max_limit, 15);
+}
+
+Test(cli, explicit_limits_stay_and_a_pool_below_them_is_refused_naming_them)
+{
+        struct result r;
+        DYNCOORD(r, "--init", "--pool-size", "6", "--max-limit", "5");
+        assert_exit(&r, 0);
+        struct ds_config c = read_config();
+        cr_assert_eq(c.max_limit, 5);
+        cr_assert_eq(c.soft_limit, 3);
+        cr_assert_eq(c.limits_set, DS_LIMIT_MAX_SET);
+        DYNCOORD(r, "--set", "pool_size=30");
+        assert_exit(&r, 0);
+        assert_contains(r.out, "soft_limit=5 (follows max_limit) max_limit=5 ");
+        c = read_config();
+        cr_assert_eq(c.max_limit, 5, "an explicit max_limit stays as set");
+        cr_assert_eq(c.soft_limit, 5, "the derived soft_limit stays within max_limit");
+        DYNCOORD(r, "--stats");
+        assert_contains(r.out, "soft_limit 5 (follows max_limit), max_limit 5 (set)");
+        struct ds_config before = read_config();
+        DYNCOORD(r, "--set", "pool_size=4");
+        assert_exit(&r, 2);
+        assert_contains(r.err, "max_limit 5 is above pool_size 4 (max_limit was set explicitly: "
+                               "lower it too, or set max_limit=auto");
+        struct ds_config after = read_config();
+        cr_assert_eq(memcmp(&before, &after, sizeof(before)), 0);
+        /* handed back to pool_size, the same change goes through */
+        DYNCOORD(r, "--set", "pool_size=4", "max_limit=auto");
+        assert_exit(&r, 0);
+        c = read_config();
+        cr_assert_eq(c.max_limit, 3);
+        cr_assert_eq(c.soft_limit, 2);
+        cr_assert_eq(c.limits_set, 0);
+        DYNCOORD(r, "--unset", "max_limit");
+        assert_exit(&r, 2);
+        assert_contains(r.err, "--set max_limit=auto lets it follow pool_size again");
+        /* --init refuses an explicit limit above the pool, naming it */
+        DYNCOORD(r, "--init", "--force", "--pool-size", "6", "--soft-limit", "5");
+        assert_exit(&r, 2);
+        assert_contains(r.err, "soft_limit 5 is above max_limit 4 (max_limit follows pool_size");
+}
+
+/* ---- the default --stats view ---- */
+
+Test(cli, stats_default_view_fits_100_columns_with_the_main_columns_and_wide_has_all)
+{
+        init_or_fail(NULL);
+        /* a long name with escapes and a two-byte character, three scrapers */
+        char longname[64];
+        memset(longname, 'n', 60);
+        memcpy(longname + 60, "\xc3\xa9", 3);
+        struct client a = client_start("crawler", 2, 1000);
+        struct client b = client_start(longname, 1, 1000);
+        struct client c = client_start("tab\there", 1, 1000);
+        cr_assert_eq(client_result(&a), 'y');
+        cr_assert_eq(client_result(&a), 'y');
+        cr_assert_eq(client_result(&b), 'y');
+        cr_assert_eq(client_result(&c), 'y');
+        inflate_counters(segment, "crawler");
+        struct result r;
+        DYNCOORD(r, "--set", "scraper.crawler.max=6", "scraper.crawler.reserve=1");
+        assert_exit(&r, 0);
+        DYNCOORD(r, "--stats");
+        assert_exit(&r, 0);
+        int at;
+        size_t w = widest_line(r.out, &at);
+        cr_assert_leq(w, 100, "line %d is %zu columns wide:\n%s", at, w, r.out);
+        assert_contains(r.out, "SCRAPER");
+        const char *hdr = strstr(r.out, "SCRAPER");
+        cr_assert_not_null(hdr);
+        char cols[7][16];
+        cr_assert_eq(sscanf(hdr, "SCRAPER %15s %15s %15s %15s %15s %15s %15s", cols[0], cols[1],
+                            cols[2], cols[3], cols[4], cols[5], cols[6]),
+                     7);
+        const char *want[] = {"STATE",    "HELD/LIMIT", "WAITING",     "PROCS",
+                              "CONNECTS", "TIMEOUTS",   "WAIT_MEAN_MS"};
+        for (int i = 0; i < 7; i++)
+                cr_assert_str_eq(cols[i], want[i]);
+        const char *row = strstr(r.out, "\ncrawler ");
+        cr_assert_not_null(row, "no crawler row:\n%s", r.out);
+        char state[16], hl[32];
+        unsigned waiting, procs;
+        unsigned long long connects, timeouts;
+        double wait_mean;
+        cr_assert_eq(sscanf(row + 8, "%15s %31s %u %u %llu %llu %lf", state, hl, &waiting, &procs,
+                            &connects, &timeouts, &wait_mean),
+                     7, "%s", row);
+        cr_assert_str_eq(state, "active");
+        cr_assert_str_eq(hl, "2/6");
+        cr_assert_eq(waiting, 0);
+        cr_assert_eq(procs, 1);
+        cr_assert_eq(connects, 123456789012ull);
+        cr_assert_eq(timeouts, 9876543ull);
+        cr_assert_float_eq(wait_mean, 12345.7, 0.05);
+        /* the long name is cut with a '~', the tab escaped, never raw */
+        assert_contains(r.out, "nnnnnnnnnn~ ");
+        assert_contains(r.out, "tab\\x09here ");
+        cr_assert_null(strchr(r.out, '\t'));
+        assert_contains(r.out, "crawler: max=6 reserve=1\n");
+        /* --wide keeps every column */
+        DYNCOORD(r, "--stats", "--wide");
+        assert_exit(&r, 0);
+        assert_contains(r.out, "RELEASES");
+        assert_contains(r.out, "WAIT_MAX_MS");
+        assert_contains(r.out, "REUSES");
+        assert_contains(r.out, longname);
+        cr_assert_gt(widest_line(r.out, NULL), 100);
+        DYNCOORD(r, "--stats", "--wide", "--json");
+        assert_exit(&r, 2);
+        assert_contains(r.err, "--wide is a view of the table");
+        client_stop(&c);
+        client_stop(&b);
+        client_stop(&a);
 }

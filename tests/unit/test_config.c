@@ -163,3 +163,67 @@ Test(config, format_round_trips_through_set_kv)
                 cr_assert_eq(ds_config_set_kv(&d, line, NULL, 0), 0, "%s", line);
         cr_assert_eq(memcmp(&c, &d, sizeof(c)), 0);
 }
+
+Test(config, limits_not_set_follow_pool_size_and_set_ones_stay)
+{
+        struct ds_config c;
+        char why[300] = "";
+        struct ds_capacity cap;
+        ds_capacity_defaults(&cap);
+        ds_config_defaults(&c);
+        cr_assert_eq(ds_config_set_kv(&c, "pool_size=6", why, sizeof(why)), 0);
+        cr_assert_eq(c.max_limit, 4);
+        cr_assert_eq(c.soft_limit, 3);
+        cr_assert_eq(ds_config_validate(&c, &cap, why, sizeof(why)), 0, "%s", why);
+        cr_assert_eq(ds_config_set_kv(&c, "pool_size=20", why, sizeof(why)), 0);
+        cr_assert_eq(c.max_limit, 15);
+        cr_assert_eq(c.soft_limit, 10);
+        /* set explicitly: kept across pool changes */
+        cr_assert_eq(ds_config_set_kv(&c, "max_limit=12", why, sizeof(why)), 0);
+        cr_assert_eq(c.limits_set, DS_LIMIT_MAX_SET);
+        cr_assert_eq(ds_config_set_kv(&c, "pool_size=40", why, sizeof(why)), 0);
+        cr_assert_eq(c.max_limit, 12);
+        cr_assert_eq(c.soft_limit, 12, "the derived soft_limit stays at most max_limit");
+        /* a pool below an explicit limit is refused, naming it as set */
+        cr_assert_eq(ds_config_set_kv(&c, "pool_size=10", why, sizeof(why)), 0);
+        cr_assert_eq(ds_config_validate(&c, &cap, why, sizeof(why)), -EINVAL);
+        cr_assert(strstr(why, "max_limit 12 is above pool_size 10 (max_limit was set explicitly"),
+                  "%s", why);
+        /* auto hands it back to pool_size */
+        cr_assert_eq(ds_config_set_kv(&c, "max_limit=auto", why, sizeof(why)), 0);
+        cr_assert_eq(c.limits_set, 0);
+        cr_assert_eq(c.max_limit, 7);
+        cr_assert_eq(c.soft_limit, 5);
+        cr_assert_eq(ds_config_validate(&c, &cap, why, sizeof(why)), 0, "%s", why);
+        /* an explicit soft_limit above the derived max_limit is named */
+        cr_assert_eq(ds_config_set_kv(&c, "soft_limit=9", why, sizeof(why)), 0);
+        cr_assert_eq(ds_config_validate(&c, &cap, why, sizeof(why)), -EINVAL);
+        cr_assert(strstr(why, "soft_limit 9 is above max_limit 7 (max_limit follows pool_size"),
+                  "%s", why);
+}
+
+Test(config, format_writes_derived_limits_as_auto_and_reads_back_the_flags)
+{
+        struct ds_config c, d;
+        char buf[512];
+        ds_config_defaults(&c);
+        cr_assert_eq(ds_config_set_kv(&c, "soft_limit=4", NULL, 0), 0);
+        cr_assert_eq(ds_config_set_kv(&c, "pool_size=12", NULL, 0), 0);
+        ds_config_format(&c, buf, sizeof(buf));
+        cr_assert(strstr(buf, "soft_limit=4\nmax_limit=auto\n"), "%s", buf);
+        ds_config_defaults(&d);
+        for (char *line = strtok(buf, "\n"); line; line = strtok(NULL, "\n"))
+                cr_assert_eq(ds_config_set_kv(&d, line, NULL, 0), 0, "%s", line);
+        cr_assert_eq(memcmp(&c, &d, sizeof(c)), 0);
+        cr_assert_eq(d.max_limit, 9);
+}
+
+Test(config, validate_refuses_unknown_limit_flags)
+{
+        struct ds_config c;
+        char why[300] = "";
+        ds_config_defaults(&c);
+        c.limits_set = 4;
+        cr_assert_eq(ds_config_validate(&c, NULL, why, sizeof(why)), -EINVAL);
+        cr_assert(strstr(why, "limits_set"), "%s", why);
+}

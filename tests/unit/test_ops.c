@@ -264,6 +264,15 @@ Test(ops, operation_usage_errors_exit_2_with_the_reason)
             {{"--stats", "--cluster", "c"}, "--cluster only applies to --watchdog"},
             {{"--watchdog", "--cluster", "a b"}, "contains a space"},
             {{"--watchdog", "--cluster", "c", "--cluster-budget", "1"}, "from 2 to 1000000"},
+            {{"--watchdog", "--metrics-listen", "example.com:80"},
+             "'example.com' is not an IP address"},
+            {{"--watchdog", "--metrics-listen", "127.0.0.1"}, "'127.0.0.1' is not ADDR:PORT"},
+            {{"--watchdog", "--metrics-listen", "::1:80"}, "'::1:80' is not ADDR:PORT"},
+            {{"--watchdog", "--metrics-listen", "127.0.0.1:70000"}, "'70000' is not a port"},
+            {{"--stats", "--metrics-listen", "127.0.0.1:0"},
+             "--metrics-listen only applies to --watchdog"},
+            {{"--watchdog", "--wide"}, "--wide only applies to --stats"},
+            {{"--stats", "--wide", "--prometheus"}, "--wide is a view of the table"},
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
                 struct result r;
@@ -905,17 +914,59 @@ Test(ops, watch_into_a_pipe_prints_plain_frames_and_json_lines_until_sigterm)
         cr_assert_geq(lines, 2);
 }
 
+Test(ops, watch_frames_fit_100_columns_with_long_names_and_large_counters)
+{
+        init_or_fail(NULL);
+        char longname[64];
+        memset(longname, 'w', 63);
+        longname[63] = '\0';
+        struct client a = client_start(longname, 1, 1000);
+        struct client b = client_start("crawler", 2, 1000);
+        cr_assert_eq(client_result(&a), 'y');
+        cr_assert_eq(client_result(&b), 'y');
+        cr_assert_eq(client_result(&b), 'y');
+        inflate_counters(segment, "crawler");
+        /* into a pipe the frame is 80 columns wide, as on a default terminal */
+        struct bg g = BG_DYNCOORD("--stats", "--watch", "0.2");
+        sleep_ms(500);
+        kill(g.pid, SIGTERM);
+        struct result r;
+        bg_finish(&g, &r, 3000);
+        assert_exit(&r, 0);
+        int at;
+        size_t w = widest_line(r.out, &at);
+        cr_assert_leq(w, 80, "line %d is %zu columns wide:\n%s", at, w, r.out);
+        assert_contains(r.out, "2/10"); /* two active: soft_limit */
+        assert_contains(r.out, "123456789012");
+        assert_contains(r.out, "wwwwwww~ ");
+        assert_contains(r.out, "HELD/LIMIT");
+        assert_contains(r.out, "TIMEOUTS");
+        /* --wide adds the full table below the bars */
+        g = BG_DYNCOORD("--stats", "--watch", "0.2", "--wide");
+        sleep_ms(500);
+        kill(g.pid, SIGTERM);
+        bg_finish(&g, &r, 3000);
+        assert_exit(&r, 0);
+        assert_contains(r.out, "SURPL_REL");
+        assert_contains(r.out, longname);
+        client_stop(&b);
+        client_stop(&a);
+}
+
 /* ---- documentation ---- */
 
 Test(ops, help_and_the_man_page_document_every_option)
 {
         static const char *const ops_options[] = {
-            "--run",      "--replace",  "--restart",  "--max-restarts",
-            "--grace",    "--watchdog", "--interval", "--ping-interval",
-            "--conninfo", "--log",      "--watch",    "--prometheus"};
+            "--run",      "--replace",    "--restart",       "--max-restarts",  "--grace",
+            "--watchdog", "--interval",   "--ping-interval", "--conninfo",      "--log",
+            "--watch",    "--prometheus", "--wide",          "--metrics-listen"};
         struct result r;
         DYNCOORD(r, "--help");
         assert_exit(&r, 0);
+        int at;
+        size_t w = widest_line(r.out, &at);
+        cr_assert_leq(w, 80, "--help line %d is %zu columns wide", at, w);
         for (size_t i = 0; i < sizeof(ops_options) / sizeof(ops_options[0]); i++)
                 assert_contains(r.out, ops_options[i]);
         /* the man page, with roff's \- read as - */

@@ -1056,3 +1056,61 @@ Test(policy, starved_and_below_fair_connects_and_who_owes_the_pool)
         cr_assert(ds_policy_owes(9, 10, 7, 0, 1, 0, 1), "above its fair share");
         cr_assert_not(ds_policy_owes(9, 10, 7, 0, 0, 0, 1), "an idle one is not asked for that");
 }
+
+/* ---- limits that follow pool_size ---- */
+
+Test(policy, derived_limits_are_75_and_50_percent_of_the_pool_rounded_down_at_least_1)
+{
+        static const struct {
+                uint32_t pool, max, soft;
+        } cases[] = {{20, 15, 10}, {6, 4, 3}, {1, 1, 1},  {2, 1, 1},     {3, 2, 1},
+                     {4, 3, 2},    {7, 5, 3}, {10, 7, 5}, {100, 75, 50}, {65536, 49152, 32768}};
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                cr_assert_eq(ds_policy_derived_max_limit(cases[i].pool), cases[i].max, "pool %u",
+                             cases[i].pool);
+                cr_assert_eq(ds_policy_derived_soft_limit(cases[i].pool), cases[i].soft, "pool %u",
+                             cases[i].pool);
+        }
+}
+
+Test(policy, follow_pool_moves_only_the_limits_not_set_explicitly)
+{
+        struct ds_config c = cfg;
+        c.pool_size = 6;
+        ds_policy_follow_pool(&c);
+        cr_assert_eq(c.max_limit, 4);
+        cr_assert_eq(c.soft_limit, 3);
+        /* an explicit max_limit stays; soft_limit still follows */
+        c.limits_set = DS_LIMIT_MAX_SET;
+        c.max_limit = 5;
+        c.pool_size = 40;
+        ds_policy_follow_pool(&c);
+        cr_assert_eq(c.max_limit, 5);
+        cr_assert_eq(c.soft_limit, 5, "a derived soft_limit never passes an explicit max_limit");
+        c.pool_size = 8;
+        ds_policy_follow_pool(&c);
+        cr_assert_eq(c.soft_limit, 4);
+        /* an explicit soft_limit stays; max_limit is always its share */
+        c.limits_set = DS_LIMIT_SOFT_SET;
+        c.soft_limit = 7;
+        c.pool_size = 12;
+        ds_policy_follow_pool(&c);
+        cr_assert_eq(c.soft_limit, 7);
+        cr_assert_eq(c.max_limit, 9);
+        /* both explicit: nothing moves */
+        c.limits_set = DS_LIMIT_SET_ALL;
+        c.pool_size = 100;
+        ds_policy_follow_pool(&c);
+        cr_assert_eq(c.soft_limit, 7);
+        cr_assert_eq(c.max_limit, 9);
+}
+
+Test(policy, a_pool_of_20_keeps_15_and_10_and_the_defaults_follow_the_pool)
+{
+        cr_assert_eq(cfg.limits_set, 0, "the defaults set no limit explicitly");
+        struct ds_config c = cfg;
+        ds_policy_follow_pool(&c);
+        cr_assert_eq(memcmp(&c, &cfg, sizeof(c)), 0);
+        cr_assert_eq(ds_policy_limit(&c, 1), 15);
+        cr_assert_eq(ds_policy_limit(&c, 2), 10);
+}

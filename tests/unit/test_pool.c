@@ -505,7 +505,7 @@ Test(pool, concurrent_updates_of_different_keys_are_not_lost)
         const char *bad[] = {"pool_size=30", "soft_limit=40"};
         char err[200] = "";
         cr_assert_eq(ds_update_config(h, bad, 2, NULL, err, sizeof(err)), -EINVAL);
-        cr_assert(strstr(err, "soft_limit 40 is above max_limit 15"), "%s", err);
+        cr_assert(strstr(err, "soft_limit 40 is above max_limit 22"), "%s", err);
         cr_assert_eq(ds_get_config(h, &cfg), 0);
         cr_assert_eq(cfg.pool_size, 20, "a refused update changes nothing");
         ds_detach(h);
