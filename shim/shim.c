@@ -485,7 +485,7 @@ static void release_when_gone(int fd, const struct ds_slot *lease)
  * backend's slot would otherwise drain until the watchdog or a bound). */
 __attribute__((destructor)) static void drain_at_exit(void)
 {
-        if (__atomic_load_n(&n_drains, __ATOMIC_RELAXED) == 0 || drain_owner != getpid())
+        if (__atomic_load_n(&n_drains, __ATOMIC_RELAXED) == 0)
                 return;
         struct timespec end;
         clock_gettime(CLOCK_MONOTONIC, &end);
@@ -493,7 +493,7 @@ __attribute__((destructor)) static void drain_at_exit(void)
         end.tv_sec += GONE_WAIT_MS / 1000 + end.tv_nsec / 1000000000L;
         end.tv_nsec %= 1000000000L;
         pthread_mutex_lock(&drain_mutex);
-        while (n_drains > 0 &&
+        while (n_drains > 0 && drain_owner == getpid() &&
                pthread_cond_clockwait(&drain_cond, &drain_mutex, CLOCK_MONOTONIC, &end) == 0)
                 ;
         pthread_mutex_unlock(&drain_mutex);
