@@ -613,7 +613,7 @@ static void threads_never_exceed_pool(void)
         }
         for (int i = 0; i < N_THREADS; i++)
                 pthread_join(t[i], NULL);
-        struct pool_view v = view();
+        struct pool_view v = view_drained();
         CHECK(threads_failed == 0, "%d thread connects or queries failed", (int)threads_failed);
         CHECK(v.connects == N_THREADS * N_ROUNDS, "connects %llu", (unsigned long long)v.connects);
         CHECK(max_held <= 4 && v.peak <= 4, "held reached %u (peak %llu) over a pool of 4",
@@ -682,7 +682,7 @@ static void recreated_segment_is_used_by_next_connect(void)
         pq->finish(a);
         CHECK(view().held == 1, "the old connection's finish released a slot of the new pool");
         pq->finish(b);
-        CHECK(view().held == 0, "held %u after finish", view().held);
+        CHECK(view_drained().held == 0, "held %u after finish", view_drained().held);
 }
 
 /* A segment that was unusable and is then repaired is picked up within a
@@ -703,7 +703,7 @@ static void repaired_segment_is_picked_up(void)
               (unsigned long long)v.connects, v.pool_size);
         pq->finish(a);
         pq->finish(b);
-        CHECK(view().held == 0, "held %u after finish", view().held);
+        CHECK(view_drained().held == 0, "held %u after finish", view_drained().held);
         const char *err = read_file(stderr_path);
         CHECK(count_substr(err, "dynshim[") == 1, "want one warning, stderr was: %s", err);
 }
@@ -753,7 +753,7 @@ static void invalid_env_warns_once_and_uses_defaults(void)
         CHECK(count_substr(err, "DYNSHIM_ON_ERROR=\"maybe\"") == 1, "stderr: %s", err);
         CHECK(count_substr(err, "DYNSHIM_LOG=\"loud\"") == 1, "stderr: %s", err);
         CHECK(count_substr(err, "dynshim[") == 3, "stderr: %s", err);
-        struct pool_view v = view();
+        struct pool_view v = view_drained();
         CHECK(v.connects == 2 && v.held == 0, "connects %llu held %u",
               (unsigned long long)v.connects, v.held);
 }
@@ -774,7 +774,7 @@ static void two_copies_route_to_creator(void)
         CHECK(server_count() == 2, "server sessions %d", server_count());
         pq->finish(c_copy);
         pq_sys->finish(c_sys);
-        CHECK(view().held == 0, "held after finish");
+        CHECK(view_drained().held == 0, "held after finish");
         const char *txt = read_file(log);
         CHECK(count_substr(txt, "PQconnectdb via ") == 2, "log: %s", txt);
         CHECK(count_substr(txt, "/libpqcopy.so.5: slot held") == 1, "log: %s", txt);
