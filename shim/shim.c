@@ -374,6 +374,22 @@ static void *drain_main(void *arg)
         struct epoll_event ev[16];
         for (;;) {
                 int n = epoll_wait(ep, ev, 16, -1);
+                if (n < 0 && (errno == EBADF || errno == EINVAL)) {
+                        /* the program closed descriptors it did not open:
+                         * the pool sees these backends end; the next finish
+                         * starts a new watcher */
+                        pthread_mutex_lock(&drain_mutex);
+                        if (drain_ep == ep) {
+                                for (int i = 0; i < MAX_DRAINS; i++)
+                                        drains[i].live = 0;
+                                n_drains = 0;
+                                drain_ep = -1;
+                                drain_owner = 0;
+                        }
+                        pthread_mutex_unlock(&drain_mutex);
+                        pthread_cond_broadcast(&drain_cond);
+                        return NULL;
+                }
                 if (n < 0 && errno != EINTR) {
                         struct timespec ts = {0, 10000000};
                         nanosleep(&ts, NULL);
@@ -405,7 +421,7 @@ static int drain_start(void)
         pthread_attr_t a;
         pthread_attr_init(&a);
         pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
-        pthread_attr_setstacksize(&a, 64 * 1024);
+        pthread_attr_setstacksize(&a, 128 * 1024);
         pthread_t t;
         int rc = pthread_create(&t, &a, drain_main, (void *)(intptr_t)ep);
         pthread_attr_destroy(&a);
@@ -437,7 +453,8 @@ static int drain_later(int fd, const struct ds_slot *lease)
                 }
                 if (rc < 0 && rc != -ENODATA)
                         goto out;
-                /* no backend recorded: the slot stays held here until it is gone */
+                /* 1: it drains in the pool; -ENODATA (no backend recorded):
+                 * it stays held here until the backend is gone */
                 struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.u32 = (uint32_t)i};
                 if (epoll_ctl(drain_ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
                         if (rc == 1) { /* not watched: the pool sees the backend end */
