@@ -1150,7 +1150,9 @@ int ds_release(ds_handle *h, const struct ds_lease_ref *ref)
         return ds_release_for(h, ref, DS_RELEASE_NORMAL);
 }
 
-int ds_release_for(ds_handle *h, const struct ds_lease_ref *ref, int reason)
+/* ds_release_for, and with finishing set ds_release_drain: the slot drains
+ * whenever a backend is recorded for it. Returns 1 when it drains. */
+static int give_back(ds_handle *h, const struct ds_lease_ref *ref, int reason, int finishing)
 {
         if (!ref || ref->idx >= h->cap.max_leases || ref->id == 0)
                 return -EINVAL;
@@ -1174,8 +1176,13 @@ int ds_release_for(ds_handle *h, const struct ds_lease_ref *ref, int reason)
         struct ds_proc *p = &h->procs[l->proc];
         long scraper = (long)l->scraper;
         uint64_t now = ds_now_ns();
-        if ((reason & DS_RELEASE_MAY_RUN) && backend_may_run(l)) {
+        if (finishing && atomic_load(&l->backend_pid) <= 0) {
+                rc = -ENODATA; /* nothing would prove its backend gone */
+                goto out;
+        }
+        if (finishing || ((reason & DS_RELEASE_MAY_RUN) && backend_may_run(l))) {
                 start_drain(h, l); /* still counted in the pool's held */
+                rc = 1;
         } else {
                 free_lease(h, ref->idx);
                 H->held--;
@@ -1203,6 +1210,39 @@ int ds_release_for(ds_handle *h, const struct ds_lease_ref *ref, int reason)
                 grant_waiters(h, now, reason == DS_RELEASE_HANDOVER ? scraper : -1);
         }
 out:
+        ds_unlock(h);
+        return rc;
+}
+
+int ds_release_for(ds_handle *h, const struct ds_lease_ref *ref, int reason)
+{
+        int rc = give_back(h, ref, reason, 0);
+        return rc > 0 ? 0 : rc;
+}
+
+int ds_release_drain(ds_handle *h, const struct ds_lease_ref *ref, int reason)
+{
+        return give_back(h, ref, reason & ~DS_RELEASE_MAY_RUN, 1);
+}
+
+int ds_drain_done(ds_handle *h, const struct ds_lease_ref *ref)
+{
+        if (!ref || ref->idx >= h->cap.max_leases || ref->id == 0)
+                return -EINVAL;
+        int rc = ds_lock(h);
+        if (rc)
+                return rc;
+        struct ds_lease *l = &h->leases[ref->idx];
+        if (l->id != ref->id || atomic_load(&l->state) != DS_LEASE_DRAINING) {
+                rc = -ENOENT; /* freed already (its backend was seen gone in /proc) */
+        } else {
+                end_drain(h, ref->idx);
+                if (h->hdr->waiting) {
+                        uint64_t now = ds_now_ns();
+                        recompute_limits(h, now);
+                        grant_waiters(h, now, -1);
+                }
+        }
         ds_unlock(h);
         return rc;
 }

@@ -17,6 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <signal.h>
+#include <stdint.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -96,6 +99,8 @@ static void derive_scraper(char *out, size_t len)
 }
 
 static pthread_mutex_t attach_mutex;
+static pthread_mutex_t drain_mutex;
+static void drain_fork_child(void);
 
 static void fork_prepare(void)
 {
@@ -103,10 +108,12 @@ static void fork_prepare(void)
         ds_libs_lock();
         ds_conns_fork_prepare();
         ds_reuse_lock();
+        pthread_mutex_lock(&drain_mutex);
 }
 
 static void fork_parent(void)
 {
+        pthread_mutex_unlock(&drain_mutex);
         ds_reuse_unlock();
         ds_conns_fork_parent();
         ds_libs_unlock();
@@ -115,6 +122,8 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
+        drain_fork_child();
+        pthread_mutex_unlock(&drain_mutex);
         ds_reuse_unlock();
         ds_conns_fork_child();
         ds_libs_unlock();
@@ -303,23 +312,35 @@ static void drop_lease(struct ds_conn *e)
 
 /* ---- a slot goes back only when its backend is gone ---- */
 
-/* The server counts a backend until it exits, which can be after PQfinish
- * returns (and much later if it was running a query). A slot given back
- * earlier lets the next client's backend start beside it: more backends
- * than pool_size on the server. PostgreSQL removes a backend from
- * pg_stat_activity before its socket closes, so end-of-file on a duplicate
- * of the client's socket proves the backend is gone. A finish waits for that
- * briefly; a backend still busy then is left to drain, and its slot goes
- * back at a later connect (or with the process, through the pool's reclaim). */
+/* The server counts a backend until it exits, which is after PQfinish
+ * returns (1-2 ms later for an idle one, much later if it was running a
+ * query). A slot given back earlier lets the next client's backend start
+ * beside it: more backends than pool_size on the server. PostgreSQL removes
+ * a backend from pg_stat_activity before its socket closes, so end-of-file
+ * on a duplicate of the client's socket proves the backend is gone.
+ *
+ * A finish does not wait for that: the slot drains in the pool (counted
+ * against pool_size, owned by no process) and the process's drain watcher,
+ * a thread asleep in epoll_wait on those duplicates, frees it the moment its
+ * backend is gone, handing it to a waiting connect at once. Should the
+ * process die first, the pool frees the slot once it sees the backend gone
+ * itself. Without a watcher (it could not be started, or too many drain at
+ * once) a finish waits up to GONE_WAIT_MS and leaves a backend still there
+ * to the pool. */
 #define GONE_WAIT_MS 200
-#define MAX_DRAINS   64
+#define MAX_DRAINS   256
 
 static pthread_mutex_t drain_mutex = PTHREAD_MUTEX_INITIALIZER;
 static struct drain {
-        int fd;
+        int live;   /* 0: a free entry */
+        int fd;     /* the duplicate of the finished connection's socket */
+        int pooled; /* 1: drains in the pool (ds_drain_done); 0: still held here */
         struct ds_slot lease;
 } drains[MAX_DRAINS];
 static int n_drains;
+static pthread_cond_t drain_cond = PTHREAD_COND_INITIALIZER; /* an entry left */
+static int drain_ep = -1;                                    /* the watcher's epoll instance */
+static pid_t drain_owner; /* the process whose watcher runs (0: none) */
 
 /* 1 once the peer of fd has closed (or the socket failed), else 0; waits up
  * to timeout_ms. Reads and discards whatever the backend still sends. */
@@ -342,57 +363,186 @@ static int backend_gone(int fd, int timeout_ms)
         }
 }
 
-/* Gives back the slots of drained connections whose backend is gone. */
-static void reap_drains(void)
+/* Entry i's backend is gone (watcher only): gives its slot back. */
+static void drain_end(int i)
 {
-        if (__atomic_load_n(&n_drains, __ATOMIC_RELAXED) == 0)
-                return;
-        struct ds_slot done[MAX_DRAINS];
-        int n_done = 0;
         pthread_mutex_lock(&drain_mutex);
-        for (int i = 0; i < n_drains;) {
-                if (backend_gone(drains[i].fd, 0)) {
-                        close(drains[i].fd);
-                        done[n_done++] = drains[i].lease;
-                        drains[i] = drains[--n_drains];
-                } else {
-                        i++;
-                }
-        }
+        struct drain d = drains[i];
+        epoll_ctl(drain_ep, EPOLL_CTL_DEL, d.fd, NULL);
+        close(d.fd);
+        drains[i].live = 0;
+        n_drains--;
         pthread_mutex_unlock(&drain_mutex);
-        for (int i = 0; i < n_done; i++)
-                release(&done[i]);
+        pthread_cond_broadcast(&drain_cond);
+        int rc =
+            d.pooled ? ds_drain_done(d.lease.h, &d.lease.ref) : ds_release(d.lease.h, &d.lease.ref);
+        if (rc)
+                ds_debug("drained lease %u/%llu: %s", d.lease.ref.idx,
+                         (unsigned long long)d.lease.ref.id, strerror(-rc));
 }
 
-/* Releases lease once the backend behind fd (a duplicate of the finished
- * connection's socket) is gone; closes fd. */
+/* The drain watcher: every signal blocked, asleep until a backend ends. */
+static void *drain_main(void *arg)
+{
+        int ep = (int)(intptr_t)arg;
+        struct epoll_event ev[16];
+        for (;;) {
+                int n = epoll_wait(ep, ev, 16, -1);
+                if (n < 0 && (errno == EBADF || errno == EINVAL)) {
+                        /* the program closed descriptors it did not open:
+                         * the pool sees these backends end; the next finish
+                         * starts a new watcher */
+                        pthread_mutex_lock(&drain_mutex);
+                        if (drain_ep == ep) {
+                                for (int i = 0; i < MAX_DRAINS; i++)
+                                        drains[i].live = 0;
+                                n_drains = 0;
+                                drain_ep = -1;
+                                drain_owner = 0;
+                        }
+                        pthread_mutex_unlock(&drain_mutex);
+                        pthread_cond_broadcast(&drain_cond);
+                        return NULL;
+                }
+                if (n < 0 && errno != EINTR) {
+                        struct timespec ts = {0, 10000000};
+                        nanosleep(&ts, NULL);
+                }
+                for (int k = 0; k < n; k++) {
+                        int i = (int)ev[k].data.u32;
+                        /* entries leave only here: the fd is stable */
+                        pthread_mutex_lock(&drain_mutex);
+                        int fd = drain_ep == ep && drains[i].live ? drains[i].fd : -1;
+                        pthread_mutex_unlock(&drain_mutex);
+                        if (fd >= 0 && backend_gone(fd, 0))
+                                drain_end(i);
+                }
+        }
+        return NULL;
+}
+
+/* Starts this process's watcher if it has none (under drain_mutex). */
+static int drain_start(void)
+{
+        if (drain_owner == getpid())
+                return 0;
+        int ep = epoll_create1(EPOLL_CLOEXEC);
+        if (ep < 0)
+                return -errno;
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        pthread_attr_t a;
+        pthread_attr_init(&a);
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        pthread_attr_setstacksize(&a, 128 * 1024);
+        pthread_t t;
+        int rc = pthread_create(&t, &a, drain_main, (void *)(intptr_t)ep);
+        pthread_attr_destroy(&a);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        if (rc) {
+                close(ep);
+                return -rc;
+        }
+        drain_ep = ep;
+        drain_owner = getpid();
+        return 0;
+}
+
+/* Gives lease back in the background once the backend behind fd is gone:
+ * 0 when fd is taken care of, else a negative errno (fd untouched). */
+static int drain_later(int fd, const struct ds_slot *lease)
+{
+        pthread_mutex_lock(&drain_mutex);
+        int rc = n_drains < MAX_DRAINS ? drain_start() : -EAGAIN;
+        int i = 0;
+        while (rc == 0 && drains[i].live)
+                i++;
+        if (rc == 0) {
+                rc = ds_release_drain(lease->h, &lease->ref, DS_RELEASE_NORMAL);
+                if (rc == -ENOENT) { /* not ours any more: nothing to give back */
+                        close(fd);
+                        rc = 0;
+                        goto out;
+                }
+                if (rc < 0 && rc != -ENODATA)
+                        goto out;
+                /* 1: it drains in the pool; -ENODATA (no backend recorded):
+                 * it stays held here until the backend is gone */
+                struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.u32 = (uint32_t)i};
+                if (epoll_ctl(drain_ep, EPOLL_CTL_ADD, fd, &ev) != 0) {
+                        if (rc == 1) { /* not watched: the pool sees the backend end */
+                                close(fd);
+                                rc = 0;
+                        } else {
+                                rc = -errno;
+                        }
+                        goto out;
+                }
+                drains[i] = (struct drain){1, fd, rc == 1, *lease};
+                n_drains++;
+                rc = 0;
+        }
+out:
+        pthread_mutex_unlock(&drain_mutex);
+        return rc;
+}
+
+/* Gives lease back once the backend behind fd (a duplicate of the finished
+ * connection's socket) is gone, without waiting for it; closes fd. */
 static void release_when_gone(int fd, const struct ds_slot *lease)
 {
         int save = errno;
         /* our duplicate must not keep the backend's read side open */
         shutdown(fd, SHUT_WR);
-        if (backend_gone(fd, GONE_WAIT_MS)) {
+        int rc = drain_later(fd, lease);
+        if (rc) {
+                /* no watcher: wait a little, then leave the slot to the pool */
+                int gone = backend_gone(fd, GONE_WAIT_MS);
                 close(fd);
-                release(lease);
-                errno = save;
-                return;
+                rc = ds_release_for(lease->h, &lease->ref,
+                                    gone ? DS_RELEASE_NORMAL
+                                         : DS_RELEASE_NORMAL | DS_RELEASE_MAY_RUN);
+                ds_debug("a finished connection's backend %s: %s",
+                         gone ? "is gone" : "is still there; its slot drains in the pool",
+                         rc ? strerror(-rc) : "slot returned");
         }
-        pthread_mutex_lock(&drain_mutex);
-        if (n_drains < MAX_DRAINS) {
-                drains[n_drains].fd = fd;
-                drains[n_drains].lease = *lease;
-                n_drains++;
-                fd = -1;
-        }
-        pthread_mutex_unlock(&drain_mutex);
-        if (fd >= 0) {
-                /* too many draining at once: wait for this one */
-                backend_gone(fd, -1);
-                close(fd);
-                release(lease);
-        }
-        ds_debug("a finished connection's backend is still running; its slot waits for it");
         errno = save;
+}
+
+/* At exit (after the program's atexit functions, which may finish
+ * connections), waits up to GONE_WAIT_MS for the backends still exiting:
+ * their slots go back now rather than when the pool next looks (a remote
+ * backend's slot would otherwise drain until the watchdog or a bound). */
+__attribute__((destructor)) static void drain_at_exit(void)
+{
+        if (__atomic_load_n(&n_drains, __ATOMIC_RELAXED) == 0)
+                return;
+        struct timespec end;
+        clock_gettime(CLOCK_MONOTONIC, &end);
+        end.tv_nsec += (GONE_WAIT_MS % 1000) * 1000000L;
+        end.tv_sec += GONE_WAIT_MS / 1000 + end.tv_nsec / 1000000000L;
+        end.tv_nsec %= 1000000000L;
+        pthread_mutex_lock(&drain_mutex);
+        while (n_drains > 0 && drain_owner == getpid() &&
+               pthread_cond_clockwait(&drain_cond, &drain_mutex, CLOCK_MONOTONIC, &end) == 0)
+                ;
+        pthread_mutex_unlock(&drain_mutex);
+}
+
+/* A forked child has no watcher: the parent's drains are the parent's. */
+static void drain_fork_child(void)
+{
+        for (int i = 0; i < MAX_DRAINS; i++) {
+                if (drains[i].live)
+                        close(drains[i].fd);
+                drains[i].live = 0;
+        }
+        n_drains = 0;
+        if (drain_ep >= 0)
+                close(drain_ep);
+        drain_ep = -1;
+        drain_owner = 0;
 }
 
 static uint64_t coarse_now(void)
@@ -998,7 +1148,6 @@ static int reuse_parked(struct ds_call *c)
 static int begin_connect(struct ds_call *c)
 {
         char msg[1100];
-        reap_drains();
         if (reuse_parked(c)) {
                 c->skip = 1;
                 return 0;

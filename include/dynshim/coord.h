@@ -96,6 +96,20 @@ int ds_release(ds_handle *h, const struct ds_lease_ref *lease);
 #define DS_RELEASE_MAY_RUN 0x100
 int ds_release_for(ds_handle *h, const struct ds_lease_ref *lease, int reason);
 
+/* Gives back the slot of a connection just closed whose backend is still
+ * exiting: the slot drains (counted against pool_size, owned by no process)
+ * until ds_drain_done says the backend is gone; should that never come (the
+ * process died), until the pool sees it gone as for any draining slot (a
+ * local backend in /proc; a remote one through ds_drain_gone or after a
+ * bound). Returns 1 (draining), -ENODATA when no backend is recorded for the
+ * slot (nothing changes: the caller must see the backend end itself), or
+ * an error of ds_release_for. */
+int ds_release_drain(ds_handle *h, const struct ds_lease_ref *lease, int reason);
+
+/* The backend of a slot given back with ds_release_drain is gone: frees the
+ * slot and hands it to a waiter at once. -ENOENT if it no longer drains. */
+int ds_drain_done(ds_handle *h, const struct ds_lease_ref *lease);
+
 /* What this process should give back now. */
 struct ds_advice {
         uint32_t give_back;     /* slots to release now (0: keep everything) */
@@ -221,7 +235,7 @@ struct ds_stats {
         struct ds_config cfg;
         struct ds_capacity cap;
         uint32_t held, waiting, procs, n_active;
-        uint32_t draining; /* slots of dead processes whose backend still runs (in held) */
+        uint32_t draining; /* slots whose backend still runs or exits (in held) */
         uint64_t grants, peak_held, repairs, reclaimed_procs, generation;
         int agent_state; /* cluster gate: 0 none, 1 agent lives, 2 agent gone */
         size_t segment_size;

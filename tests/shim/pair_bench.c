@@ -21,7 +21,12 @@
  * two tables are the same functions, and the ratio shows the method's own
  * noise.
  *
- *   pair_bench simple|prepared BLOCKS TRANSACTIONS_PER_BLOCK [CLIENTS]
+ *   pair_bench simple|prepared|connect BLOCKS TRANSACTIONS_PER_BLOCK [CLIENTS]
+ *
+ * connect times a connect → SELECT 1 → finish cycle instead, a new
+ * connection each time, as pgbench -C does: libpq's own PQconnectdb calls
+ * its other exports through the shim's interposers, which pass calls made
+ * from inside libpq straight through, so the direct cycle takes no slot.
  *
  * With CLIENTS (default 1), that many threads do the same at once, each on
  * its own connection, as pgbench -c N -j N does; a block's times are then
@@ -55,11 +60,16 @@ struct api {
         int (*is_busy)(PGconn *);
         PGresult *(*result)(PGconn *);
         PGTransactionStatusType (*tx_status)(const PGconn *);
+        PGconn *(*connectdb)(const char *);
+        PGresult *(*exec)(PGconn *, const char *);
+        void (*finish)(PGconn *);
+        ConnStatusType (*status)(const PGconn *);
 };
 
 static const char *const api_names[] = {
-    "PQsendQuery", "PQsendQueryPrepared", "PQsocket",           "PQconsumeInput",
-    "PQisBusy",    "PQgetResult",         "PQtransactionStatus"};
+    "PQsendQuery", "PQsendQueryPrepared", "PQsocket",    "PQconsumeInput", "PQisBusy",
+    "PQgetResult", "PQtransactionStatus", "PQconnectdb", "PQexec",         "PQfinish",
+    "PQstatus"};
 #define API_N (sizeof(api_names) / sizeof(api_names[0]))
 _Static_assert(sizeof(struct api) == API_N * sizeof(void (*)(void)), "one name per function");
 
@@ -140,11 +150,30 @@ static int direct_api(struct api *out)
 
 /* ---- one transaction ---- */
 
-static int prepared;
+static int prepared, connecting;
+
+/* One connect → SELECT 1 → finish cycle through a; its time in ns, or -1. */
+static long long cycle(const struct api *a)
+{
+        long long t0 = now_ns();
+        PGconn *c = a->connectdb("");
+        int ok = a->status(c) == CONNECTION_OK;
+        if (ok) {
+                PGresult *r = a->exec(c, "SELECT 1");
+                ok = PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1;
+                PQclear(r);
+        }
+        if (!ok)
+                fprintf(stderr, "pair_bench: a connect cycle failed: %s", PQerrorMessage(c));
+        a->finish(c);
+        return ok ? now_ns() - t0 : -1;
+}
 
 /* One pgbench -S transaction through a; its time in ns, or -1. */
 static long long transaction(const struct api *a, PGconn *c, unsigned *seed)
 {
+        if (connecting)
+                return cycle(a);
         char sql[128], aid[16];
         *seed = *seed * 1103515245u + 12345u;
         int n = 1 + (int)((*seed >> 8) % 100000);
@@ -230,6 +259,8 @@ static void *client_run(void *arg)
 
 static PGconn *open_conn(void)
 {
+        if (connecting)
+                return (PGconn *)&connecting; /* none: every cycle opens its own */
         PGconn *c = PQconnectdb("");
         if (PQstatus(c) != CONNECTION_OK) {
                 fprintf(stderr, "pair_bench: connect: %s", PQerrorMessage(c));
@@ -253,18 +284,22 @@ static PGconn *open_conn(void)
 int main(int argc, char **argv)
 {
         prepared = (argc == 4 || argc == 5) && strcmp(argv[1], "prepared") == 0;
+        connecting = (argc == 4 || argc == 5) && strcmp(argv[1], "connect") == 0;
         blocks = argc >= 4 ? atoi(argv[2]) : 0;
         per = argc >= 4 ? atol(argv[3]) : 0;
         int clients = argc == 5 ? atoi(argv[4]) : 1;
-        if ((argc != 4 && argc != 5) || (!prepared && strcmp(argv[1], "simple") != 0) ||
-            blocks < 2 || per < 1 || clients < 1 || clients > 64) {
+        if ((argc != 4 && argc != 5) ||
+            (!prepared && !connecting && strcmp(argv[1], "simple") != 0) || blocks < 2 || per < 1 ||
+            clients < 1 || clients > 64) {
                 fprintf(stderr,
-                        "usage: %s simple|prepared BLOCKS(>=2) TRANSACTIONS_PER_BLOCK [CLIENTS]\n",
+                        "usage: %s simple|prepared|connect BLOCKS(>=2) TRANSACTIONS_PER_BLOCK "
+                        "[CLIENTS]\n",
                         argv[0]);
                 return 2;
         }
-        via = (struct api){PQsendQuery, PQsendQueryPrepared, PQsocket,           PQconsumeInput,
-                           PQisBusy,    PQgetResult,         PQtransactionStatus};
+        via = (struct api){PQsendQuery, PQsendQueryPrepared, PQsocket,    PQconsumeInput, PQisBusy,
+                           PQgetResult, PQtransactionStatus, PQconnectdb, PQexec,         PQfinish,
+                           PQstatus};
         if (direct_api(&direct) != 0)
                 return 1;
         struct client *cl = calloc((size_t)clients, sizeof(*cl));
@@ -293,7 +328,7 @@ int main(int argc, char **argv)
                 for (int i = 0; i < clients; i++) {
                         if (cl[i].failed) {
                                 fprintf(stderr, "pair_bench: a transaction failed: %s",
-                                        PQerrorMessage(cl[i].conn));
+                                        connecting ? "\n" : PQerrorMessage(cl[i].conn));
                                 goto out;
                         }
                         t[0] += cl[i].t[b * 2];
@@ -328,7 +363,8 @@ int main(int argc, char **argv)
         rc = 0;
 out:
         for (int i = 0; i < clients; i++) {
-                PQfinish(cl[i].conn);
+                if (!connecting)
+                        PQfinish(cl[i].conn);
                 free(cl[i].t);
         }
         free(cl);

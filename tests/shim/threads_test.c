@@ -79,6 +79,19 @@ static struct ds_stats stats(void)
         return st;
 }
 
+/* stats() once finished connections have drained (a finish returns before
+ * its backend exits), or after 3 s. */
+static struct ds_stats stats_drained(void)
+{
+        struct ds_stats st = stats();
+        for (int i = 0; i < 1500 && st.draining; i++) {
+                ds_stats_free(&st);
+                usleep(2000);
+                st = stats();
+        }
+        return st;
+}
+
 static int query_ok(PGconn *c, const char *sql, int want)
 {
         PGresult *r = PQexec(c, sql);
@@ -135,7 +148,7 @@ static void connect_query_finish(void)
                 CHECK(pthread_create(&t[i], NULL, cqf_worker, (void *)(intptr_t)i) == 0, "thread");
         for (int i = 0; i < CQF_THREADS; i++)
                 pthread_join(t[i], NULL);
-        struct ds_stats st = stats();
+        struct ds_stats st = stats_drained();
         CHECK(failures == 0, "%d failures", (int)failures);
         CHECK(st.held == 0 && st.peak_held <= 3, "held %u, peak %llu over a pool of 3", st.held,
               (unsigned long long)st.peak_held);
@@ -207,7 +220,7 @@ static void idle_release_races_app_threads(void)
                 CHECK(pthread_create(&t[IR_KEEPERS + i], NULL, ir_cycler, NULL) == 0, "thread");
         for (int i = 0; i < IR_KEEPERS + IR_CYCLERS; i++)
                 pthread_join(t[i], NULL);
-        struct ds_stats st = stats();
+        struct ds_stats st = stats_drained();
         uint64_t released = 0, reconnects = 0;
         for (size_t i = 0; i < st.n_scrapers; i++)
                 if (!strcmp(st.scrapers[i].name, "dsthreads")) {

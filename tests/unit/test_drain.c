@@ -4,6 +4,7 @@
  * named "postgres" (what a server backend is called in /proc). */
 #include "testutil.h"
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
@@ -305,5 +306,108 @@ Test(drain, release_of_a_running_backend_drains)
         /* nothing recorded: freed at once */
         cr_assert_eq(ds_release_for(h, &w, DS_RELEASE_NORMAL | DS_RELEASE_MAY_RUN), 0);
         expect(h, 0, 0);
+        done(h, seg);
+}
+
+struct waiter_arg {
+        ds_handle *h;
+        int rc;
+};
+
+static void *wait_for_slot(void *arg)
+{
+        struct waiter_arg *a = arg;
+        struct ds_lease_ref l;
+        a->rc = try_acquire(a->h, 5000, &l);
+        return NULL;
+}
+
+/* A finished connection whose backend is still exiting: its slot drains
+ * (counted, no longer its scraper's) until the finisher says the backend is
+ * gone, and then goes to the waiting connect at once: the backend here
+ * never ends, so nothing but ds_drain_done can have freed it. */
+Test(drain, finished_connection_drains_until_done_and_waiter_gets_it)
+{
+        const char *seg = tu_segname("drain-finish");
+        ds_handle *h = pool(seg, 1);
+        ds_handle *k = tu_attach(seg, "finisher");
+        pid_t b = fake_backend();
+        struct ds_lease_ref l, w;
+        cr_assert_eq(try_acquire(k, 100, &l), 0);
+        cr_assert_eq(ds_lease_set_backend(k, &l, b), 0);
+        cr_assert_eq(ds_release_drain(k, &l, DS_RELEASE_NORMAL), 1);
+        expect(h, 1, 1);
+        cr_assert_eq(tu_scraper(h, "finisher").held, 0);
+        cr_assert_eq(tu_scraper(h, "finisher").releases, 1);
+        cr_assert_eq(try_acquire(h, 100, &w), -ETIMEDOUT);
+        struct waiter_arg a = {h, 1};
+        pthread_t t;
+        cr_assert_eq(pthread_create(&t, NULL, wait_for_slot, &a), 0);
+        for (int i = 0; i < 500 && stats(h).waiting == 0; i++)
+                tu_sleep_ms(2);
+        cr_assert_eq(stats(h).waiting, 1);
+        struct ds_lease_ref other = {l.idx, l.id + 1};
+        cr_assert_eq(ds_drain_done(k, &other), -ENOENT, "another grant's end frees nothing");
+        cr_assert_eq(ds_drain_done(k, &l), 0);
+        pthread_join(t, NULL);
+        cr_assert_eq(a.rc, 0, "the waiter got no slot: %d", a.rc);
+        expect(h, 1, 0);
+        cr_assert_eq(ds_drain_done(k, &l), -ENOENT, "a slot drains once");
+        ds_detach(k);
+        end_process(b);
+        done(h, seg);
+}
+
+/* With no backend recorded nothing could prove the backend gone: the slot
+ * stays held by its process, which must see the end itself. */
+Test(drain, finished_connection_without_backend_keeps_its_slot)
+{
+        const char *seg = tu_segname("drain-nobackend");
+        ds_handle *h = pool(seg, 1);
+        struct ds_lease_ref l;
+        cr_assert_eq(try_acquire(h, 100, &l), 0);
+        cr_assert_eq(ds_release_drain(h, &l, DS_RELEASE_NORMAL), -ENODATA);
+        expect(h, 1, 0);
+        cr_assert_eq(tu_scraper(h, "waiter").held, 1);
+        cr_assert_eq(ds_release(h, &l), 0);
+        expect(h, 0, 0);
+        done(h, seg);
+}
+
+/* A process killed after finishing: its draining slot outlives it until the
+ * backend is gone. */
+Test(drain, finished_slot_of_a_killed_process_drains_until_backend_gone)
+{
+        const char *seg = tu_segname("drain-finkill");
+        ds_handle *h = pool(seg, 1);
+        pid_t b = fake_backend();
+        int p[2];
+        cr_assert_eq(pipe(p), 0);
+        pid_t c = fork();
+        cr_assert_neq(c, -1);
+        if (c == 0) {
+                ds_handle *k = NULL;
+                struct ds_lease_ref l;
+                if (ds_attach(seg, 0, &k, NULL, 0) || ds_set_scraper(k, "client") ||
+                    ds_acquire(k, 5000, &l, NULL, 0) || ds_lease_set_backend(k, &l, b) ||
+                    ds_release_drain(k, &l, DS_RELEASE_NORMAL) != 1)
+                        _exit(1);
+                if (write(p[1], "x", 1) != 1)
+                        _exit(2);
+                for (;;)
+                        pause();
+        }
+        close(p[1]);
+        char x;
+        cr_assert_eq(read(p[0], &x, 1), 1, "client failed");
+        close(p[0]);
+        end_process(c);
+        cr_assert_eq(ds_reclaim(h), 1);
+        expect(h, 1, 1);
+        struct ds_lease_ref w;
+        cr_assert_eq(try_acquire(h, 150, &w), -ETIMEDOUT);
+        end_process(b);
+        cr_assert_eq(try_acquire(h, 1000, &w), 0);
+        expect(h, 1, 0);
         done(h, seg);
 }
