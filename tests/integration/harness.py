@@ -4,8 +4,9 @@
   (the directory of `pg-sandbox start`, as the ctest fixture sets it) or the
   PG* variables that `pg-sandbox run` exports.
 - A case: its own database it_<name> and segment /dynshim-it-<name>-<pid>,
-  a pool initialised with dyncoord --init (or the it_segment helper when no
-  working dyncoord is at hand), and a sampler that watches the server's own
+  a pool initialised with dyncoord --init (a dyncoord that does not work is
+  an error; the it_segment helper only when DYNSHIM_IT_SEGMENT_TOOL asks for
+  it), and a sampler that watches the server's own
   view (pg_stat_activity, from a connection NOT under the shim, to the
   database `postgres`) every 10 ms and fails the case if the number of
   client backends of the case's database ever exceeds pool_size.
@@ -140,17 +141,24 @@ _tool = None
 
 
 def segment_tool():
-    """'dyncoord' if DYNSHIM_IT_DYNCOORD is a working CLI, else 'it_segment'."""
+    """'dyncoord' (DYNSHIM_IT_DYNCOORD, which must work: a dyncoord that
+    fails `--version` is an error, never a reason to test less), or
+    'it_segment' only when DYNSHIM_IT_SEGMENT_TOOL=it_segment asks for it."""
     global _tool
     if _tool is None:
         forced = os.environ.get("DYNSHIM_IT_SEGMENT_TOOL")
-        dc = os.environ.get("DYNSHIM_IT_DYNCOORD", "")
         if forced:
-            _tool = forced
-        elif dc and subprocess.run([dc, "--version"], capture_output=True).returncode == 0:
-            _tool = "dyncoord"
+            check(forced in ("dyncoord", "it_segment"),
+                  f"DYNSHIM_IT_SEGMENT_TOOL must be dyncoord or it_segment, not {forced!r}")
+            tool = forced
         else:
-            _tool = "it_segment"
+            tool = "dyncoord"
+        if tool == "dyncoord":
+            dc = _binary("DYNSHIM_IT_DYNCOORD", "dyncoord")
+            r = subprocess.run([dc, "--version"], capture_output=True, text=True, timeout=30)
+            check(r.returncode == 0, f"{dc} --version failed (exit {r.returncode}): "
+                  f"{r.stdout}{r.stderr}")
+        _tool = tool
         log(f"segments are managed with {_tool}")
     return _tool
 
