@@ -58,6 +58,9 @@ struct cluster_agent {
         int have_lease;
         size_t n_hosts;
         uint32_t budget;
+        long hidden;    /* client backends whose address the agent cannot see; -1: unknown */
+        int privileged; /* the role sees every session's address (pg_read_all_stats) */
+        char role[128]; /* the agent's role on the server */
 };
 
 static void alog(struct cluster_agent *a, const char *level, const char *fmt, ...)
@@ -267,6 +270,68 @@ static void cut_off(struct cluster_agent *a, ds_handle *h)
         hold_to_held(a, h, "server out of reach");
 }
 
+/* ---- seeing every client backend ---- */
+
+/* A session of another role shows in pg_stat_activity without its client
+ * address (and without a backend_type) unless the agent's role is a
+ * superuser or a member of pg_read_all_stats. Such a session may belong to
+ * a host whose agent is gone: while any exists, the agent cannot prove that
+ * host's backends are gone, so no claim is freed (HIDDEN is part of the
+ * rule that frees them, free_sql below). Background processes (no
+ * database) are not sessions. */
+#define HIDDEN                                                                                     \
+        "(SELECT count(*) FROM pg_stat_activity s WHERE s.backend_type IS NULL AND s.datid IS "    \
+        "NOT NULL)"
+
+/* At the join: logs, once, when the agent's role cannot see other roles'
+ * client addresses. Not a refusal: an agent of the scrapers' own role sees
+ * them all; the rounds check what is actually hidden. */
+static int check_visibility(struct cluster_agent *a)
+{
+        PGresult *r = run(a, "privileges",
+                          "SELECT current_user, (SELECT rolsuper FROM pg_roles WHERE rolname = "
+                          "current_user) OR pg_has_role('pg_read_all_stats', 'USAGE'), " HIDDEN,
+                          0, NULL);
+        if (!r)
+                return -EIO;
+        snprintf(a->role, sizeof(a->role), "%s", PQgetvalue(r, 0, 0));
+        int privileged = strcmp(PQgetvalue(r, 0, 1), "t") == 0;
+        long hidden = strtol(PQgetvalue(r, 0, 2), NULL, 10);
+        PQclear(r);
+        if (!privileged)
+                alog(a, "warning",
+                     "cluster %s: the agent's role %s is neither a superuser nor a member of "
+                     "pg_read_all_stats, so it cannot see the client address of other roles' "
+                     "sessions; while the server has such sessions (%ld now), no host's claim "
+                     "is freed after its agent is gone (GRANT pg_read_all_stats TO %s)",
+                     a->o->cluster, a->role, hidden, a->role);
+        a->privileged = privileged;
+        return 0;
+}
+
+/* Every round: the sessions the agent cannot see, logged when they appear
+ * and when they are gone. */
+static int count_hidden(struct cluster_agent *a)
+{
+        PGresult *r = run(a, "hidden sessions", "SELECT " HIDDEN, 0, NULL);
+        if (!r)
+                return -EIO;
+        long hidden = strtol(PQgetvalue(r, 0, 0), NULL, 10);
+        PQclear(r);
+        if (hidden > 0 && a->hidden <= 0)
+                alog(a, "warning",
+                     "cluster %s: the server has %ld session(s) whose client address the "
+                     "agent's role %s cannot see (it needs pg_read_all_stats: GRANT "
+                     "pg_read_all_stats TO %s); no claim of a host without its agent is "
+                     "freed until they are gone",
+                     a->o->cluster, hidden, a->role, a->role);
+        else if (hidden == 0 && a->hidden > 0)
+                alog(a, "info", "cluster %s: the agent sees every session's client address again",
+                     a->o->cluster);
+        a->hidden = hidden;
+        return 0;
+}
+
 /* ---- joining ---- */
 
 static long one_long(PGresult *r)
@@ -295,6 +360,8 @@ static int join(struct cluster_agent *a, ds_handle *h)
                 a->state = "not joined";
                 return -EPROTO;
         }
+        if (check_visibility(a))
+                return -EIO;
         r = PQexec(a->conn, schema_sql);
         if (PQresultStatus(r) != PGRES_COMMAND_OK) {
                 error_once(a, "could not create the dynshim schema", PQerrorMessage(a->conn));
@@ -404,7 +471,7 @@ fail:
         "AND l.objsubid = 2)"
 #define NO_BACKENDS                                                                                \
         "NOT EXISTS (SELECT 1 FROM pg_stat_activity s WHERE s.client_addr = h.addr AND "           \
-        "s.backend_type = 'client backend')"
+        "s.backend_type = 'client backend') AND " HIDDEN " = 0"
 #define DOWN_FORGET "interval '10 minutes'"
 
 static const char free_sql[] =
@@ -447,7 +514,11 @@ static int load_hosts(struct cluster_agent *a, long *self, uint64_t *total)
                 x->demand = (uint32_t)strtoul(PQgetvalue(r, i, 4), NULL, 10);
                 x->live = strcmp(PQgetvalue(r, i, 5), "t") == 0;
                 a->backends[k] = (uint32_t)strtoul(PQgetvalue(r, i, 6), NULL, 10);
-                a->states[k] = x->live ? "live" : a->backends[k] ? "agent gone" : "down";
+                /* with sessions it cannot see, the agent cannot tell a host's
+                 * backends gone: its claim stands */
+                a->states[k] = x->live                           ? "live"
+                               : a->backends[k] || a->hidden > 0 ? "agent gone"
+                                                                 : "down";
         }
         PQclear(r);
         return 0;
@@ -485,6 +556,10 @@ static int round_trip(struct cluster_agent *a, ds_handle *h)
                     4, pu))
                 goto fail;
         a->claim = honest;
+        /* in this transaction, the same snapshot of pg_stat_activity as the
+         * free below */
+        if (count_hidden(a))
+                goto fail;
         PGresult *r = run(a, "free", free_sql, 2, pc);
         if (!r)
                 goto fail;
@@ -655,6 +730,7 @@ struct cluster_agent *cluster_open(const struct options *o, const char *segment,
         a->log = fn;
         a->log_ctx = ctx;
         a->state = "starting";
+        a->hidden = -1;
         if (o->cluster_host)
                 snprintf(a->host, sizeof(a->host), "%s", o->cluster_host);
         else

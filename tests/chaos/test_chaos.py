@@ -14,8 +14,13 @@ Passes when
   may still exist until then). A sample counts from the moment its query
   was sent, a change from the moment dyncoord returned: a sample sent after
   that moment saw a server state after it;
-- no client ever got "too many clients" or "remaining connection slots are
-  reserved" from the server, nor any other error (client stderr is empty);
+- no client ever got "too many clients", "too many connections for role" or
+  "remaining connection slots are reserved" from the server, nor any other
+  error (client stderr is empty): the clients' role's CONNECTION LIMIT
+  follows the cap allowed at each moment (raised before pool_size is raised,
+  lowered once held is within a lowered pool_size), so the server itself
+  refuses a connect above it. The sampler's density (gaps between samples)
+  is the machine's and is logged, not a pass condition;
 - every death inside the segment's lock was repaired (lock repairs >= lock
   holders killed), and after everything stops: held = 0, no lease left
   (waiting = 0, draining = 0, no process registered), no client backend
@@ -50,7 +55,8 @@ MIX = [("psycopg2", 17), ("psycopg3", 15), ("psql", 15), ("pgbench", 10), ("idle
 RUN_SECONDS = float(os.environ.get("CHAOS_SECONDS", "100"))
 SAMPLE_INTERVAL = 0.005
 ROLE = "chaos"
-SERVER_REFUSALS = ("too many clients", "remaining connection slots are reserved")
+SERVER_REFUSALS = ("too many clients", "too many connections for role",
+                   "remaining connection slots are reserved")
 
 SAMPLER = r"""
 import os, sys, time, psycopg2
@@ -59,14 +65,21 @@ conn = psycopg2.connect(dsn)
 conn.autocommit = True
 cur = conn.cursor()
 cur.execute("SELECT pg_backend_pid()")
-for pid in (0, cur.fetchone()[0]):  # this process and its backend sample on time
+backend = cur.fetchone()[0]
+# this process samples on time (real-time), its backend is only niced: a
+# real-time backend spins in pg_stat_activity's read of an entry that a
+# preempted backend is writing, and starves that writer (200 ms stalls)
+try:
+    os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+except OSError:
     try:
-        os.sched_setscheduler(pid, os.SCHED_RR, os.sched_param(1))
+        os.setpriority(os.PRIO_PROCESS, 0, -10)
     except OSError:
-        try:
-            os.setpriority(os.PRIO_PROCESS, pid, -10)
-        except OSError:
-            pass
+        pass
+try:
+    os.setpriority(os.PRIO_PROCESS, backend, -10)
+except OSError:
+    pass
 f = open(out, "w")
 print("ready", flush=True)
 q = ("SELECT count(*) FROM pg_stat_activity WHERE datname = %s"
@@ -135,6 +148,7 @@ class Chaos:
         self.cap = POOL_SIZE
         self.allowed = [(0.0, POOL_SIZE)]  # (monotonic time from which, cap allowed)
         self.pending = None  # a lowered cap not yet reached by held
+        self.limits_set = 0  # changes of the clients' role's CONNECTION LIMIT
         self.peak_held = 0
         self.end = time.time() + RUN_SECONDS
         self.conn = None
@@ -149,7 +163,7 @@ class Chaos:
             self.conn.autocommit = True
         with self.conn.cursor() as cur:
             cur.execute(sql)
-            return cur.fetchall()
+            return cur.fetchall() if cur.description else None
 
     def env(self, kind, index):
         scraper = {"idler": f"idler-{index}"}.get(kind, kind)
@@ -259,8 +273,16 @@ class Chaos:
         self.continuer.join()
         self.continue_due(everyone=True)
 
+    def server_limit(self, n):
+        """The server admits n connections of the clients' role: it refuses
+        any connect above the cap allowed at that moment."""
+        self.admin(f"ALTER ROLE {ROLE} CONNECTION LIMIT {n}")
+        self.limits_set += 1
+
     def set_cap(self, new):
         soft = max(1, new // 2)
+        if new > self.allowed[-1][1]:
+            self.server_limit(new)  # the server admits more first
         t = time.monotonic()
         if new >= self.allowed[-1][1] and self.pending is None:
             self.allowed.append((t, new))  # nothing is granted above the old cap before
@@ -280,6 +302,9 @@ class Chaos:
         if self.pending is not None and st["held"] <= st["pool_size"]:
             self.allowed.append((t, st["pool_size"]))
             self.pending = None
+            # held covers every backend of the clients (a slot is held until
+            # its backend is gone), so the server may now refuse beyond it
+            self.server_limit(st["pool_size"])
         return st
 
     def allowed_at(self, t):
@@ -299,6 +324,7 @@ def chaos_60_clients_kills_stops_and_cap_changes():
               sample=False) as c:
         c.admin(f"DO $$ BEGIN CREATE ROLE {ROLE} LOGIN; "
                 "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        c.admin(f"ALTER ROLE {ROLE} CONNECTION LIMIT {POOL_SIZE}")  # follows the cap
         r = dyncoord(c, "--set", "idle_release=on")
         check(r.returncode == 0, f"dyncoord --set idle_release=on: {r.stderr}")
         (reserved,), = c.admin("SHOW superuser_reserved_connections")
@@ -431,8 +457,13 @@ def chaos_60_clients_kills_stops_and_cap_changes():
               + "; ".join(f"{n} > {a} at {t - t0:.3f} s" for t, n, a in over[:5]))
         check(not refusals, "clients got refused by the server: " + "; ".join(refusals[:5]))
         check(not other, "clients reported errors: " + "; ".join(other[:5]))
-        check(p99 <= 0.020, f"samples were more than 20 ms apart too often (p99 "
-              f"{p99 * 1000:.1f} ms)")
+        # the sampler's density is the machine's (logged above); the cap
+        # allowed at each moment is the server's own: the clients' role's
+        # CONNECTION LIMIT follows it (raised before a raise, lowered once
+        # held is within a lowered cap), so a connect above it would have
+        # been refused, and none was
+        check(ch.counts["cap_changes"] >= 3 and ch.limits_set >= 3,
+              f"only {ch.counts['cap_changes']} cap changes and {ch.limits_set} server limits set")
         check(st["repairs"] >= ch.counts["kills_in_lock"],
               f"{ch.counts['kills_in_lock']} processes died holding the lock, but only "
               f"{st['repairs']} repairs")

@@ -4,14 +4,25 @@
   (the directory of `pg-sandbox start`, as the ctest fixture sets it) or the
   PG* variables that `pg-sandbox run` exports.
 - A case: its own database it_<name> and segment /dynshim-it-<name>-<pid>,
-  a pool initialised with dyncoord --init (or the it_segment helper when no
-  working dyncoord is at hand), and a sampler that watches the server's own
-  view (pg_stat_activity, from a connection NOT under the shim, to the
-  database `postgres`) every 10 ms and fails the case if the number of
-  client backends of the case's database ever exceeds pool_size.
+  a pool initialised with dyncoord --init (a dyncoord that does not work is
+  an error; the it_segment helper only when DYNSHIM_IT_SEGMENT_TOOL asks for
+  it), and a sampler that watches the server's own
+  view (pg_stat_activity, from two connections NOT under the shim, to the
+  database `postgres`, in turn) every 10 ms and fails the case if the
+  number of client backends of the case's database ever exceeds pool_size,
+  or if two samples are ever more than MAX_SAMPLE_GAP apart.
+- The server's own backstop: clients connect as the role CLIENT_ROLE (not
+  a superuser), and the case's database, which that role owns, has
+  CONNECTION LIMIT pool_size, so the server itself refuses a client
+  connection beyond the pool ("too many connections for database"). The
+  sandbox is shared by every test (one at a time, each with its own
+  database), so the limit is the database's rather than max_connections;
+  start_sampler() proves it first (pool_size connections admitted, the
+  next refused).
 - Client environments: LD_PRELOAD with the shim's absolute path (after
   libasan when the shim was built with AddressSanitizer), DYNSHIM_SEGMENT,
-  DYNSHIM_SCRAPER, PGDATABASE. Only clients get it, never this process.
+  DYNSHIM_SCRAPER, PGUSER=CLIENT_ROLE, PGDATABASE. Only clients get it,
+  never this process.
 - main(): runs one named test function and exits 0/1, for ctest.
 """
 import contextlib
@@ -33,6 +44,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 CLIENTS = os.path.join(HERE, "clients")
 PYTHON = "/usr/bin/python3"
 SAMPLE_INTERVAL = 0.010  # seconds between two samples of pg_stat_activity
+# The longest gap allowed between two samples: a longer one could hide an
+# overshoot, so the case fails (the sampler runs SCHED_RR to keep it).
+MAX_SAMPLE_GAP = 0.050
+# The role the clients connect as: not a superuser, so that the case's
+# database's CONNECTION LIMIT (pool_size) binds it and the server itself
+# refuses a connection beyond the pool.
+CLIENT_ROLE = "dynshim_it_client"
 
 COUNT_BACKENDS = (
     "SELECT count(*) FROM pg_stat_activity"
@@ -140,17 +158,24 @@ _tool = None
 
 
 def segment_tool():
-    """'dyncoord' if DYNSHIM_IT_DYNCOORD is a working CLI, else 'it_segment'."""
+    """'dyncoord' (DYNSHIM_IT_DYNCOORD, which must work: a dyncoord that
+    fails `--version` is an error, never a reason to test less), or
+    'it_segment' only when DYNSHIM_IT_SEGMENT_TOOL=it_segment asks for it."""
     global _tool
     if _tool is None:
         forced = os.environ.get("DYNSHIM_IT_SEGMENT_TOOL")
-        dc = os.environ.get("DYNSHIM_IT_DYNCOORD", "")
         if forced:
-            _tool = forced
-        elif dc and subprocess.run([dc, "--version"], capture_output=True).returncode == 0:
-            _tool = "dyncoord"
+            check(forced in ("dyncoord", "it_segment"),
+                  f"DYNSHIM_IT_SEGMENT_TOOL must be dyncoord or it_segment, not {forced!r}")
+            tool = forced
         else:
-            _tool = "it_segment"
+            tool = "dyncoord"
+        if tool == "dyncoord":
+            dc = _binary("DYNSHIM_IT_DYNCOORD", "dyncoord")
+            r = subprocess.run([dc, "--version"], capture_output=True, text=True, timeout=30)
+            check(r.returncode == 0, f"{dc} --version failed (exit {r.returncode}): "
+                  f"{r.stdout}{r.stderr}")
+        _tool = tool
         log(f"segments are managed with {_tool}")
     return _tool
 
@@ -225,43 +250,78 @@ def count_backends(admin_dsn, db):
 def _sampler_main(admin_dsn, db, limit):
     """The sampling loop, in a process of its own (python -m harness
     --sampler ...) so that the test's own work (spawning clients, the GIL)
-    never delays a sample. Commands on stdin: "report" prints the state as
-    one JSON line; "stop" or EOF prints it and exits."""
-    import select
-    conn = psycopg2.connect(admin_dsn)
-    conn.autocommit = True
-    cur = conn.cursor()
-    cur.execute("SELECT pg_backend_pid()")
-    for pid in (0, cur.fetchone()[0]):  # this process and its backend
+    never delays a sample. Two connections sample in turn, each every
+    SAMPLE_INTERVAL, half an interval apart: a query that the server holds
+    up (pg_stat_activity's read waits while a starting backend writes its
+    entry) leaves the other to go on. The gap is between two consecutive
+    sends of either. Commands on stdin: "report" prints the state as one
+    JSON line; "stop" or EOF prints it and exits."""
+    # this process samples on time (real-time); its backends keep the
+    # default priority: pg_stat_activity's read spins while a starting
+    # backend writes its entry, and a favoured reader (real-time or niced)
+    # starves that writer (queries of 200 ms and more on 2 loaded cores)
+    try:
+        os.sched_setscheduler(0, os.SCHED_RR, os.sched_param(1))
+    except OSError:
         with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, pid, -10)
-    st = {"samples": 0, "peak": 0, "max_gap": 0.0, "histogram": {}, "violations": [],
-          "error": None}
+            os.setpriority(os.PRIO_PROCESS, 0, -10)
+    conns = []
+    for _ in range(2):
+        conn = psycopg2.connect(admin_dsn)
+        conn.autocommit = True
+        conns.append(conn)
+    st = {"samples": 0, "peak": 0, "max_gap": 0.0, "max_gap_at": 0.0, "max_query": 0.0,
+          "histogram": {}, "violations": [], "error": None}
+    lock = threading.Lock()
+    last = [None]  # the last send of either connection
+    stop = threading.Event()
+
+    def loop(conn, offset):
+        cur = conn.cursor()
+        time.sleep(offset)
+        while not stop.is_set():
+            sent = time.monotonic()
+            with lock:
+                if last[0] is not None and sent - last[0] > st["max_gap"]:
+                    st["max_gap"], st["max_gap_at"] = sent - last[0], time.time()
+                last[0] = max(last[0] or 0.0, sent)
+            try:
+                cur.execute(COUNT_BACKENDS, (db,))
+                n = cur.fetchone()[0]
+                rows = None
+                if limit >= 0 and n > limit:
+                    cur.execute(LIST_BACKENDS, (db,))
+                    rows = [list(map(str, r)) for r in cur.fetchall()]
+                with lock:
+                    st["max_query"] = max(st["max_query"], time.monotonic() - sent)
+                    st["samples"] += 1
+                    st["histogram"][n] = st["histogram"].get(n, 0) + 1
+                    st["peak"] = max(st["peak"], n)
+                    if rows is not None and len(st["violations"]) < 5:
+                        st["violations"].append((time.time(), n, rows))
+            except Exception as e:
+                with lock:
+                    st["error"] = repr(e)
+            stop.wait(max(0.0, SAMPLE_INTERVAL - (time.monotonic() - sent)))
+
+    threads = [threading.Thread(target=loop, args=(c, k * SAMPLE_INTERVAL / 2), daemon=True)
+               for k, c in enumerate(conns)]
+    for t in threads:
+        t.start()
     print("ready", flush=True)
-    last = time.monotonic()
     while True:
-        try:
-            cur.execute(COUNT_BACKENDS, (db,))
-            n = cur.fetchone()[0]
-            now = time.monotonic()
-            st["max_gap"] = max(st["max_gap"], now - last)
-            last = now
-            st["samples"] += 1
-            st["histogram"][n] = st["histogram"].get(n, 0) + 1
-            st["peak"] = max(st["peak"], n)
-            if limit >= 0 and n > limit and len(st["violations"]) < 5:
-                cur.execute(LIST_BACKENDS, (db,))
-                st["violations"].append((time.time(), n, [list(map(str, r)) for r in
-                                                          cur.fetchall()]))
-        except Exception as e:
-            st["error"] = repr(e)
-            now = time.monotonic()
-        wait = max(0.0, SAMPLE_INTERVAL - (time.monotonic() - now))
-        if select.select([sys.stdin], [], [], wait)[0]:
-            line = sys.stdin.readline().strip()
-            print(json.dumps(st), flush=True)
+        line = sys.stdin.readline().strip()
+        with lock:
+            out = json.dumps(st)
             if line != "report":
-                return
+                stop.set()
+        if line != "report":
+            for t in threads:
+                t.join(5)
+            with lock:
+                print(json.dumps(st), flush=True)
+            return
+        print(out, flush=True)
 
 
 class Sampler:
@@ -271,7 +331,8 @@ class Sampler:
     def __init__(self, admin_dsn, db, limit):
         self.admin_dsn, self.db, self.limit = admin_dsn, db, limit
         self.proc = None
-        self.samples, self.peak, self.max_gap = 0, 0, 0.0
+        self.samples, self.peak, self.max_gap, self.max_gap_at = 0, 0, 0.0, 0.0
+        self.max_query = 0.0
         self.histogram, self.violations, self.error = {}, [], None
 
     def wait_quiet(self, timeout=10.0):
@@ -297,6 +358,8 @@ class Sampler:
         self.proc.stdin.flush()
         st = json.loads(read_line(self.proc, 30, "the sampler's report"))
         self.samples, self.peak, self.max_gap = st["samples"], st["peak"], st["max_gap"]
+        self.max_gap_at = st.get("max_gap_at", 0.0)
+        self.max_query = st.get("max_query", 0.0)
         self.histogram = {int(k): v for k, v in st["histogram"].items()}
         self.violations, self.error = st["violations"], st["error"]
 
@@ -310,7 +373,10 @@ class Sampler:
 
     def summary(self):
         return (f"peak {self.peak} client backends in {self.db} (pool {self.limit}) over "
-                f"{self.samples} samples, longest gap {self.max_gap * 1000:.0f} ms; samples per "
+                f"{self.samples} samples, longest gap {self.max_gap * 1000:.0f} ms (ending "
+                f"{time.strftime('%H:%M:%S', time.localtime(self.max_gap_at))}."
+                f"{int(self.max_gap_at % 1 * 1000):03d}), longest query "
+                f"{self.max_query * 1000:.0f} ms; samples per "
                 f"count: {dict(sorted(self.histogram.items()))}")
 
 
@@ -319,7 +385,11 @@ class Sampler:
 
 class Case:
     def __init__(self, name, pool_size, soft_limit=None, max_limit=None, wait_timeout=None,
-                 idle_timeout=None, sample=True, init=True):
+                 idle_timeout=None, sample=True, init=True, server_limit=None):
+        """server_limit: the CONNECTION LIMIT of the case's database, which
+        binds the clients' role (CLIENT_ROLE): the server itself refuses a
+        client connection beyond it. Default pool_size when the case
+        samples (sample=True), else none."""
         self.name = name
         self.db = "it_" + name
         self.segment = f"/dynshim-it-{name}-{os.getpid()}"
@@ -329,6 +399,8 @@ class Case:
                           wait_timeout, idle_timeout)
         self.sample = sample
         self.init = init
+        self.server_limit = server_limit if server_limit is not None else (
+            pool_size if sample else None)
         self.sampler = None
         self.procs = []
 
@@ -349,22 +421,70 @@ class Case:
 
     def __enter__(self):
         self.admin(f"DROP DATABASE IF EXISTS {self.db} WITH (FORCE)")
-        self.admin(f"CREATE DATABASE {self.db}")
+        self.admin(f"DO $$ BEGIN CREATE ROLE {CLIENT_ROLE} LOGIN; "
+                   f"EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        limit = -1 if self.server_limit is None else self.server_limit
+        self.admin(f"CREATE DATABASE {self.db} OWNER {CLIENT_ROLE} CONNECTION LIMIT {limit}")
+        # what a setup command not under the shim creates (as the superuser)
+        # the clients may use
+        self.admin(f"ALTER DEFAULT PRIVILEGES FOR ROLE {self.pg['PGUSER']} IN SCHEMA public "
+                   f"GRANT ALL ON TABLES TO {CLIENT_ROLE}; "
+                   f"ALTER DEFAULT PRIVILEGES FOR ROLE {self.pg['PGUSER']} IN SCHEMA public "
+                   f"GRANT ALL ON SEQUENCES TO {CLIENT_ROLE}", db=self.db)
         destroy_pool(self.segment)
         if self.init:
             init_pool(self.segment, *self.pool_args)
         return self
 
     def start_sampler(self):
-        """Starts watching the server; call after any setup that is not under the shim."""
+        """Starts watching the server; call after any setup that is not under the shim.
+        First proves the server's own limit: it admits server_limit
+        connections of the clients' role to the case's database, not one more."""
         self.sampler = Sampler(self.admin_dsn(), self.db, self.pool_size if self.sample else None)
         self.sampler.wait_quiet()
+        if self.server_limit is not None:
+            self.check_server_limit()
+            self.sampler.wait_quiet()
         self.sampler.start()
 
+    def client_dsn(self):
+        """A connection of the clients' role to the case's database, not under the shim."""
+        return (f"host={self.pg['PGHOST']} port={self.pg['PGPORT']} user={CLIENT_ROLE} "
+                f"dbname={self.db}")
+
+    def check_server_limit(self):
+        """The server admits exactly server_limit client connections."""
+        conns = []
+        try:
+            for _ in range(self.server_limit):
+                conns.append(psycopg2.connect(self.client_dsn()))
+            try:
+                psycopg2.connect(self.client_dsn()).close()
+                raise Failure(f"the server admitted a client connection to {self.db} beyond "
+                              f"its limit of {self.server_limit}")
+            except psycopg2.OperationalError as e:
+                check("too many connections" in str(e),
+                      f"the server refused connection {self.server_limit + 1} with {e}")
+        finally:
+            for x in conns:
+                x.close()
+
+    def set_server_limit(self, n):
+        """A new CONNECTION LIMIT for the case's database (a test that
+        changes pool_size on the fly changes it too); None: no limit."""
+        self.server_limit = n
+        self.admin(f"ALTER DATABASE {self.db} CONNECTION LIMIT {-1 if n is None else n}")
+
     def check_server_view(self):
-        """Fails if the server ever showed more than pool_size backends."""
+        """Fails if the server ever showed more than pool_size backends, or
+        if two samples were ever more than MAX_SAMPLE_GAP apart (the view
+        would have a hole)."""
         self.sampler.report()
         check(self.sampler.error is None, f"the sampler failed: {self.sampler.error}")
+        check(self.sampler.max_gap <= MAX_SAMPLE_GAP,
+              f"two samples of the server's view were {self.sampler.max_gap * 1000:.0f} ms "
+              f"apart (at most {MAX_SAMPLE_GAP * 1000:.0f} ms allowed): "
+              f"{self.sampler.summary()}")
         v = self.sampler.violations
         check(not v, f"the server showed more than pool_size={self.pool_size} client backends "
               f"of {self.db}: " + "; ".join(
@@ -373,11 +493,21 @@ class Case:
                   for t, n, rows in v))
 
     def check_pool_filled(self, what):
-        """The server's view never exceeded the pool and reached it: the
-        clients did contend for the slots."""
+        """The server's view never exceeded the pool, and the clients did
+        contend for the slots: the server showed pool_size backends, or (on
+        a machine too loaded for the samples to catch that instant: slots
+        are held while backends start and end) the pool itself had every
+        slot held at once and connects waiting for one."""
         self.check_server_view()
-        check(self.sampler.peak == self.pool_size,
-              f"{what} never filled the pool of {self.pool_size} (peak {self.sampler.peak})")
+        if self.sampler.peak == self.pool_size:
+            return
+        st = self.stats()
+        waits = sum(s.get("waits", 0) for s in st.get("scrapers", []))
+        log(f"{what}: the server's peak was {self.sampler.peak} of {self.pool_size}; the "
+            f"pool's peak held {st.get('peak_held')}, {waits} connects waited")
+        check(st.get("peak_held") == self.pool_size and waits > 0,
+              f"{what} never filled the pool of {self.pool_size} (server peak "
+              f"{self.sampler.peak}, pool peak held {st.get('peak_held')}, {waits} waits)")
 
     def __exit__(self, exc_type, exc, tb):
         for p in self.procs:
@@ -431,6 +561,7 @@ class Case:
             if k.startswith("DYNSHIM_") and not k.startswith("DYNSHIM_PG_"):
                 del env[k]
         env.update(self.pg)
+        env["PGUSER"] = CLIENT_ROLE
         env["PGDATABASE"] = self.db
         env["LD_PRELOAD"] = preload_value()
         env["DYNSHIM_SEGMENT"] = self.segment

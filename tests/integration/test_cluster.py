@@ -34,11 +34,11 @@ class Net:
     """HOSTS network namespaces, each joined to this one by a veth pair:
     host i is 10.231.i.2 in namespace ns[i], the server side 10.231.i.1."""
 
-    def __init__(self):
+    def __init__(self, hosts=HOSTS):
         tag = os.getpid() % 100000
-        self.ns = [f"dsc{tag}h{i}" for i in range(1, HOSTS + 1)]
-        self.outer = [f"dsc{tag}a{i}" for i in range(1, HOSTS + 1)]
-        self.inner = [f"dsc{tag}b{i}" for i in range(1, HOSTS + 1)]
+        self.ns = [f"dsc{tag}h{i}" for i in range(1, hosts + 1)]
+        self.outer = [f"dsc{tag}a{i}" for i in range(1, hosts + 1)]
+        self.inner = [f"dsc{tag}b{i}" for i in range(1, hosts + 1)]
 
     def server_addr(self, i):
         return f"10.231.{i + 1}.1"
@@ -83,12 +83,14 @@ class Net:
 class Cluster:
     """The hosts' segments, agents and clients."""
 
-    def __init__(self, c, net):
+    def __init__(self, c, net, budget=BUDGET, agent_user="postgres", client_user=None):
         self.c, self.net = c, net
+        self.hosts, self.budget = len(net.ns), budget
+        self.agent_user, self.client_user = agent_user, client_user
         self.dyncoord = _binary("DYNSHIM_IT_DYNCOORD", "dyncoord")
-        self.seg = [f"{c.segment}-h{i + 1}" for i in range(HOSTS)]
-        self.rundir = [os.path.join(c.tmpdir(), f"run-h{i + 1}") for i in range(HOSTS)]
-        self.agents = [None] * HOSTS
+        self.seg = [f"{c.segment}-h{i + 1}" for i in range(self.hosts)]
+        self.rundir = [os.path.join(c.tmpdir(), f"run-h{i + 1}") for i in range(self.hosts)]
+        self.agents = [None] * self.hosts
         for d in self.rundir:
             os.mkdir(d, 0o700)
 
@@ -98,11 +100,11 @@ class Cluster:
         return env
 
     def conninfo(self, i):
-        return (f"host={self.net.server_addr(i)} port={self.c.pg['PGPORT']} user=postgres "
+        return (f"host={self.net.server_addr(i)} port={self.c.pg['PGPORT']} user={self.agent_user} "
                 f"dbname={self.c.db}")
 
     def init(self):
-        for i in range(HOSTS):
+        for i in range(self.hosts):
             # a host starts with one slot; its agent raises pool_size to its share
             sh(self.dyncoord, "--segment", self.seg[i], "--init", "--force", "--pool-size", "1",
                "--soft-limit", "1", "--max-limit", "1", "--wait-timeout", "60",
@@ -113,7 +115,7 @@ class Cluster:
         self.agents[i] = subprocess.Popen(
             ["ip", "netns", "exec", self.net.ns[i], self.dyncoord, "--segment", self.seg[i],
              "--watchdog", "--interval", INTERVAL, "--cluster", "it", "--cluster-budget",
-             str(BUDGET), "--cluster-host", f"h{i + 1}", "--conninfo", self.conninfo(i),
+             str(self.budget), "--cluster-host", f"h{i + 1}", "--conninfo", self.conninfo(i),
              "--log", log_path], env=self.local_env(i), stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True)
         self.c.procs.append(self.agents[i])
@@ -131,9 +133,15 @@ class Cluster:
     def pool(self, i):
         return self.stats(i)["pool_size"]
 
-    def cycler(self, i, threads, hold=0.2):
-        env = self.c.env(f"cycler{i + 1}")
+    def client_env(self, i, scraper):
+        env = self.c.env(scraper)
         env.update(PGHOST=self.net.server_addr(i), DYNSHIM_SEGMENT=self.seg[i])
+        if self.client_user:
+            env["PGUSER"] = self.client_user
+        return env
+
+    def cycler(self, i, threads, hold=0.2):
+        env = self.client_env(i, f"cycler{i + 1}")
         p = self.c.spawn(["ip", "netns", "exec", self.net.ns[i], PYTHON, "-u",
                           os.path.join(CLIENTS, "cycler.py"), str(threads), str(hold)],
                          env=env, stdin=subprocess.PIPE)
@@ -141,8 +149,7 @@ class Cluster:
         return p
 
     def holder(self, i, n):
-        env = self.c.env(f"holder{i + 1}")
-        env.update(PGHOST=self.net.server_addr(i), DYNSHIM_SEGMENT=self.seg[i])
+        env = self.client_env(i, f"holder{i + 1}")
         p = self.c.spawn(["ip", "netns", "exec", self.net.ns[i], PYTHON, "-u",
                           os.path.join(CLIENTS, "holder.py"), str(n)], env=env,
                          stdin=subprocess.PIPE)
@@ -155,9 +162,16 @@ class Cluster:
         p.stdin.flush()
         return collect(p, what, timeout=30)
 
+    def agent_log(self, i):
+        path = os.path.join(self.c.tmpdir(), f"agent-h{i + 1}.log")
+        if not os.path.exists(path):
+            return ""
+        with open(path) as f:
+            return f.read()
+
     def agent_logs(self):
         out = []
-        for i in range(HOSTS):
+        for i in range(self.hosts):
             path = os.path.join(self.c.tmpdir(), f"agent-h{i + 1}.log")
             if os.path.exists(path):
                 with open(path) as f:
@@ -176,13 +190,30 @@ def until(cl, what, cond, limit):
             return time.monotonic() - t0
         time.sleep(0.1)
     views = []
-    for i in range(HOSTS):
+    for i in range(cl.hosts):
         st = cl.stats(i)
         views.append(f"host {i + 1}: pool {st['pool_size']}, held {st['held']}, waiting "
                      f"{st['waiting']}, agent {st.get('cluster_agent')}, cluster "
                      f"{st.get('cluster', {}).get('hosts')}")
     check(False, f"{what} not reached within {limit} s\n" + "\n".join(views) + "\n"
           + cl.agent_logs())
+
+
+# What a client sees while its host is cut off from the server.
+NETWORK_ERRORS = ("timeout expired", "timed out", "could not connect", "server closed the "
+                  "connection", "no route to host", "network is unreachable",
+                  "connection to server", "SSL SYSCALL", "could not receive data",
+                  "could not send data", "terminating connection")
+# The server refusing a connection: the budget was overshot.
+REFUSALS = ("too many connections", "remaining connection slots")
+
+
+def no_errors(result, what, allowed=()):
+    """Fails on any error of a cycler's result but those matching allowed;
+    never on a refusal by the server."""
+    bad = [e for e in result["errors"]
+           if any(r in e for r in REFUSALS) or not any(a.lower() in e.lower() for a in allowed)]
+    check(not bad, f"{what}: {result['n_errors']} errors, {len(bad)} of them not expected: {bad[:5]}")
 
 
 def hosts_of(stats):
@@ -282,7 +313,7 @@ def run_scenarios(c, net, cl):
     t = until(cl, "host 1 at its max-min share (14 - 2 - 2 = 10)",
               lambda: cl.pool(0) == 10 and cl.stats(0)["held"] == 10, 10)
     log(f"host 1 reached a pool of 10 in {t:.2f} s; pools {[cl.pool(i) for i in range(HOSTS)]}")
-    cl.stop(a, "cycler on host 1")
+    no_errors(cl.stop(a, "cycler on host 1"), "cycler on host 1")
     b = cl.cycler(1, 12)
     t = until(cl, "host 2 at 10 and host 1 back to 2",
               lambda: cl.pool(1) == 10 and cl.pool(0) == 2 and cl.stats(1)["held"] == 10, 10)
@@ -292,7 +323,7 @@ def run_scenarios(c, net, cl):
     # 2. host 2's agent is killed while its clients keep their connections:
     # host 2 grants nothing new, and nobody gains its claim until the server
     # shows its backends gone
-    cl.stop(b, "cycler on host 2")
+    no_errors(cl.stop(b, "cycler on host 2"), "cycler on host 2")
     holder = cl.holder(1, 6)
     # (while host 2's share shrinks the holder may get fewer backends than
     # connections: the shim releases one of its idle ones to connect another)
@@ -354,6 +385,8 @@ def run_scenarios(c, net, cl):
     for p, what in ((e, "host 1"), (b, "host 2"), (d, "host 3")):
         r = cl.stop(p, f"cycler on {what}")
         log(f"cycler on {what}: {r['ok']} cycles, {r['n_errors']} errors")
+        # host 3's clients lose the server while it is cut off, and only then
+        no_errors(r, f"cycler on {what}", NETWORK_ERRORS if what == "host 3" else ())
     c.check_pool_filled("the three hosts")
     check_stats_formats(cl)
     # agents stop cleanly on SIGTERM
@@ -380,6 +413,109 @@ def check_stats_formats(cl):
           f"--prometheus has no cluster budget of {BUDGET}:\n{r.stdout[-1500:]}")
 
 
+AGENT_ROLE = "dynshim_it_agent"
+SCRAPER_ROLE = "dynshim_it_scr"
+
+
+def agent_without_pg_read_all_stats_frees_no_claim_the_server_would_refuse():
+    """Two hosts, budget 8, and a server that admits exactly 8 ordinary
+    connections to the cluster's database. The agents' role is not a
+    member of pg_read_all_stats, so the client addresses of the scrapers'
+    sessions (another role) are hidden from it. Host 1's agent is killed
+    while its clients sit in long queries; host 2 then asks for the whole
+    budget. Host 1's claim must stand (the server must refuse nothing),
+    the agent must say which privilege it lacks; once granted it, the
+    claim is freed as soon as host 1's backends are gone."""
+    budget = 8
+    with Net(hosts=2) as net, Case("clusterpriv", pool_size=budget, init=False) as c:
+        for role in (AGENT_ROLE, SCRAPER_ROLE):
+            c.admin(f"DO $$ BEGIN CREATE ROLE {role} LOGIN; "
+                    f"EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+        c.admin(f"REVOKE pg_read_all_stats FROM {AGENT_ROLE}")
+        c.admin(f"GRANT CREATE ON DATABASE {c.db} TO {AGENT_ROLE}")
+        # the server's own backstop: ordinary roles get 8 connections
+        c.admin(f"ALTER DATABASE {c.db} CONNECTION LIMIT {budget}")
+        cl = Cluster(c, net, budget=budget, agent_user=AGENT_ROLE, client_user=SCRAPER_ROLE)
+        try:
+            hidden_backends_keep_a_dead_hosts_claim(c, cl, budget)
+        except BaseException:
+            log(cl.agent_logs())
+            raise
+        finally:
+            for p in c.procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            cl.destroy()
+            c.admin(f"REVOKE pg_read_all_stats FROM {AGENT_ROLE}")
+            c.admin(f"DROP DATABASE IF EXISTS {c.db} WITH (FORCE)")
+            for role in (AGENT_ROLE, SCRAPER_ROLE):
+                c.admin(f"DROP OWNED BY {role}")
+                c.admin(f"DROP ROLE IF EXISTS {role}")
+
+
+def sleeping_backends(c, i):
+    return c.admin(f"SELECT count(*) FROM pg_stat_activity WHERE client_addr = "
+                   f"'10.231.{i + 1}.2' AND backend_type = 'client backend' AND state = 'active' "
+                   f"AND query LIKE 'SELECT pg_sleep%'")[0][0]
+
+
+def hidden_backends_keep_a_dead_hosts_claim(c, cl, budget):
+    cl.init()
+    c.start_sampler()
+    for i in range(cl.hosts):
+        cl.start_agent(i)
+    until(cl, "two hosts joined", lambda: len(cl.stats(0).get("cluster", {}).get("hosts", []))
+          == 2 and cl.pool(0) + cl.pool(1) == budget, 10)
+    for i in range(cl.hosts):
+        log_text = cl.agent_log(i)
+        check("pg_read_all_stats" in log_text and AGENT_ROLE in log_text,
+              f"agent of host {i + 1} did not name the privilege its role lacks:\n{log_text}")
+    # host 1 takes all but host 2's floor (its agent and one client): its
+    # agent and 5 clients, which then sit in long queries
+    holder = cl.holder(0, 5)
+    holder.stdin.write("sleepall 600\n")
+    holder.stdin.flush()
+    check(read_line(holder, 30, "holder on host 1") == "sleeping", "holder did not sleep")
+    until(cl, "host 1's 5 clients in long queries", lambda: sleeping_backends(c, 0) == 5, 10)
+    claim1 = budget - 2
+    until(cl, f"host 2's agent seeing host 1's claim of {claim1}",
+          lambda: hosts_of(cl.stats(1))["h1"]["claim"] == claim1, 10)
+    cl.kill_agent(0)
+    # host 2 asks for the whole budget for 10 rounds of its agent
+    cyc = cl.cycler(1, budget)
+    t0 = time.monotonic()
+    peak = 0
+    while time.monotonic() - t0 < 10 * float(INTERVAL) + 1:
+        peak = max(peak, cl.pool(1))
+        time.sleep(0.05)
+    h1 = hosts_of(cl.stats(1))["h1"]
+    check(h1["state"] == "agent gone" and h1["claim"] == claim1,
+          f"with host 1's agent dead and its backends hidden, host 2's agent shows it as {h1}")
+    check(peak <= budget - claim1,
+          f"host 2 grew to {peak} while host 1 claims {claim1} of {budget}\n{cl.agent_log(1)}")
+    check(sleeping_backends(c, 0) == 5, "host 1's long queries ended early")
+    c.check_server_view()
+    log(f"hidden backends: host 2 stayed at {peak}, host 1 keeps its claim of {claim1}")
+
+    # with the privilege, host 1's claim stays while its backends run and
+    # is freed once they are gone
+    c.admin(f"GRANT pg_read_all_stats TO {AGENT_ROLE}")
+    time.sleep(5 * float(INTERVAL))
+    check(cl.pool(1) <= budget - claim1 and hosts_of(cl.stats(1))["h1"]["claim"] == claim1,
+          f"host 2's agent freed host 1's claim while its backends run: {cl.stats(1)}")
+    c.admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE client_addr = "
+            "'10.231.1.2' AND backend_type = 'client backend'")
+    t = until(cl, f"host 2 growing into host 1's freed claim ({budget} - 1 seat)",
+              lambda: cl.pool(1) == budget - 1, 10)
+    log(f"host 1's backends gone: host 2 at {budget - 1} after {t:.2f} s")
+    no_errors(cl.stop(cyc, "cycler on host 2"), "cycler on host 2")
+    c.check_server_view()
+    check("sees every session's client address again" in cl.agent_log(1),
+          f"agent of host 2 did not log that it sees every session again:\n{cl.agent_log(1)}")
+
+
 if __name__ == "__main__":
     main({f.__name__: f for f in (three_hosts_share_one_budget_through_the_server,
-                                  agent_moves_derived_limits_with_pool_size)})
+                                  agent_moves_derived_limits_with_pool_size,
+                                  agent_without_pg_read_all_stats_frees_no_claim_the_server_would_refuse)})

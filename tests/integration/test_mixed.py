@@ -4,7 +4,8 @@ import subprocess
 import threading
 import time
 
-from harness import Case, Failure, _binary, check, collect, log, main, scraper_stats
+from harness import (Case, Failure, _binary, check, collect, log, main, read_line,
+                     scraper_stats)
 
 
 def dyncoord(case, *args):
@@ -17,46 +18,77 @@ def viewer_capped_with_reserve_beside_two_busy_scrapers():
         r = dyncoord(c, "--set", "scraper.viewer.max=5", "scraper.viewer.reserve=2")
         check(r.returncode == 0, f"dyncoord --set failed: {r.stderr}")
         c.start_sampler()
-        # each busy scraper: 14 threads connecting and querying in a loop,
-        # more than its limit of 10 and together more than the pool
-        busy = [c.spawn_python("psycopg2_threads.py", 14, 60, 0.05, scraper=name)
+        # each busy scraper: 14 threads connecting and querying in a loop
+        # until told to stop, more than its limit of 10 and together more
+        # than the pool
+        busy = [c.spawn_python("cycler.py", 14, 0.2, scraper=name, stdin=subprocess.PIPE)
                 for name in ("busy_a", "busy_b")]
-        time.sleep(1.0)
-        # the viewer: 2 connections at once every 0.5 s; every fifth round 4
-        # more (6 in all, one beyond its cap of 5), the last of which must
-        # wait and time out
-        viewer = c.spawn_python("viewer.py", 12, 2, 4, 0.3, 0.2, scraper="viewer",
-                                env=c.env("viewer", DYNSHIM_WAIT_TIMEOUT="1.5"))
-        peak_viewer, stop = [0], threading.Event()
+        for p in busy:
+            check(read_line(p, 30, "busy scraper") == "started", "a busy scraper did not start")
+        until_pool_full(c)
+        peak_viewer, stop, kept, broken = [0], threading.Event(), [0], []
+        after_first = threading.Event()
 
         def watch():
+            # every snapshot of the pool (one consistent read under its
+            # lock): once the viewer claims its reserve, the others hold at
+            # most pool_size minus that reserve (or minus what it holds)
             while not stop.is_set():
-                try:
-                    peak_viewer[0] = max(peak_viewer[0], scraper_stats(c.stats(), "viewer")["held"])
-                except Failure:
-                    pass  # not seen by the pool yet
+                st = c.stats()
+                v = next((x for x in st["scrapers"] if x["name"] == "viewer"), None)
+                if v:
+                    peak_viewer[0] = max(peak_viewer[0], v["held"])
+                    if after_first.is_set() and v["reserve_claimed"]:
+                        kept[0] += 1
+                        others = st["held"] - v["held"]
+                        room = st["pool_size"] - max(v["reserve_claimed"], v["held"])
+                        if others > room and len(broken) < 5:
+                            broken.append(f"others held {others} > {room}: {st}")
                 time.sleep(0.02)
 
         w = threading.Thread(target=watch, daemon=True)
         w.start()
+        # 1. the reserve: the viewer's 2 connections at once every 0.5 s. It
+        # wakes up in a full pool (the busy scrapers give back for it); from
+        # then on, while it is active, its reserve is kept from the others:
+        # checked on every snapshot of the pool, and none of its connects
+        # times out. How fast its rounds are is a latency, logged here (the
+        # load of the machine decides it, not the pool)
+        env = c.env("viewer", DYNSHIM_WAIT_TIMEOUT="1.5")
+        viewer = c.spawn_python("viewer.py", 11, 2, 0, 0.3, 0.2, "--pause-after-first",
+                                scraper="viewer", env=env, stdin=subprocess.PIPE)
+        check(read_line(viewer, 60, "viewer") == "first round done",
+              "the viewer's first round did not finish")
+        after_first.set()
+        viewer.stdin.write("go\n")
+        viewer.stdin.flush()
         res = collect(viewer, "viewer", timeout=120)
+        after = scraper_stats(c.stats(), "viewer")
+        log(f"viewer: reserve kept in {kept[0]} snapshots; round times (s) "
+            f"{[round(x, 3) for x in res['waits']]}; wait ms mean {after['wait_ms_mean']}, "
+            f"max {after['wait_ms_max']}")
+        check(not res["errors"] and res["ok"] == 22 and after["timeouts"] == 0,
+              f"the viewer's reserved rounds: {res}; pool: {after}")
+        check(kept[0] >= 5, f"only {kept[0]} snapshots saw the viewer claim its reserve")
+        check(not broken, "the busy scrapers took the viewer's reserve: " + "; ".join(broken))
+        # 2. the cap: every fifth round 4 more (6 in all, one beyond its
+        # cap of 5), the last of which must wait and time out
+        res = collect(c.spawn_python("viewer.py", 10, 2, 4, 0.3, 0.2, scraper="viewer",
+                                     env=env), "viewer with extra connections", timeout=120)
         stop.set()
         w.join()
+        check(not broken, "the busy scrapers took the viewer's reserve: " + "; ".join(broken))
+        check(all(p.poll() is None for p in busy),
+              "a busy scraper stopped before the viewer was done: no contention to prove")
         for i, p in enumerate(busy):
-            b = collect(p, f"busy scraper {i}", timeout=180)
-            check(not b["errors"], f"busy scraper {i} had errors: {b['errors']}")
-        log(f"viewer waits (s): {[round(x, 3) for x in res['waits']]}; extra ok "
-            f"{res['extra_ok']}, refused {res['extra_refused']}; viewer peak {peak_viewer[0]}")
+            p.stdin.write("quit\n")
+            p.stdin.flush()
+            b = collect(p, f"busy scraper {i}", timeout=60)
+            check(not b["errors"] and b["ok"] > 0, f"busy scraper {i}: {b}")
+        log(f"viewer with extras: extra ok {res['extra_ok']}, refused {res['extra_refused']}; "
+            f"viewer peak {peak_viewer[0]}")
         check(not res["errors"], f"the viewer had errors: {res['errors']}")
-        check(res["ok"] == 24, f"the viewer ran {res['ok']} of 24 queries")
-        # every round within the viewer's own wait timeout (no refusal), and
-        # typically in a fraction of a second (connect and query included)
-        waits = sorted(res["waits"])
-        check(waits[-1] < 1.5,
-              f"the viewer waited {waits[-1]:.3f} s for its 2 reserved connections")
-        check(waits[len(waits) // 2] < 0.2,
-              f"the viewer's median wait for its 2 reserved connections was "
-              f"{waits[len(waits) // 2]:.3f} s")
+        check(res["ok"] == 20, f"the viewer ran {res['ok']} of 20 queries")
         check(peak_viewer[0] <= 5, f"the viewer held {peak_viewer[0]} slots, above its cap of 5")
         # two rounds of 4 extra beside its 2: at most 3 fit under the cap each time
         check(res["extra_ok"] <= 6 and res["extra_refused"] >= 2,
@@ -64,6 +96,14 @@ def viewer_capped_with_reserve_beside_two_busy_scrapers():
               f"{res['extra_refused']} refusals")
         c.check_server_view()
         c.check_pool_filled("two busy scrapers and the viewer")
+
+
+def until_pool_full(c, timeout=30):
+    """Waits until the busy scrapers hold the whole pool."""
+    end = time.monotonic() + timeout
+    while (st := c.stats())["held"] < st["pool_size"]:
+        check(time.monotonic() < end, f"the busy scrapers never filled the pool: {st}")
+        time.sleep(0.02)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@
 # level; the plain copy, with the same environment, must create both (so
 # the test can fail).
 set -eu
-[ "$(id -u)" = 0 ] || { echo "secure.sh: needs root; skipped" >&2; exit 77; }
+[ "$(id -u)" = 0 ] || { echo "SKIP: secure.sh needs root (a setgid copy run by root)" >&2; exit 77; }
 exe=$1
 dir=$(mktemp -d /tmp/dynshim-secure.XXXXXX)
 chmod 755 "$dir"

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -541,30 +542,80 @@ static void reset_keeps_slot(void)
         CHECK(view_drained().held == 0, "held after finish");
 }
 
+struct long_query {
+        PGconn *conn;
+        _Atomic int finished;
+        _Atomic double returned_at;
+};
+
 static void *long_query(void *arg)
 {
-        PGresult *r = pq->exec(arg, "SELECT pg_sleep(1.2)");
+        struct long_query *q = arg;
+        PGresult *r = pq->exec(q->conn, "SELECT pg_sleep(2)");
+        atomic_store(&q->returned_at, now_s());
+        atomic_store(&q->finished, 1);
         int ok = r && pq->result_status(r) == PGRES_TUPLES_OK;
         pq->clear(r);
         return ok ? arg : NULL;
 }
 
 /* SPEC 3: a scraper with a libpq call in flight is active, however long
- * the call lasts; idle_timeout after its last call it is idle. */
+ * the call lasts; idle_timeout after its last call it is idle. Each view
+ * counts only when the moment it was taken is known to prove something,
+ * whatever the load: during the call (started before, not finished after)
+ * and more than twice idle_timeout after it began; within idle_timeout of a
+ * call's return; later than idle_timeout after the last call. */
 static void call_in_flight_keeps_scraper_active(void)
 {
         make_pool_idle(20, 0, 300);
         PGconn *c = connect_ok();
         pthread_t t;
-        CHECK(pthread_create(&t, NULL, long_query, c) == 0, "pthread_create");
-        usleep(800000); /* well past idle_timeout since the query began */
-        CHECK(view().first_active, "idle while a 1.2 s query is in flight");
+        struct long_query q = {.conn = c};
+        CHECK(pthread_create(&t, NULL, long_query, &q) == 0, "pthread_create");
+        /* the call is in flight at least over [returned - 2 s, returned]
+         * (the server sleeps 2 s inside it): a view taken wholly inside
+         * that, 0.6 s or more after its start, counts */
+        struct {
+                double from, to;
+                int active;
+        } seen[200];
+        int n = 0;
+        while (!atomic_load(&q.finished) && n < 200) {
+                seen[n].from = now_s();
+                seen[n].active = view().first_active;
+                seen[n].to = now_s();
+                n++;
+                usleep(50000);
+        }
         void *ok;
         pthread_join(t, &ok);
         CHECK(ok, "the long query failed: %s", pq->error_message(c));
-        CHECK(view().first_active, "idle right after a call returned");
+        double returned = atomic_load(&q.returned_at);
+        int during = 0;
+        for (int i = 0; i < n; i++) {
+                if (seen[i].from < returned - 2.0 + 0.6 || seen[i].to > returned)
+                        continue;
+                CHECK(seen[i].active, "idle %.2f s before a 2 s query in flight returned",
+                      returned - seen[i].to);
+                during++;
+        }
+        CHECK(during > 0, "no view was taken while the query ran past 0.6 s (twice idle_timeout)");
+        int right_after = 0;
+        for (int i = 0; i < 50 && !right_after; i++) {
+                PGresult *r = pq->exec(c, "SELECT 1");
+                double returned = now_s();
+                pq->clear(r);
+                int active = view().first_active;
+                if (now_s() - returned < 0.3) { /* the view is within idle_timeout */
+                        CHECK(active, "idle right after a call returned");
+                        right_after = 1;
+                }
+        }
+        CHECK(right_after, "no view within idle_timeout (0.3 s) of a call's return in 50 tries");
+        double last = now_s();
         usleep(800000);
-        CHECK(!view().first_active, "still active 0.8 s after the last call (idle_timeout 0.3 s)");
+        CHECK(now_s() - last >= 0.3 && !view().first_active,
+              "still active 0.8 s after the last call (idle_timeout 0.3 s)");
         pq->finish(c);
 }
 

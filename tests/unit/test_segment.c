@@ -313,7 +313,16 @@ Test(segment, random_bytes_never_crash_an_attacher)
 {
         struct ds_capacity cap;
         ds_capacity_defaults(&cap);
-        unsigned seed = (unsigned)time(NULL) ^ (unsigned)getpid();
+        /* the seed is printed before the first random byte, so a crash can
+         * be replayed with DYNSHIM_TEST_SEED */
+        const char *given = getenv("DYNSHIM_TEST_SEED");
+        unsigned seed = given && *given ? (unsigned)strtoul(given, NULL, 10)
+                                        : (unsigned)time(NULL) ^ (unsigned)getpid();
+        fprintf(stderr,
+                "random_bytes_never_crash_an_attacher: seed %u (DYNSHIM_TEST_SEED=%u "
+                "replays it)\n",
+                seed, seed);
+        fflush(stderr);
         srand(seed);
         size_t lock_lo = offsetof(struct ds_header, lock);
         size_t lock_hi = lock_lo + sizeof(pthread_mutex_t);
@@ -347,7 +356,6 @@ Test(segment, random_bytes_never_crash_an_attacher)
                 poke();
                 poke();
         }
-        cr_log_info("seed %u", seed);
 }
 
 Test(segment, lock_held_by_a_thread_that_never_existed_times_out)

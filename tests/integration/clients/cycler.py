@@ -3,8 +3,8 @@ while, close it, and start again, until told to stop.
 
 usage: cycler.py THREADS HOLD_S
 Prints "started"; the stdin line "quit" (or EOF) prints {"ok": N, "errors":
-[...]} and exits at once (connects still waiting for a slot are dropped
-with the process)."""
+[up to 50 distinct messages], "n_errors": N} and exits at once (connects
+still waiting for a slot are dropped with the process)."""
 import json
 import os
 import sys
@@ -16,7 +16,7 @@ import psycopg2
 n, hold = int(sys.argv[1]), float(sys.argv[2])
 stop = threading.Event()
 lock = threading.Lock()
-ok, errors = [0], []
+ok, errors, n_errors = [0], [], [0]
 
 
 def worker():
@@ -34,7 +34,10 @@ def worker():
                 ok[0] += 1
         except Exception as e:
             with lock:
-                errors.append(f"{type(e).__name__}: {e}".strip()[:200])
+                n_errors[0] += 1
+                msg = f"{type(e).__name__}: {e}".strip()[:200]
+                if msg not in errors and len(errors) < 50:
+                    errors.append(msg)
             time.sleep(0.2)
 
 
@@ -44,5 +47,5 @@ print("started", flush=True)
 sys.stdin.readline()
 stop.set()
 with lock:
-    print(json.dumps({"ok": ok[0], "errors": errors[:20], "n_errors": len(errors)}), flush=True)
+    print(json.dumps({"ok": ok[0], "errors": errors, "n_errors": n_errors[0]}), flush=True)
 os._exit(0)

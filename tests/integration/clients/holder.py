@@ -4,10 +4,13 @@ usage: holder.py N
 Prints "ready PID..." (backend pids), then for each stdin line "query" runs
 SELECT pg_backend_pid() on every connection and prints "pids PID...";
 "sleep S" prints "sleeping" and runs SELECT pg_sleep(S) on the first one;
+"sleepall S" starts SELECT pg_sleep(S) on every connection at once (one
+thread each) and prints "sleeping";
 "exit" closes them and exits. With HOLDER_TX=1 in the environment each
 connection keeps a transaction open (its slot cannot be handed over)."""
 import os
 import sys
+import threading
 
 import psycopg2
 
@@ -33,6 +36,16 @@ for line in sys.stdin:
         print("sleeping", flush=True)
         with conns[0].cursor() as cur:
             cur.execute("SELECT pg_sleep(%s)", (float(line.split()[1]),))
+    elif line.startswith("sleepall "):
+        def sleep(c, s=float(line.split()[1])):
+            try:
+                with c.cursor() as cur:
+                    cur.execute("SELECT pg_sleep(%s)", (s,))
+            except Exception:
+                pass  # ended by the test (pg_terminate_backend)
+        for c in conns:
+            threading.Thread(target=sleep, args=(c,), daemon=True).start()
+        print("sleeping", flush=True)
     elif line.strip() == "exit":
         break
 for c in conns:

@@ -3,7 +3,9 @@
 holds them HOLD_S, closes them.
 Every fifth round it also tries EXTRA more connections beyond CONNS.
 
-usage: viewer.py ROUNDS CONNS EXTRA HOLD_S PERIOD_S
+usage: viewer.py ROUNDS CONNS EXTRA HOLD_S PERIOD_S [--pause-after-first]
+With --pause-after-first it prints "first round done" after the first
+round and waits for a line on stdin before the next.
 Prints {"ok": N, "errors": [...], "waits": [...], "extra_ok": N, "extra_refused": N}:
 waits are the seconds each round took to have its CONNS connections."""
 import json
@@ -15,6 +17,7 @@ import psycopg2
 
 rounds, conns, extra = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 hold_s, period_s = float(sys.argv[4]), float(sys.argv[5])
+pause = sys.argv[6:7] == ["--pause-after-first"]
 ok, errors, waits, extra_ok, extra_refused = 0, [], [], 0, 0
 lock = threading.Lock()
 
@@ -65,5 +68,8 @@ for r in range(rounds):
         if not isinstance(c, Exception):
             c.close()
     time.sleep(period_s)
+    if r == 0 and pause:
+        print("first round done", flush=True)
+        sys.stdin.readline()
 print(json.dumps({"ok": ok, "errors": errors[:5], "waits": waits, "extra_ok": extra_ok,
                   "extra_refused": extra_refused}))
