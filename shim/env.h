@@ -14,7 +14,7 @@ int ds_env_on_error(const char *v, int *closed);
 /* DYNSHIM_WAIT_TIMEOUT: a duration (ds_parse_duration_ms). 0 or -EINVAL. */
 int ds_env_wait_timeout(const char *v, uint32_t *ms);
 
-/* SPEC 3: the scraper name from a command line (buf: n bytes of
+/* The scraper name from a command line (buf: n bytes of
  * NUL-separated arguments as /proc/self/cmdline holds them, with
  * buf[n] == '\0'): for an interpreter, the script's base name without
  * extension (python -m pkg.mod: the module's last component); else the

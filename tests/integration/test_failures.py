@@ -130,7 +130,7 @@ def killed_holder_slots_return_and_waiter_proceeds():
 
 
 def killed_mid_query_slot_waits_for_its_backend():
-    """SPEC 6: a backend whose client was SIGKILLed in the middle of a long
+    """A backend whose client was SIGKILLed in the middle of a long
     query lives until the query ends. Its slot must not go to a waiter
     before that (the sampler would see pool_size + 1), and goes right after."""
     with Case("midquery", pool_size=1) as c:

@@ -209,7 +209,7 @@ static void connections_use_tls(void)
         CHECK(!getenv("DS_PG_SSL") || tls, "DS_PG_SSL is set and the connection is not TLS");
 }
 
-/* SPEC 4.5: an idle process's connections are closed on the server side
+/* An idle process's connections are closed on the server side
  * and their slots returned; the next use reconnects the same PGconn with
  * the same fd number and client state, with no error. */
 static void idle_release_and_transparent_reconnect(void)
@@ -409,7 +409,7 @@ static int event_proc(PGEventId id, void *info, void *pass)
         return 1;
 }
 
-/* Each kind of session state pins its connection (SPEC 4.5), however it
+/* Each kind of session state pins its connection, however it
  * was made; state that is gone again does not. */
 static void pinned_connections_are_never_released(void)
 {

@@ -260,7 +260,7 @@ static int query_int(PGconn *c, const char *sql)
 }
 
 /* Opens a transaction on c: the connection is in use, so a connect of
- * this process waiting for a slot cannot free c's slot (SPEC 4.6). */
+ * this process waiting for a slot cannot free c's slot. */
 static void hold_in_transaction(PGconn *c)
 {
         PGresult *r = pq->exec(c, "BEGIN");
@@ -559,7 +559,7 @@ static void *long_query(void *arg)
         return ok ? arg : NULL;
 }
 
-/* SPEC 3: a scraper with a libpq call in flight is active, however long
+/* A scraper with a libpq call in flight is active, however long
  * the call lasts; idle_timeout after its last call it is idle. Each view
  * counts only when the moment it was taken is known to prove something,
  * whatever the load: during the call (started before, not finished after)
@@ -782,7 +782,7 @@ static void dlopen_hook_keeps_caller_for_runpath(void)
         dlclose(h);
 }
 
-/* SPEC 3: python layer1_5_production_scraper.py --all ->
+/* python layer1_5_production_scraper.py --all ->
  * layer1_5_production_scraper. Run through a symlink named python-dstest. */
 static void scraper_name_from_command_line(void)
 {

@@ -1,4 +1,4 @@
-/* test_policy.c - the pool's rules as pure functions (SPEC 3, 4.2). */
+/* test_policy.c - the pool's rules as pure functions (limits, activity, grant order, releases). */
 #include <criterion/criterion.h>
 
 #include <stdlib.h>
@@ -425,7 +425,7 @@ Test(policy, a_starved_reserve_makes_the_limits_a_strict_division_of_the_pool)
         enum ds_release_reason why;
         cr_assert_eq(ds_policy_give_back(&cfg, 0, 10, p.s[0].limit, 0, 1, &why), 1);
         cr_assert_eq(why, DS_RELEASE_SURPLUS);
-        /* with its reserve filled the pressure ends: the SPEC limits again */
+        /* with its reserve filled the pressure ends: the plain limits again */
         p.s[2].held = 2;
         cr_assert_eq(limits(&p, &pressure), 0);
         cr_assert_eq(pressure, 0);
