@@ -296,7 +296,10 @@ int ds_config_set_kv(struct ds_config *cfg, const char *kv, char *why, size_t wh
                         return -EINVAL;
                 memcpy((char *)cfg + k->off, &v, sizeof(v));
                 cfg->limits_set |= flag;
-                ds_policy_follow_pool(cfg);
+                /* the limits move with pool_size (and a derived soft_limit
+                 * with an explicit max_limit); other keys leave them alone */
+                if (flag || k->off == offsetof(struct ds_config, pool_size))
+                        ds_policy_follow_pool(cfg);
                 return 0;
         }
         WHY("unknown key '%.*s' (keys: pool_size, soft_limit, max_limit, idle_timeout, "

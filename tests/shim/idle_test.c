@@ -132,6 +132,7 @@ static void make_pool(uint32_t size, uint32_t soft, uint32_t max, uint32_t idle_
         cfg.pool_size = size;
         cfg.soft_limit = soft;
         cfg.max_limit = max;
+        cfg.limits_set = DS_LIMIT_SET_ALL; /* as given, not following pool_size */
         cfg.idle_timeout_ms = idle_ms;
         cfg.realloc_interval_ms = 1000;
         cfg.wait_timeout_ms = 10000;

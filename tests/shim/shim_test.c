@@ -225,6 +225,7 @@ static void make_pool_idle(uint32_t size, uint32_t wait_ms, uint32_t idle_ms)
         ds_config_defaults(&cfg);
         ds_capacity_defaults(&cap);
         cfg.pool_size = cfg.soft_limit = cfg.max_limit = size;
+        cfg.limits_set = DS_LIMIT_SET_ALL;
         if (wait_ms)
                 cfg.wait_timeout_ms = wait_ms;
         if (idle_ms)

@@ -61,6 +61,7 @@ static void make_pool(uint32_t size, uint32_t idle_ms, uint32_t realloc_ms)
         struct ds_config cfg;
         ds_config_defaults(&cfg);
         cfg.pool_size = cfg.soft_limit = cfg.max_limit = size;
+        cfg.limits_set = DS_LIMIT_SET_ALL;
         cfg.idle_timeout_ms = idle_ms;
         cfg.realloc_interval_ms = realloc_ms;
         cfg.wait_timeout_ms = 60000;

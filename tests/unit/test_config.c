@@ -227,3 +227,17 @@ Test(config, validate_refuses_unknown_limit_flags)
         cr_assert_eq(ds_config_validate(&c, NULL, why, sizeof(why)), -EINVAL);
         cr_assert(strstr(why, "limits_set"), "%s", why);
 }
+
+Test(config, keys_other_than_pool_size_and_the_limits_leave_the_limits_alone)
+{
+        struct ds_config cfg;
+        ds_config_defaults(&cfg);
+        cfg.pool_size = 3, cfg.soft_limit = 3, cfg.max_limit = 3; /* not marked as set */
+        char why[256];
+        cr_assert_eq(ds_config_set_kv(&cfg, "reuse=on", why, sizeof(why)), 0, "%s", why);
+        cr_assert_eq(cfg.max_limit, 3, "an unrelated key re-derived max_limit");
+        cr_assert_eq(cfg.soft_limit, 3);
+        cr_assert_eq(ds_config_set_kv(&cfg, "pool_size=20", why, sizeof(why)), 0, "%s", why);
+        cr_assert_eq(cfg.max_limit, 15, "pool_size moves the limits that follow it");
+        cr_assert_eq(cfg.soft_limit, 10);
+}

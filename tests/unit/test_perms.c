@@ -397,6 +397,7 @@ Test(perms, dead_users_slot_in_a_root_created_segment_returns_to_another_user)
         ds_config_defaults(&cfg);
         ds_capacity_defaults(&cap);
         cfg.pool_size = cfg.soft_limit = cfg.max_limit = 1;
+        cfg.limits_set = DS_LIMIT_SET_ALL;
         struct ds_create_opts o = {.mode = 0666, .group = (gid_t)-1, .force = 1};
         char err[256] = "";
         cr_assert_eq(ds_segment_create(seg, &cfg, &cap, &o, err, sizeof(err)), 0, "%s", err);

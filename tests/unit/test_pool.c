@@ -383,6 +383,7 @@ Test(pool, shrinking_the_pool_stops_grants_until_usage_is_below_the_cap)
         struct ds_config cfg;
         cr_assert_eq(ds_get_config(h, &cfg), 0);
         cfg.pool_size = cfg.soft_limit = cfg.max_limit = 3;
+        cfg.limits_set = DS_LIMIT_SET_ALL;
         char err[200];
         cr_assert_eq(ds_set_config(h, &cfg, err, sizeof(err)), 0, "%s", err);
         cr_assert_eq(ds_acquire(h, 50, &x, NULL, 0), -ETIMEDOUT);
@@ -408,6 +409,7 @@ Test(pool, growing_the_pool_wakes_a_waiter)
         struct ds_config cfg;
         cr_assert_eq(ds_get_config(h, &cfg), 0);
         cfg.pool_size = 2, cfg.soft_limit = 2, cfg.max_limit = 2;
+        cfg.limits_set = DS_LIMIT_SET_ALL;
         cr_assert_eq(ds_set_config(h, &cfg, NULL, 0), 0);
         cr_assert_eq(read_int(p[0]), 1);
         reap(c);
