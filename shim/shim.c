@@ -1040,18 +1040,19 @@ static int keep_params(struct ds_conn *e, const struct ds_call *c);
  * slot. When none is free, the connection is created by the real function
  * with socket() refused (DS_FDHOOK_NOSOCKET: nothing reaches the server;
  * the PGconn keeps its parameters), and the wait is queued in the pool like
- * any other (ds_acquire_start). PQsocket then gives the program an eventfd,
- * its descriptor for the whole connect: always writable (the first wait
+ * any other (ds_acquire_start). PQsocket then gives the program one end of
+ * a socket pair, its descriptor for the whole connect: a socket (bindings
+ * such as ruby-pg wrap it in a socket object), writable (the first wait
  * libpq documents is for writing), readable when PQconnectPoll has work.
  * A waiter thread sleeps on the pool's wait and makes it readable at the
  * grant or the deadline; once granted, the connect is started with the
  * real PQresetStart, and the thread watches the real socket (one-shot, for
- * the direction libpq waits for) and makes the eventfd readable when it is
+ * the direction libpq waits for) and makes the descriptor readable when it is
  * ready. PQconnectPoll therefore answers PGRES_POLLING_READING until the
  * connect is over. One file description for the whole connect: loops that
  * register it once (epoll without re-adding, libuv poll handles) work as
  * well as loops that ask PQsocket at every step. Once connected, PQsocket
- * gives the real socket; the eventfd keeps its number, never readable
+ * gives the real socket; the pair keeps its number, never readable
  * again, until PQfinish, so a registration the program has not removed yet
  * never points at a number reused by something else. */
 
@@ -1060,7 +1061,8 @@ struct ds_waiter {
         _Atomic int cancelled; /* stop: the connect is over or withdrawn */
         _Atomic int over;      /* granted, or the deadline passed */
         int counted;           /* counted in self_waiters */
-        int efd;               /* the program's descriptor (eventfd) */
+        int efd;               /* the program's descriptor (a socket) */
+        int peer;              /* its peer: a byte written there makes efd readable */
         int pfd;               /* epoll: the real socket (one-shot) and stopfd */
         int stopfd;            /* eventfd: tells the thread to end */
         ds_handle *h;
@@ -1079,12 +1081,15 @@ static void waiter_unref(struct ds_waiter *wt)
 {
         if (atomic_fetch_sub(&wt->refs, 1) == 1) {
                 close(wt->efd);
+                close(wt->peer);
                 close(wt->pfd);
                 close(wt->stopfd);
                 free(wt);
         }
 }
 
+/* Makes an eventfd, or the program's descriptor (through its peer),
+ * readable. */
 static void signal_fd(int fd)
 {
         uint64_t one = 1;
@@ -1100,7 +1105,7 @@ static void *waiter_main(void *arg)
                 rc = ds_acquire_wait(wt->h, &wt->w, 1000);
         if (!atomic_load(&wt->cancelled)) {
                 atomic_store(&wt->over, 1);
-                signal_fd(wt->efd);
+                signal_fd(wt->peer);
         }
         /* granted: the real socket's readiness becomes the descriptor's */
         while (rc == 0 && !atomic_load(&wt->cancelled)) {
@@ -1109,7 +1114,7 @@ static void *waiter_main(void *arg)
                 if (n < 0 && errno != EINTR)
                         break;
                 if (n == 1 && ev.data.fd != wt->stopfd)
-                        signal_fd(wt->efd);
+                        signal_fd(wt->peer);
         }
         waiter_unref(wt);
         return NULL;
@@ -1126,13 +1131,19 @@ static struct ds_waiter *start_waiter(ds_handle *h, const struct ds_wait *w)
         struct ds_waiter *wt = calloc(1, sizeof(*wt));
         if (!wt)
                 return NULL;
-        wt->efd = new_eventfd();
+        /* a socket, as bindings that wrap PQsocket in a socket object need */
+        int sv[2] = {-1, -1};
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0)
+                sv[0] = sv[1] = -1;
+        wt->efd = sv[0];
+        wt->peer = sv[1];
         wt->stopfd = new_eventfd();
         wt->pfd = epoll_create1(EPOLL_CLOEXEC);
         struct epoll_event ev = {.events = EPOLLIN, .data.fd = wt->stopfd};
         if (wt->efd < 0 || wt->stopfd < 0 || wt->pfd < 0 ||
             epoll_ctl(wt->pfd, EPOLL_CTL_ADD, wt->stopfd, &ev) != 0) {
                 close(wt->efd);
+                close(wt->peer);
                 close(wt->stopfd);
                 close(wt->pfd);
                 free(wt);
@@ -1187,9 +1198,9 @@ static void stop_waiter(struct ds_waiter *wt)
 /* Empties the program's descriptor: not readable until signalled again. */
 static void drain_fd(int fd)
 {
-        uint64_t v;
-        ssize_t n = read(fd, &v, sizeof(v));
-        (void)n;
+        char buf[64];
+        while (read(fd, buf, sizeof(buf)) == (ssize_t)sizeof(buf))
+                ;
 }
 
 /* Arms the thread's watch of the connection's real socket for what libpq
@@ -1212,7 +1223,7 @@ static void watch_socket(struct ds_conn *e, PostgresPollingStatusType ps)
 }
 
 /* The connect is over (connected or failed): the real socket is the
- * connection's descriptor from now on; the eventfd stays until PQfinish. */
+ * connection's descriptor from now on; the pair stays until PQfinish. */
 static void pending_done(struct ds_conn *e)
 {
         struct ds_pending *pd = e->pend;
@@ -1237,6 +1248,7 @@ static void pending_close(struct ds_conn *e)
         e->pend = NULL;
         if (e->owner != getpid()) {
                 close(pd->wt->efd);
+                close(pd->wt->peer);
                 close(pd->wt->pfd);
                 close(pd->wt->stopfd);
         } else {

@@ -6,15 +6,21 @@ usage: async_clients.py conn|pool TASKS ITERATIONS SLEEP_S [POOL_MAX]
         SELECT pg_sleep(SLEEP_S) and closes it;
   pool: one psycopg_pool.AsyncConnectionPool (min 0, max POOL_MAX); each
         task takes a connection ITERATIONS times.
-Prints one JSON line: ok, errors, elapsed_s, lag_ms (p50, p99, max), ticks,
-and blocked_ms: the longest single callback the loop ran (asyncio's debug
-mode times every callback; one that blocked the loop shows here whatever
-else the machine was doing, while the ticker's lag also counts time the
-process was not scheduled)."""
+Prints one JSON line: ok, errors, elapsed_s, lag_ms (p50, p99, max), ticks;
+blocked_ms: the longest single callback the loop ran (asyncio's debug mode
+times every callback; one that blocked the loop shows here whatever else
+the machine was doing, while the ticker's lag also counts time the process
+was not scheduled); connect_call_ms: the longest libpq connect call
+(PQconnectStart, PQconnectPoll, PQsocket, PQstatus as psycopg calls them
+while connecting); connect_slept_ms: the longest of those in which the
+thread went to sleep (a voluntary context switch: a wait, where a call only
+preempted by a loaded machine has involuntary ones); close_ms: the longest
+close (PQfinish)."""
 import asyncio
 import json
 import logging
 import re
+import resource
 import sys
 import time
 
@@ -42,13 +48,56 @@ class SlowCallbacks(logging.Handler):
     def __init__(self):
         super().__init__(logging.WARNING)
         self.ms = []
+        self.worst = ""
 
     def emit(self, record):
-        m = re.search(r"took ([0-9.]+) seconds", record.getMessage())
+        msg = record.getMessage()
+        m = re.search(r"took ([0-9.]+) seconds", msg)
         if m:
-            self.ms.append(float(m.group(1)) * 1000)
+            ms = float(m.group(1)) * 1000
+            if not self.ms or ms > max(self.ms):
+                self.worst = msg[:300]
+            self.ms.append(ms)
 
 
+class CallTimes:
+    """Times psycopg's calls of libpq while connecting, and its closes."""
+
+    def __init__(self):
+        self.connect_ms = 0.0
+        self.connect_slept_ms = 0.0
+        self.close_ms = 0.0
+
+    def timed(self, orig, close=False):
+        def call(*a, **kw):
+            r0 = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw
+            t = time.monotonic()
+            try:
+                return orig(*a, **kw)
+            finally:
+                ms = (time.monotonic() - t) * 1000
+                slept = resource.getrusage(resource.RUSAGE_THREAD).ru_nvcsw > r0
+                if close:
+                    self.close_ms = max(self.close_ms, ms)
+                else:
+                    self.connect_ms = max(self.connect_ms, ms)
+                    if slept:
+                        self.connect_slept_ms = max(self.connect_slept_ms, ms)
+        return call
+
+    def install(self):
+        pg = psycopg.pq.PGconn
+        if psycopg.pq.__impl__ != "python":
+            return  # the C implementation's methods cannot be wrapped
+        pg.connect_start = staticmethod(self.timed(pg.connect_start))
+        pg.connect_poll = self.timed(pg.connect_poll)
+        pg.finish = self.timed(pg.finish, close=True)
+        for prop in ("socket", "status"):
+            setattr(pg, prop, property(self.timed(getattr(pg, prop).fget)))
+
+
+calls = CallTimes()
+calls.install()
 slow = SlowCallbacks()
 logging.getLogger("asyncio").addHandler(slow)
 logging.getLogger("asyncio").propagate = False
@@ -97,7 +146,10 @@ async def main():
     res.update(elapsed_s=round(elapsed, 3), ticks=len(lags),
                lag_ms={"p50": pct(lags, 0.5), "p99": pct(lags, 0.99),
                        "max": round(max(lags), 2) if lags else None},
-               blocked_ms=round(max(slow.ms), 2) if slow.ms else 0.0)
+               blocked_ms=round(max(slow.ms), 2) if slow.ms else 0.0, blocked_by=slow.worst,
+               connect_call_ms=round(calls.connect_ms, 2),
+               connect_slept_ms=round(calls.connect_slept_ms, 2), close_ms=round(calls.close_ms, 2),
+               impl=psycopg.pq.__impl__)
     print(json.dumps(res))
 
 
