@@ -1107,8 +1107,9 @@ static void *waiter_main(void *arg)
                 atomic_store(&wt->over, 1);
                 signal_fd(wt->peer);
         }
-        /* granted: the real socket's readiness becomes the descriptor's */
-        while (rc == 0 && !atomic_load(&wt->cancelled)) {
+        /* until the connect is over, the real socket's readiness becomes the
+         * descriptor's (after a timeout the connect stops the thread) */
+        while (!atomic_load(&wt->cancelled)) {
                 struct epoll_event ev;
                 int n = epoll_wait(wt->pfd, &ev, 1, -1);
                 if (n < 0 && errno != EINTR)
@@ -1428,12 +1429,23 @@ static int pending_poll(struct ds_call *c, struct ds_conn *e)
                 wt->counted = 0;
         }
         drain_fd(wt->efd);
-        if (rc == 0) {
-                ds_conns_lock();
-                e->leased = 1;
-                e->lease.h = h;
-                e->lease.ref = ref;
-                ds_conns_unlock();
+        if (rc != 0 && rc != -ETIMEDOUT && !cfg.closed) {
+                /* the pool failed under the wait (a repair dropped it): as a
+                 * blocking connect would, pass through uncounted */
+                char why2[300];
+                snprintf(why2, sizeof(why2),
+                         "cannot take a connection slot from segment \"%s\": %s", cfg.segment,
+                         strerror(-rc));
+                warn_open(why2);
+        }
+        if (rc == 0 || (rc != -ETIMEDOUT && !cfg.closed)) {
+                if (rc == 0) {
+                        ds_conns_lock();
+                        e->leased = 1;
+                        e->lease.h = h;
+                        e->lease.ref = ref;
+                        ds_conns_unlock();
+                }
                 int (*reset_start)(PGconn *) = e->lib->fn[DS_ID_PQresetStart];
                 if (!reset_start || !reset_start((PGconn *)e->conn)) {
                         pending_done(e);
@@ -1452,7 +1464,8 @@ static int pending_poll(struct ds_call *c, struct ds_conn *e)
                 snprintf(msg, sizeof(msg), "dynshim: %s", why);
         else
                 snprintf(msg, sizeof(msg),
-                         "dynshim: cannot take a connection slot from segment \"%s\": %s",
+                         "dynshim: cannot take a connection slot from segment \"%s\": %s "
+                         "(DYNSHIM_ON_ERROR=closed)",
                          cfg.segment, strerror(-rc));
         set_error(e, msg);
         ds_log(DS_LOG_INFO, "%s", msg);
