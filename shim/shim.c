@@ -1561,6 +1561,8 @@ static int begin_reset(struct ds_call *c)
         struct ds_conn *e = c->entry;
         if (!e)
                 return 1;
+        if (e->pend)
+                pending_close(e); /* a reset starts the connect over (a child's: its own) */
         if (e->owner != getpid()) {
                 neutralize_socket(e);
                 ds_conns_lock();
@@ -1568,8 +1570,6 @@ static int begin_reset(struct ds_call *c)
                 e->leased = 0;
                 ds_conns_unlock();
         }
-        if (e->pend)
-                pending_close(e); /* a reset starts the connect over */
         int st = settle(e);
         if (st == DS_CONN_RELEASED && e->owner == getpid() && c->kind == DS_KIND_RESET_START &&
             atomic_compare_exchange_strong(&e->rstate, &st, DS_CONN_REVIVING)) {

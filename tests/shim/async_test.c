@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -441,10 +442,61 @@ static void reset_start_waits_through_descriptor(void)
         PQfinish(a);
 }
 
+/* A forked child cannot carry on its parent's waiting connect: its poll
+ * fails with the shim's message, and neither that nor its PQfinish
+ * withdraws the parent's waits, which are then granted in order. */
+static void fork_child_leaves_parents_waiting_connect(void)
+{
+        make_pool(1, 30000);
+        PGconn *a = PQconnectdb(APP);
+        CHECK(PQstatus(a) == CONNECTION_OK, "connect: %s", PQerrorMessage(a));
+        PGconn *b = PQconnectStart(APP);
+        CHECK(b && PQstatus(b) == CONNECTION_STARTED, "waiting connect's status");
+        PGconn *b2 = PQconnectStart(APP);
+        CHECK(b2 && PQstatus(b2) == CONNECTION_STARTED, "second waiting connect's status");
+        CHECK(view().waiting == 2, "waiting %u", view().waiting);
+        fflush(NULL);
+        pid_t kid = fork();
+        CHECK(kid >= 0, "fork");
+        if (kid == 0) {
+                int bad = PQconnectPoll(b) != PGRES_POLLING_FAILED ||
+                          strncmp(PQerrorMessage(b), "dynshim: ", 9) != 0;
+                PQfinish(b);
+                PQfinish(b2);
+                _exit(bad ? 3 : 0);
+        }
+        int st;
+        CHECK(waitpid(kid, &st, 0) == kid && WIFEXITED(st), "child died");
+        CHECK(WEXITSTATUS(st) == 0, "the child's poll of the parent's wait did not fail as the "
+                                    "shim's");
+        struct pool_view v = view();
+        CHECK(v.held == 1 && v.waiting == 2, "after the child: held %u waiting %u", v.held,
+              v.waiting);
+        PQfinish(a); /* the slot goes to b, the oldest wait */
+        PostgresPollingStatusType ps = PGRES_POLLING_WRITING;
+        for (double end = now_s() + 20; ps != PGRES_POLLING_FAILED && ps != PGRES_POLLING_OK;) {
+                CHECK(now_s() < end, "the parent's waiting connect got no slot");
+                struct pollfd p = {PQsocket(b), ps == PGRES_POLLING_READING ? POLLIN : POLLOUT, 0};
+                poll(&p, 1, 1000);
+                ps = PQconnectPoll(b);
+        }
+        CHECK(ps == PGRES_POLLING_OK, "the parent's connect: %s", PQerrorMessage(b));
+        v = view();
+        CHECK(v.held == 1 && v.waiting == 1, "held %u waiting %u (b2 still waits)", v.held,
+              v.waiting);
+        PQfinish(b);  /* the slot goes to b2's wait */
+        PQfinish(b2); /* withdrawn after its grant: the slot goes back */
+        v = view();
+        CHECK(v.held == 0 && v.waiting == 0, "held %u waiting %u", v.held, v.waiting);
+        char why[256];
+        CHECK(ds_check(coord, why, sizeof(why)) == 0, "invariants: %s", why);
+}
+
 static const struct {
         const char *name;
         void (*run)(void);
 } cases[] = {
+    {"fork_child_leaves_parents_waiting_connect", fork_child_leaves_parents_waiting_connect},
     {"poll_loop_connects_beyond_pool_never_block", poll_loop_connects_beyond_pool_never_block},
     {"epoll_loop_one_registration_per_connect", epoll_loop_one_registration_per_connect},
     {"finish_withdraws_waiting_connect", finish_withdraws_waiting_connect},
