@@ -955,6 +955,7 @@ static long new_lease(ds_handle *h, const struct ds_proc *p, uint64_t now)
                 id = H->next_lease_id++;
         l->proc = h->proc_idx;
         l->scraper = p->scraper;
+        l->holds = 0;
         atomic_store_explicit(&l->backend_pid, 0, memory_order_relaxed);
         atomic_store_explicit(&l->backend_start, 0, memory_order_relaxed);
         l->id = id;
@@ -990,6 +991,36 @@ static void describe_deadlock(ds_handle *h, const struct ds_scraper *s, uint64_t
                  "first connection's transaction before opening the next",
                  s->name, (double)waited_ns / 1e9, h->hdr->held, h->hdr->cfg.pool_size, s->limit,
                  s->held);
+}
+
+/* After a connect queued and the grant pass did not serve it (under the
+ * lock): ask those who could free a slot for it, and look for a deadlock. */
+static void notify_waiting(ds_handle *h, uint64_t now)
+{
+        notify_surplus(h);
+        notify_parked(h);
+        notify_handover(h);
+        check_deadlock(h, now);
+}
+
+/* The periodic look of a waiter, one at a time across the pool (every
+ * `every` ns): dead processes, time-driven limits, the grant pass, slots
+ * owed, a deadlock. */
+static void waiter_sweep(ds_handle *h, uint64_t every)
+{
+        struct ds_header *H = h->hdr;
+        uint64_t t = ds_now_ns();
+        uint64_t last = atomic_load(&H->last_sweep_ns);
+        if (t - last < every || !atomic_compare_exchange_strong(&H->last_sweep_ns, &last, t) ||
+            ds_lock(h) != 0)
+                return;
+        sweep_dead(h);
+        recompute_limits(h, t);
+        grant_waiters(h, t, -1);
+        notify_surplus(h);
+        notify_handover(h);
+        check_deadlock(h, t);
+        ds_unlock(h);
 }
 
 int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char *why,
@@ -1048,12 +1079,8 @@ int ds_acquire_ex(ds_handle *h, uint32_t timeout_ms, unsigned flags, struct ds_l
             t0 - atomic_load(&H->last_sweep_ns) >= SWEEP_INTERVAL_NS / 10)
                 sweep_dead(h);
         grant_waiters(h, t0, -1);
-        if (atomic_load(&l->wake) == 0) {
-                notify_surplus(h);
-                notify_parked(h);
-                notify_handover(h);
-                check_deadlock(h, t0);
-        }
+        if (atomic_load(&l->wake) == 0)
+                notify_waiting(h, t0);
         ds_unlock(h);
 
         /* A granter stores HELD, then 1 into the wake word, then wakes us: a
@@ -1082,20 +1109,7 @@ int ds_acquire_ex(ds_handle *h, uint32_t timeout_ms, unsigned flags, struct ds_l
                         goto granted;
                 if (w == 3)
                         break;
-                t = ds_now_ns();
-                uint64_t last = atomic_load(&H->last_sweep_ns);
-                if (t - last >= every &&
-                    atomic_compare_exchange_strong(&H->last_sweep_ns, &last, t)) {
-                        if (ds_lock(h) == 0) {
-                                sweep_dead(h);
-                                recompute_limits(h, t);
-                                grant_waiters(h, t, -1);
-                                notify_surplus(h);
-                                notify_handover(h);
-                                check_deadlock(h, t);
-                                ds_unlock(h);
-                        }
-                }
+                waiter_sweep(h, every);
         }
         /* Timed out, or failed to break a deadlock: withdraw under the
          * lock, unless granted meanwhile. */
@@ -2076,4 +2090,169 @@ void ds_inflight_add(ds_handle *h, int delta)
                         break;
                 }
         }
+}
+
+/* ---- waits that do not block the caller ---- */
+
+int ds_acquire_start(ds_handle *h, uint32_t timeout_ms, struct ds_wait *w, struct ds_lease_ref *out)
+{
+        uint64_t now = now_coarse_ns();
+        int rc = lock_registered(h, now);
+        if (rc)
+                return rc;
+        struct ds_header *H = h->hdr;
+        struct ds_proc *p = &h->procs[h->proc_idx];
+        if (p->scraper >= h->cap.max_scrapers) {
+                ds_unlock(h);
+                return -EPROTO;
+        }
+        struct ds_scraper *s = &h->scrapers[p->scraper];
+        if (timeout_ms == UINT32_MAX)
+                timeout_ms = H->cfg.wait_timeout_ms;
+        atomic_store_explicit(&p->last_activity_ns, now, memory_order_relaxed);
+        atomic_store_explicit(&s->last_activity_ns, now, memory_order_relaxed);
+        s->last_used_ns = now;
+        long li = new_lease(h, p, now);
+        if (li < 0) {
+                ds_unlock(h);
+                return -ENOSPC;
+        }
+        struct ds_lease *l = &h->leases[li];
+        uint64_t id = l->id;
+        uint32_t unfilled = recompute_limits(h, now);
+        if (H->waiting == 0 &&
+            ds_policy_may_grant_reserved(grant_cap(h), H->held, unfilled_others(s, unfilled),
+                                         s->held, s->limit)) {
+                mark_held(h, p, s, l);
+                ds_unlock(h);
+                out->idx = (uint32_t)li;
+                out->id = id;
+                return 0;
+        }
+        /* queued exactly as ds_acquire queues a blocking connect */
+        uint64_t t0 = ds_now_ns();
+        l->since_ns = t0;
+        l->ticket = H->next_ticket++;
+        atomic_store(&l->wake, 0);
+        atomic_store(&l->state, DS_LEASE_WAITING);
+        H->waiting++, s->waiting++, p->waiting++;
+        recompute_limits(h, now);
+        if (H->held >= H->cfg.pool_size &&
+            t0 - atomic_load(&H->last_sweep_ns) >= SWEEP_INTERVAL_NS / 10)
+                sweep_dead(h);
+        grant_waiters(h, t0, -1);
+        if (atomic_load(&l->wake) == 0)
+                notify_waiting(h, t0);
+        ds_unlock(h);
+        w->ref.idx = (uint32_t)li;
+        w->ref.id = id;
+        w->t0 = t0;
+        w->deadline = t0 + (uint64_t)timeout_ms * 1000000ull;
+        w->timeout_ms = timeout_ms;
+        return -EINPROGRESS;
+}
+
+int ds_acquire_wait(ds_handle *h, const struct ds_wait *w, uint32_t max_ms)
+{
+        if (w->ref.idx >= h->cap.max_leases)
+                return -EINVAL;
+        struct ds_header *H = h->hdr;
+        struct ds_lease *l = &h->leases[w->ref.idx];
+        if (atomic_load(&l->wake) == 1)
+                return 0;
+        uint64_t t = ds_now_ns();
+        if (t >= w->deadline)
+                return -ETIMEDOUT;
+        uint64_t every = atomic_load_explicit(&H->draining, memory_order_relaxed)
+                             ? DRAIN_POLL_NS
+                             : SWEEP_INTERVAL_NS;
+        uint64_t slice = (uint64_t)max_ms * 1000000ull;
+        if (slice > every)
+                slice = every;
+        if (slice > w->deadline - t)
+                slice = w->deadline - t;
+        struct timespec ts = {(time_t)(slice / 1000000000ull), (long)(slice % 1000000000ull)};
+        futex(&l->wake, FUTEX_WAIT, 0, &ts);
+        if (atomic_load(&l->wake) == 1)
+                return 0;
+        /* the periodic look a blocking waiter takes */
+        waiter_sweep(h, every);
+        if (atomic_load(&l->wake) == 1)
+                return 0;
+        return ds_now_ns() >= w->deadline ? -ETIMEDOUT : -EINPROGRESS;
+}
+
+void ds_acquire_poke(ds_handle *h, const struct ds_wait *w)
+{
+        if (w->ref.idx < h->cap.max_leases)
+                futex(&h->leases[w->ref.idx].wake, FUTEX_WAKE, INT_MAX, NULL);
+}
+
+int ds_acquire_end(ds_handle *h, struct ds_wait *w, int cancel, struct ds_lease_ref *out, char *why,
+                   size_t whylen)
+{
+        if (w->ref.idx >= h->cap.max_leases || w->ref.id == 0)
+                return -EINVAL;
+        struct ds_lease *l = &h->leases[w->ref.idx];
+        uint64_t id = w->ref.id;
+        if (atomic_load(&l->wake) == 1 && !cancel) {
+                *out = w->ref;
+                w->ref.id = 0;
+                return 0;
+        }
+        if (!cancel && ds_now_ns() < w->deadline)
+                return -EINPROGRESS;
+        int rc = ds_lock(h);
+        if (rc) {
+                /* no lock: give the wait up through its word; a granter (or
+                 * the repair) frees the abandoned lease */
+                uint32_t zero = 0;
+                if (!atomic_compare_exchange_strong(&l->wake, &zero, 2) &&
+                    atomic_load(&l->wake) == 1) {
+                        w->ref.id = 0;
+                        if (!cancel) {
+                                *out = (struct ds_lease_ref){w->ref.idx, id};
+                                return 0;
+                        }
+                        struct ds_lease_ref r = {w->ref.idx, id};
+                        ds_release(h, &r);
+                        return -ECANCELED;
+                }
+                w->ref.id = 0;
+                return rc;
+        }
+        w->ref.id = 0;
+        struct ds_header *H = h->hdr;
+        if (l->id != id) {
+                ds_unlock(h);
+                return -ESTALE; /* dropped by a repair or with the process */
+        }
+        if (atomic_load(&l->wake) == 1) {
+                ds_unlock(h);
+                struct ds_lease_ref r = {w->ref.idx, id};
+                if (!cancel) {
+                        *out = r;
+                        return 0;
+                }
+                ds_release(h, &r); /* granted meanwhile: the slot goes to the next waiter */
+                return -ECANCELED;
+        }
+        struct ds_proc *p = &h->procs[l->proc < h->cap.max_procs ? l->proc : 0];
+        struct ds_scraper *s = &h->scrapers[l->scraper < h->cap.max_scrapers ? l->scraper : 0];
+        H->waiting--, s->waiting--, p->waiting--;
+        free_lease(h, w->ref.idx);
+        uint64_t t = ds_now_ns();
+        if (!cancel) {
+                s->timeouts++;
+                s->waits++;
+                s->wait_ns_total += t - w->t0;
+                if (t - w->t0 > s->wait_ns_max)
+                        s->wait_ns_max = t - w->t0;
+        }
+        recompute_limits(h, t);
+        if (!cancel)
+                describe_full(h, s, w->timeout_ms, why, whylen);
+        grant_waiters(h, t, -1);
+        ds_unlock(h);
+        return cancel ? -ECANCELED : -ETIMEDOUT;
 }

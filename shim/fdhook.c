@@ -74,8 +74,10 @@ DS_EXPORT int socket(int domain, int type, int protocol)
 {
         if (__builtin_expect(fd_mode == 0, 1))
                 return real_socket(domain, type, protocol);
-        if (fd_mode == DS_FDHOOK_RELEASE) {
-                errno = EMFILE; /* the reconnect of a release stops here */
+        if (fd_mode == DS_FDHOOK_RELEASE || fd_mode == DS_FDHOOK_NOSOCKET) {
+                if (fd_mode == DS_FDHOOK_NOSOCKET)
+                        fd_kept = 1; /* asked: the connect got as far as its socket */
+                errno = EMFILE;      /* the reconnect of a release stops here */
                 return -1;
         }
         int s = real_socket(domain, type, protocol);

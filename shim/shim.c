@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -221,7 +223,7 @@ static void warn_open(const char *why)
                 ds_log(DS_LOG_WARN, "%s; passing connections through (DYNSHIM_ON_ERROR=open)", why);
 }
 
-enum { GRANTED = 0, PASS = 1, REFUSED = -1 };
+enum { GRANTED = 0, PASS = 1, REFUSED = -1, WAITING = 2 };
 
 /* 1 if the calling thread, about to wait for a slot, holds one that it
  * cannot give back meanwhile: the connection it made its last call on is
@@ -772,7 +774,8 @@ static int enter_conn(struct ds_call *c, struct ds_conn *e)
 {
         for (;;) {
                 int s = settle(e);
-                if (s == DS_CONN_OPEN || c->kind == DS_KIND_GETTER || c->kind == DS_KIND_ERRMSG)
+                if (s == DS_CONN_OPEN || s == DS_CONN_PENDING || c->kind == DS_KIND_GETTER ||
+                    c->kind == DS_KIND_ERRMSG)
                         return s;
                 if (atomic_compare_exchange_strong(&e->rstate, &s, DS_CONN_REVIVING)) {
                         revive(c, e);
@@ -1111,6 +1114,455 @@ static void register_advice(ds_handle *h)
         ds_set_advice_handler(h, advice_handler, h, 1000);
 }
 
+static void end_connect(struct ds_call *c);
+static int keep_params(struct ds_conn *e, const struct ds_call *c);
+
+/* ---- non-blocking connects: the wait for a slot goes through the loop ---- */
+
+/* PQconnectStart, PQconnectStartParams and PQresetStart never wait for a
+ * slot. When none is free, the connection is created by the real function
+ * with socket() refused (DS_FDHOOK_NOSOCKET: nothing reaches the server;
+ * the PGconn keeps its parameters), and the wait is queued in the pool like
+ * any other (ds_acquire_start). PQsocket then gives the program one end of
+ * a socket pair, its descriptor for the whole connect: a socket (bindings
+ * such as ruby-pg wrap it in a socket object), writable (the first wait
+ * libpq documents is for writing), readable when PQconnectPoll has work.
+ * A waiter thread sleeps on the pool's wait and makes it readable at the
+ * grant or the deadline; once granted, the connect is started with the
+ * real PQresetStart, and the thread watches the real socket (one-shot, for
+ * the direction libpq waits for) and makes the descriptor readable when it is
+ * ready. PQconnectPoll therefore answers PGRES_POLLING_READING until the
+ * connect is over. One file description for the whole connect: loops that
+ * register it once (epoll without re-adding, libuv poll handles) work as
+ * well as loops that ask PQsocket at every step. Once connected, PQsocket
+ * gives the real socket; the pair keeps its number, never readable
+ * again, until PQfinish, so a registration the program has not removed yet
+ * never points at a number reused by something else. */
+
+struct ds_waiter {
+        _Atomic int refs;      /* the pending connect and the thread */
+        _Atomic int cancelled; /* stop: the connect is over or withdrawn */
+        _Atomic int over;      /* granted, or the deadline passed */
+        int efd;               /* the program's descriptor (a socket) */
+        int peer;              /* its peer: a byte written there makes efd readable */
+        int pfd;               /* epoll: the real socket (one-shot) and stopfd */
+        int stopfd;            /* eventfd: tells the thread to end */
+        ds_handle *h;
+        struct ds_wait w;
+};
+
+enum { PEND_WAITING, PEND_CONNECTING, PEND_DONE };
+
+struct ds_pending {
+        int phase; /* PEND_* */
+        int sock;  /* the real socket registered in wt->pfd, or -1 */
+        struct ds_waiter *wt;
+};
+
+static void waiter_unref(struct ds_waiter *wt)
+{
+        if (atomic_fetch_sub(&wt->refs, 1) == 1) {
+                close(wt->efd);
+                close(wt->peer);
+                close(wt->pfd);
+                close(wt->stopfd);
+                free(wt);
+        }
+}
+
+/* Makes an eventfd, or the program's descriptor (through its peer),
+ * readable. */
+static void signal_fd(int fd)
+{
+        uint64_t one = 1;
+        ssize_t n = write(fd, &one, sizeof(one));
+        (void)n;
+}
+
+static void *waiter_main(void *arg)
+{
+        struct ds_waiter *wt = arg;
+        int rc = -EINPROGRESS;
+        while (!atomic_load(&wt->cancelled) && rc == -EINPROGRESS)
+                rc = ds_acquire_wait(wt->h, &wt->w, 1000);
+        if (!atomic_load(&wt->cancelled)) {
+                atomic_store(&wt->over, 1);
+                signal_fd(wt->peer);
+        }
+        /* until the connect is over, the real socket's readiness becomes the
+         * descriptor's (after a timeout the connect stops the thread) */
+        while (!atomic_load(&wt->cancelled)) {
+                struct epoll_event ev;
+                int n = epoll_wait(wt->pfd, &ev, 1, -1);
+                if (n < 0 && errno != EINTR)
+                        break;
+                if (n == 1 && ev.data.fd != wt->stopfd)
+                        signal_fd(wt->peer);
+        }
+        waiter_unref(wt);
+        return NULL;
+}
+
+static int new_eventfd(void)
+{
+        return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+/* A thread that waits on w for the program; NULL if none can be started. */
+static struct ds_waiter *start_waiter(ds_handle *h, const struct ds_wait *w)
+{
+        struct ds_waiter *wt = calloc(1, sizeof(*wt));
+        if (!wt)
+                return NULL;
+        /* a socket, as bindings that wrap PQsocket in a socket object need */
+        int sv[2] = {-1, -1};
+        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) != 0)
+                sv[0] = sv[1] = -1;
+        wt->efd = sv[0];
+        wt->peer = sv[1];
+        wt->stopfd = new_eventfd();
+        wt->pfd = epoll_create1(EPOLL_CLOEXEC);
+        struct epoll_event ev = {.events = EPOLLIN, .data.fd = wt->stopfd};
+        if (wt->efd < 0 || wt->stopfd < 0 || wt->pfd < 0 ||
+            epoll_ctl(wt->pfd, EPOLL_CTL_ADD, wt->stopfd, &ev) != 0) {
+                close(wt->efd);
+                close(wt->peer);
+                close(wt->stopfd);
+                close(wt->pfd);
+                free(wt);
+                return NULL;
+        }
+        wt->h = h;
+        wt->w = *w;
+        atomic_store(&wt->refs, 2);
+        pthread_attr_t a;
+        pthread_t tid;
+        sigset_t all, old;
+        pthread_attr_init(&a);
+        pthread_attr_setstacksize(&a, 64 * 1024);
+        pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        int rc = pthread_create(&tid, &a, waiter_main, wt);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pthread_attr_destroy(&a);
+        if (rc) {
+                atomic_store(&wt->refs, 1);
+                waiter_unref(wt);
+                return NULL;
+        }
+        return wt;
+}
+
+/* Withdraws a queued wait: the pool frees the lease, or takes back a slot
+ * granted meanwhile. */
+static void cancel_wait(ds_handle *h, struct ds_wait *w)
+{
+        struct ds_lease_ref r;
+        int rc = ds_acquire_end(h, w, 1, &r, NULL, 0);
+        if (rc != -ECANCELED)
+                ds_debug("a withdrawn wait ended: %s", strerror(-rc));
+}
+
+/* Ends the waiter thread, withdrawing its wait if still queued (the
+ * process owns it). The descriptor stays (the record's reference). */
+static void stop_waiter(struct ds_waiter *wt)
+{
+        if (atomic_exchange(&wt->cancelled, 1))
+                return;
+        ds_acquire_poke(wt->h, &wt->w);
+        signal_fd(wt->stopfd);
+        if (wt->w.ref.id)
+                cancel_wait(wt->h, &wt->w);
+}
+
+/* Empties the program's descriptor: not readable until signalled again. */
+static void drain_fd(int fd)
+{
+        char buf[64];
+        while (read(fd, buf, sizeof(buf)) == (ssize_t)sizeof(buf))
+                ;
+}
+
+/* Arms the thread's watch of the connection's real socket for what libpq
+ * waits for (one-shot: one signal per PQconnectPoll). */
+static void watch_socket(struct ds_conn *e, PostgresPollingStatusType ps)
+{
+        struct ds_pending *pd = e->pend;
+        int pfd = pd->wt->pfd;
+        int fd = e->lib->socket(e->conn);
+        struct epoll_event ev = {.events = (ps == PGRES_POLLING_READING ? EPOLLIN : EPOLLOUT) |
+                                           EPOLLONESHOT,
+                                 .data.fd = fd};
+        if (fd != pd->sock && pd->sock >= 0)
+                epoll_ctl(pfd, EPOLL_CTL_DEL, pd->sock, NULL); /* may be gone already */
+        /* a new socket may reuse the old number: MOD fails, ADD then */
+        if (fd >= 0 && (fd != pd->sock || epoll_ctl(pfd, EPOLL_CTL_MOD, fd, &ev) != 0) &&
+            epoll_ctl(pfd, EPOLL_CTL_ADD, fd, &ev) != 0 && errno == EEXIST)
+                epoll_ctl(pfd, EPOLL_CTL_MOD, fd, &ev);
+        pd->sock = fd;
+}
+
+/* The connect is over (connected or failed): the real socket is the
+ * connection's descriptor from now on; the pair stays until PQfinish. */
+static void pending_done(struct ds_conn *e)
+{
+        struct ds_pending *pd = e->pend;
+        if (pd->sock >= 0)
+                epoll_ctl(pd->wt->pfd, EPOLL_CTL_DEL, pd->sock, NULL);
+        stop_waiter(pd->wt);
+        drain_fd(pd->wt->efd);
+        pd->sock = -1;
+        pd->phase = PEND_DONE;
+        stamp_connected(e);
+        atomic_store(&e->rstate, DS_CONN_OPEN);
+}
+
+/* At PQfinish or a reset: withdraws a wait still queued and frees e->pend.
+ * In a forked child the wait and the thread are the parent's: only the
+ * child's copies of the descriptors go. */
+static void pending_close(struct ds_conn *e)
+{
+        struct ds_pending *pd = e->pend;
+        if (!pd)
+                return;
+        e->pend = NULL;
+        if (e->owner != getpid()) {
+                close(pd->wt->efd);
+                close(pd->wt->peer);
+                close(pd->wt->pfd);
+                close(pd->wt->stopfd);
+        } else {
+                stop_waiter(pd->wt);
+                waiter_unref(pd->wt);
+        }
+        free(pd);
+        if (atomic_load(&e->rstate) == DS_CONN_PENDING)
+                atomic_store(&e->rstate, DS_CONN_OPEN);
+}
+
+/* Takes a slot if one is free now: GRANTED, PASS, REFUSED as acquire, or
+ * WAITING with the wait queued in c->wait (on c->wait_h). */
+static int acquire_nowait(struct ds_call *c, char *msg, size_t len)
+{
+        char why[512] = "";
+        ds_handle *h = current_coord(NULL, why, sizeof(why));
+        if (!h)
+                return acquire(c, msg, len); /* no pool: nothing to wait for */
+        int rc = ds_acquire_start(h, cfg.timeout_ms, &c->wait, &c->lease.ref);
+        if (rc == -ESTALE) {
+                h = current_coord(h, why, sizeof(why));
+                if (!h)
+                        return acquire(c, msg, len);
+                rc = ds_acquire_start(h, cfg.timeout_ms, &c->wait, &c->lease.ref);
+        }
+        if (rc == 0) {
+                c->lease.h = h;
+                c->leased = 1;
+                return GRANTED;
+        }
+        if (rc == -EINPROGRESS) {
+                c->wait_h = h;
+                return WAITING;
+        }
+        snprintf(why, sizeof(why), "cannot take a connection slot from segment \"%s\": %s",
+                 cfg.segment, strerror(-rc));
+        if (cfg.closed) {
+                snprintf(msg, len, "dynshim: %s (DYNSHIM_ON_ERROR=closed)", why);
+                return REFUSED;
+        }
+        warn_open(why);
+        return PASS;
+}
+
+/* Gives e (a connection with nothing sent, CONNECTION_BAD) the wait queued
+ * in c: its descriptor and waiter thread. 0, or -1 (nothing changed; the
+ * caller withdraws the wait). */
+static int make_pending(struct ds_call *c, struct ds_conn *e)
+{
+        struct ds_pending *pd = calloc(1, sizeof(*pd));
+        if (!pd)
+                return -1;
+        pd->sock = -1;
+        pd->phase = PEND_WAITING;
+        pd->wt = start_waiter(c->wait_h, &c->wait);
+        if (!pd->wt) {
+                free(pd);
+                return -1;
+        }
+        e->pend = pd;
+        atomic_store(&e->rstate, DS_CONN_PENDING);
+        return 0;
+}
+
+/* PQconnectStart/PQconnectStartParams without a free slot: the connection,
+ * created without reaching the server, waiting. 1 if c->out.conn is the
+ * result; 0 if the wait was withdrawn and the caller connects the blocking
+ * way (c->leased from acquire, or refused in msg). */
+static int pending_connect(struct ds_call *c, char *msg, size_t len, int *refused)
+{
+        PGconn *conn;
+        ds_fdhook_begin(DS_FDHOOK_NOSOCKET, -1);
+        if (c->id == DS_ID_PQconnectStart)
+                conn = ((PGconn * (*)(const char *)) c->real)(c->args.conninfo);
+        else
+                conn = ((PGconn * (*)(const char *const *, const char *const *, int))
+                            c->real)(c->args.keywords, c->args.values, c->args.expand_dbname);
+        int asked = ds_fdhook_end();
+        int bad = status_bad(c, conn);
+        if (conn && bad && !asked) {
+                /* failed before any socket (bad parameters, unknown host):
+                 * it needs no slot */
+                cancel_wait(c->wait_h, &c->wait);
+                c->out.conn = conn;
+                end_connect(c);
+                return 1;
+        }
+        struct ds_conn *e = conn && bad ? new_entry(c, conn) : NULL;
+        int ok = e && keep_params(e, c) == 0 && make_pending(c, e) == 0;
+        if (ok && ds_conn_add(e) == 0) {
+                ds_debug("%s: no free slot; the connect waits through its descriptor %d",
+                         ds_fn_names[c->id], e->pend->wt->efd);
+                c->out.conn = conn;
+                return 1;
+        }
+        if (ok)
+                pending_close(e); /* withdraws the wait */
+        else
+                cancel_wait(c->wait_h, &c->wait);
+        /* No memory, descriptor or thread (or a libpq whose socket calls do
+         * not reach the shim, connecting for real already): withdrawn; the
+         * connect waits the blocking way. */
+        ds_conn_free(e);
+        if (conn && c->lib->fn[DS_ID_PQfinish])
+                ((void (*)(PGconn *))c->lib->fn[DS_ID_PQfinish])(conn);
+        ds_log(DS_LOG_INFO, "a non-blocking connect could not wait through its descriptor; "
+                            "it waits for its slot in the call");
+        *refused = acquire(c, msg, len) == REFUSED;
+        return 0;
+}
+
+/* PQresetStart without a free slot: the old connection closed and the new
+ * one stopped at its socket, waiting like a connect. 1: waiting; -1: the
+ * reset failed before any socket (its result is 0); 0: the wait was
+ * withdrawn, and the caller waits the blocking way. */
+static int pending_reset(struct ds_call *c, struct ds_conn *e)
+{
+        int (*start)(PGconn *) = c->real;
+        ds_fdhook_begin(DS_FDHOOK_NOSOCKET, -1);
+        int r = start((PGconn *)e->conn);
+        int asked = ds_fdhook_end();
+        int bad = status_bad(c, e->conn);
+        if (asked && bad && make_pending(c, e) == 0) {
+                ds_conns_lock();
+                free(e->error);
+                e->error = NULL;
+                ds_conns_unlock();
+                ds_debug("PQresetStart: no free slot; the reset waits through descriptor %d",
+                         e->pend->wt->efd);
+                return 1;
+        }
+        cancel_wait(c->wait_h, &c->wait);
+        return !asked && bad && !r ? -1 : 0;
+}
+
+/* PQconnectPoll/PQresetPoll on a connect that waited (e->pend, not done).
+ * Returns 1 when the real function must run (connecting); else c->out.poll
+ * is the answer. */
+static int pending_poll(struct ds_call *c, struct ds_conn *e)
+{
+        struct ds_pending *pd = e->pend;
+        c->skip = 1;
+        if (e->owner != getpid()) {
+                char msg[200];
+                snprintf(msg, sizeof(msg),
+                         "dynshim: a connect waiting for a slot in process %d cannot go on in "
+                         "its child %d",
+                         (int)e->owner, (int)getpid());
+                set_error(e, msg);
+                c->out.poll = PGRES_POLLING_FAILED;
+                return 0;
+        }
+        if (pd->phase == PEND_CONNECTING) {
+                drain_fd(pd->wt->efd); /* signalled again when the socket is ready */
+                c->skip = 0;
+                return 1;
+        }
+        struct ds_waiter *wt = pd->wt;
+        if (!atomic_load(&wt->over)) {
+                c->out.poll = PGRES_POLLING_READING;
+                return 0;
+        }
+        char why[512] = "", msg[600];
+        struct ds_lease_ref ref;
+        ds_handle *h = wt->h;
+        int rc = ds_acquire_end(h, &wt->w, 0, &ref, why, sizeof(why));
+        if (rc == -EINPROGRESS) { /* cannot be: over means granted or timed out */
+                c->out.poll = PGRES_POLLING_READING;
+                return 0;
+        }
+        drain_fd(wt->efd);
+        if (rc != 0 && rc != -ETIMEDOUT && !cfg.closed) {
+                /* the pool failed under the wait (a repair dropped it): as a
+                 * blocking connect would, pass through uncounted */
+                char why2[300];
+                snprintf(why2, sizeof(why2),
+                         "cannot take a connection slot from segment \"%s\": %s", cfg.segment,
+                         strerror(-rc));
+                warn_open(why2);
+        }
+        if (rc == 0 || (rc != -ETIMEDOUT && !cfg.closed)) {
+                if (rc == 0) {
+                        ds_conns_lock();
+                        e->leased = 1;
+                        e->lease.h = h;
+                        e->lease.ref = ref;
+                        ds_conns_unlock();
+                }
+                int (*reset_start)(PGconn *) = e->lib->fn[DS_ID_PQresetStart];
+                if (!reset_start || !reset_start((PGconn *)e->conn)) {
+                        pending_done(e);
+                        drop_lease(e);
+                        c->out.poll = PGRES_POLLING_FAILED;
+                        return 0;
+                }
+                pd->phase = PEND_CONNECTING;
+                /* started: libpq's first wait is to write (its connect()) */
+                watch_socket(e, PGRES_POLLING_WRITING);
+                ds_debug("a waiting connect got its slot; connecting on socket %d", pd->sock);
+                c->out.poll = PGRES_POLLING_READING;
+                return 0;
+        }
+        if (rc == -ETIMEDOUT)
+                snprintf(msg, sizeof(msg), "dynshim: %s", why);
+        else
+                snprintf(msg, sizeof(msg),
+                         "dynshim: cannot take a connection slot from segment \"%s\": %s "
+                         "(DYNSHIM_ON_ERROR=closed)",
+                         cfg.segment, strerror(-rc));
+        set_error(e, msg);
+        ds_log(DS_LOG_INFO, "%s", msg);
+        pending_done(e);
+        c->out.poll = PGRES_POLLING_FAILED;
+        return 0;
+}
+
+/* After the real PQconnectPoll of a granted connect: the descriptor
+ * follows what libpq waits for; the end of the connect ends the proxy. */
+static void pending_polled(struct ds_call *c, struct ds_conn *e)
+{
+        PostgresPollingStatusType ps = c->out.poll;
+        if (ps == PGRES_POLLING_READING || ps == PGRES_POLLING_WRITING) {
+                watch_socket(e, ps);
+                /* the descriptor is always writable: readable is its signal */
+                c->out.poll = PGRES_POLLING_READING;
+                return;
+        }
+        pending_done(e);
+        if (ps == PGRES_POLLING_OK && e->leased)
+                register_advice(e->lease.h);
+}
+
 /* ---- begin / end ---- */
 
 static long missing_function(void)
@@ -1152,7 +1604,16 @@ static int begin_connect(struct ds_call *c)
                 c->skip = 1;
                 return 0;
         }
-        int a = acquire(c, msg, sizeof(msg));
+        int a = c->kind == DS_KIND_START ? acquire_nowait(c, msg, sizeof(msg))
+                                         : acquire(c, msg, sizeof(msg));
+        if (a == WAITING) {
+                int refused = 0;
+                if (pending_connect(c, msg, sizeof(msg), &refused)) {
+                        c->skip = 1;
+                        return 0;
+                }
+                a = refused ? REFUSED : GRANTED;
+        }
         if (a != REFUSED)
                 return 1;
         if (c->kind == DS_KIND_PING) {
@@ -1172,6 +1633,8 @@ static int begin_reset(struct ds_call *c)
         struct ds_conn *e = c->entry;
         if (!e)
                 return 1;
+        if (e->pend)
+                pending_close(e); /* a reset starts the connect over (a child's: its own) */
         if (e->owner != getpid()) {
                 neutralize_socket(e);
                 ds_conns_lock();
@@ -1180,6 +1643,17 @@ static int begin_reset(struct ds_call *c)
                 ds_conns_unlock();
         }
         int st = settle(e);
+        if (st == DS_CONN_RELEASED && e->owner == getpid() && c->kind == DS_KIND_RESET_START &&
+            atomic_compare_exchange_strong(&e->rstate, &st, DS_CONN_REVIVING)) {
+                /* PQresetStart of a released connection: a reset like any
+                 * other (its socket may take a new number), which must not
+                 * wait for its slot in the call */
+                if (e->fd >= 0)
+                        close(e->fd);
+                e->fd = -1;
+                atomic_store(&e->rstate, DS_CONN_OPEN);
+                st = DS_CONN_OPEN;
+        }
         if (st == DS_CONN_RELEASED && e->owner == getpid() &&
             atomic_compare_exchange_strong(&e->rstate, &st, DS_CONN_REVIVING)) {
                 /* a reset of a released connection is its reconnect */
@@ -1190,7 +1664,17 @@ static int begin_reset(struct ds_call *c)
         if (e->leased)
                 return 1;
         char msg[1100];
-        int a = acquire(c, msg, sizeof(msg));
+        int a = c->kind == DS_KIND_RESET_START ? acquire_nowait(c, msg, sizeof(msg))
+                                               : acquire(c, msg, sizeof(msg));
+        if (a == WAITING) {
+                int p = pending_reset(c, e);
+                if (p != 0) {
+                        c->out.i = p > 0;
+                        c->skip = 1;
+                        return 0;
+                }
+                a = acquire(c, msg, sizeof(msg));
+        }
         if (a == REFUSED) {
                 set_error(e, msg);
                 c->out.i = 0;
@@ -1309,6 +1793,7 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                 if (c->entry) {
                         /* out of the table: wait for a release or reconnect to end */
                         struct ds_conn *e = c->entry;
+                        pending_close(e); /* a wait still queued is withdrawn */
                         int st = settle(e);
                         /* calls the life thread has not seen yet: the
                          * scraper's activity, which must not go with them */
@@ -1353,8 +1838,24 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                 if (!c->entry)
                         return 1;
                 c->busy = ds_conn_enter(c->entry);
-                if (enter_conn(c, c->entry) != DS_CONN_RELEASED)
+                switch (enter_conn(c, c->entry)) {
+                case DS_CONN_RELEASED:
+                        break;
+                case DS_CONN_PENDING:
+                        /* a connect in progress: its descriptor is the proxy */
+                        if (c->id == DS_ID_PQsocket) {
+                                c->out.i = c->entry->pend->wt->efd;
+                        } else if (c->id == DS_ID_PQstatus &&
+                                   c->entry->pend->phase == PEND_WAITING) {
+                                c->out.i = CONNECTION_STARTED;
+                        } else {
+                                return 1;
+                        }
+                        c->skip = 1;
+                        return 0;
+                default:
                         return 1;
+                }
                 /* released: what a healthy idle connection reports */
                 switch (c->id) {
                 case DS_ID_PQstatus:
@@ -1381,13 +1882,17 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                         c->skip = 1;
                         return 0;
                 }
-                if (enter_conn(c, c->entry) == DS_CONN_RELEASED) {
-                        c->out.str = empty_message;
+                int st = enter_conn(c, c->entry);
+                if (st == DS_CONN_RELEASED ||
+                    (st == DS_CONN_PENDING && c->entry->pend->phase == PEND_WAITING)) {
+                        c->out.str = empty_message; /* libpq's own says no socket */
                         c->skip = 1;
                         return 0;
                 }
                 return 1;
         case DS_KIND_POLL:
+                if (c->entry && c->entry->pend && c->entry->pend->phase != PEND_DONE)
+                        return pending_poll(c, c->entry);
                 return 1;
         }
         return 1;
@@ -1503,6 +2008,8 @@ void ds_end(struct ds_call *c)
                         release(&c->lease);
                 break;
         case DS_KIND_POLL:
+                if (e && e->pend && e->pend->phase == PEND_CONNECTING)
+                        pending_polled(c, e);
                 if (e && c->out.poll == PGRES_POLLING_FAILED)
                         drop_lease(e);
                 else if (e && c->out.poll == PGRES_POLLING_OK)

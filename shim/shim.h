@@ -133,6 +133,8 @@ struct ds_slot {
  * connection table; the fields below `conn` are changed only by the thread
  * that uses the connection (libpq connections are not shared between
  * threads without the application's own locking) or under the table lock. */
+struct ds_pending;
+
 struct ds_conn {
         const PGconn *conn;
         struct ds_lib *lib; /* the library that created it: every call goes there */
@@ -165,9 +167,14 @@ struct ds_conn {
         int events;           /* an event procedure was registered: never parked */
         uint64_t parked_ns;   /* while parked: when */
         struct ds_conn *park; /* while parked: the next in the process's list */
+        /* a non-blocking connect that waited for its slot (shim.c): NULL,
+         * or its descriptor and wait until PQfinish */
+        struct ds_pending *pend;
 };
 
-enum { DS_CONN_OPEN = 0, DS_CONN_RELEASING, DS_CONN_RELEASED, DS_CONN_REVIVING };
+/* PENDING: a non-blocking connect waiting for its slot or, granted,
+ * connecting through the descriptor it was given (e->pend). */
+enum { DS_CONN_OPEN = 0, DS_CONN_RELEASING, DS_CONN_RELEASED, DS_CONN_REVIVING, DS_CONN_PENDING };
 
 /* Calls fn(e, arg) for every connection record under the table lock. */
 void ds_conns_each(void (*fn)(struct ds_conn *e, void *arg), void *arg);
@@ -177,8 +184,10 @@ void ds_conns_each(void (*fn)(struct ds_conn *e, void *arg), void *arg);
 /* Within begin/end, on the calling thread: close(fd) puts a placeholder on
  * fd instead of freeing the number; socket() fails with EMFILE (RELEASE)
  * or returns its new socket moved onto fd (RECONNECT). end returns 1 if the
- * number was kept by a close or taken over by a socket. */
-enum { DS_FDHOOK_RELEASE = 1, DS_FDHOOK_RECONNECT = 2 };
+ * number was kept by a close or taken over by a socket. NOSOCKET: socket()
+ * fails with EMFILE, and end returns 1 if it was called (a connect that
+ * got as far as its socket, and sent nothing). */
+enum { DS_FDHOOK_RELEASE = 1, DS_FDHOOK_RECONNECT = 2, DS_FDHOOK_NOSOCKET = 3 };
 void ds_fdhook_begin(int mode, int fd);
 int ds_fdhook_end(void);
 int ds_fd_placeholder(int fd);
@@ -313,9 +322,11 @@ struct ds_call {
         struct ds_conn *entry;
         int leased;
         struct ds_slot lease;
-        ds_handle *coord; /* activity: the handle whose clock the return touches */
-        int busy;         /* how the call is inside entry (DS_IN_*), for ds_conn_leave */
-        int gone_fd;      /* finish: a duplicate of the socket, to see the backend go */
+        ds_handle *coord;    /* activity: the handle whose clock the return touches */
+        int busy;            /* how the call is inside entry (DS_IN_*), for ds_conn_leave */
+        int gone_fd;         /* finish: a duplicate of the socket, to see the backend go */
+        struct ds_wait wait; /* a non-blocking connect's queued wait */
+        ds_handle *wait_h;   /* and the handle it waits on */
         /* A connect's arguments as the caller passed them (not copied; set
          * by the wrapper before ds_begin, copied into the record by ds_end). */
         struct {

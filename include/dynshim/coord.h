@@ -83,6 +83,40 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
 int ds_acquire_ex(ds_handle *h, uint32_t timeout_ms, unsigned flags, struct ds_lease_ref *out,
                   char *why, size_t whylen);
 
+/* A wait for a slot that does not block the caller (an event-loop
+ * program's connect): the waiting lease, and when the wait gives up. */
+struct ds_wait {
+        struct ds_lease_ref ref; /* the waiting lease (id 0: ended) */
+        uint64_t t0, deadline;   /* CLOCK_MONOTONIC ns */
+        uint32_t timeout_ms;     /* the timeout resolved (for the message) */
+};
+
+/* Takes a slot if one is free now (0, *out), else queues a waiter exactly
+ * as ds_acquire does (counted in waiting, FIFO by ticket, granted by the
+ * same pass) and returns -EINPROGRESS with *w describing it; the caller
+ * ends it with ds_acquire_end. Other errors as ds_acquire. A waiting lease
+ * of a process that dies is freed with the process's other leases. */
+int ds_acquire_start(ds_handle *h, uint32_t timeout_ms, struct ds_wait *w,
+                     struct ds_lease_ref *out);
+
+/* Sleeps on w for at most max_ms (any thread of the process): 0 once the
+ * slot is granted, -ETIMEDOUT once the deadline has passed (the wait is
+ * still queued: end it), -EINPROGRESS otherwise (also after a
+ * ds_acquire_poke). Takes the periodic look for dead processes a blocking
+ * waiter takes. */
+int ds_acquire_wait(ds_handle *h, const struct ds_wait *w, uint32_t max_ms);
+
+/* Wakes a thread sleeping in ds_acquire_wait on w. */
+void ds_acquire_poke(ds_handle *h, const struct ds_wait *w);
+
+/* Ends a wait of ds_acquire_start. cancel=0: 0 with *out when granted;
+ * -ETIMEDOUT (withdrawn, counted as a timeout, *why describes the pool)
+ * once the deadline has passed; -EINPROGRESS (nothing changes) before it.
+ * cancel=1: withdraws the wait, and gives back a slot granted meanwhile:
+ * -ECANCELED. -ESTALE when a repair dropped the lease. */
+int ds_acquire_end(ds_handle *h, struct ds_wait *w, int cancel, struct ds_lease_ref *out, char *why,
+                   size_t whylen);
+
 /* Gives a slot back. -EPERM if the lease belongs to another process (a
  * forked child releasing its parent's lease gives nothing back), -ENOENT
  * if it is no longer held (reclaimed, or released twice). */

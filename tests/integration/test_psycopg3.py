@@ -17,9 +17,10 @@ def psycopg3_threads_beyond_pool_wait_for_slots():
 
 
 def psycopg3_asyncio_connects_share_pool_with_threads():
-    # An asyncio connect that waits for a slot blocks its event loop, so the
-    # asyncio process keeps fewer tasks (4) than the pool (6); the threads'
-    # process of the same scraper keeps the pool contended.
+    # An asyncio process and a threads' process of the same scraper share
+    # the pool; the threads keep it contended while the asyncio connects
+    # wait through their loop (test_async.py goes beyond the limit in one
+    # loop).
     with Case("psycopg3_async", pool_size=6) as c:
         c.start_sampler()
         pa = c.spawn_python("psycopg3_clients.py", "asyncio", 4, 4, 0.1)

@@ -36,7 +36,6 @@ static inline void tu_create(const char *name, uint32_t pool, uint32_t soft, uin
         cfg.pool_size = pool;
         cfg.soft_limit = soft;
         cfg.max_limit = max;
-        cfg.limits_set = DS_LIMIT_SET_ALL; /* as given, not following pool_size */
         struct ds_create_opts o = {.mode = 0600, .group = (gid_t)-1, .force = 1};
         int rc = ds_segment_create(name, &cfg, &cap, &o, err, sizeof(err));
         cr_assert_eq(rc, 0, "create %s: %s", name, err);
