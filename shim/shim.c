@@ -1387,8 +1387,13 @@ static void check_broken(struct ds_conn *e)
 __attribute__((flatten)) void ds_fast_activity_end(struct ds_conn *e)
 {
         ds_conn_mark_used(e); /* the life thread makes it the scraper's activity */
-        check_broken(e);
         ds_fast_leave(e);
+}
+
+void ds_fast_activity_end_suspect(struct ds_conn *e)
+{
+        check_broken(e);
+        ds_fast_activity_end(e);
 }
 
 __attribute__((flatten)) void ds_fast_pid_leave(struct ds_conn *e)

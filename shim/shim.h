@@ -356,6 +356,10 @@ void ds_fast_activity_end(struct ds_conn *e);
 int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *conn);
 void ds_end(struct ds_call *c);
 
+/* ds_fast_activity_end of a call whose result may mean the connection
+ * broke: its status is looked at (a broken connection gives its slot back). */
+void ds_fast_activity_end_suspect(struct ds_conn *e);
+
 /* The end of PQbackendPID's fast path: the connection is pinned (a PID the
  * program knows must keep naming its session). */
 void ds_fast_pid_leave(struct ds_conn *e);

@@ -55,25 +55,46 @@
                 c.out.ping = DS_REAL(ret, params) args;                                            \
         ds_end(&c);                                                                                \
         return c.out.ping;
-/* The fast path of ACTIVITY and GETTER (ds_fast_enter): the real function
- * of the connection's library, then `end`; or libpq's own call passed
- * through; else the wrapper goes on to ds_begin. `pre` runs on the entered
- * record fe before the real call. */
-#define DS_FAST_PRE(ret, name, params, args, slot, end, pre)                                       \
+/* The fast path of ACTIVITY and GETTER (ds_fast_enter): `pre` on the
+ * entered record fe, the real function of the connection's library, then
+ * `post` (with its result in fr); or libpq's own call passed through; else
+ * the wrapper goes on to ds_begin. */
+#define DS_FAST_PRE(ret, name, params, args, slot, pre, post)                                      \
         void *fi;                                                                                  \
         struct ds_conn *fe = ds_fast_enter(DS_ID_##name, slot, DS_RA, DS_FIRST(args), &fi);        \
         if (fe) {                                                                                  \
                 pre;                                                                               \
                 ret fr = ((ret(*) params)fe->lib->fn[DS_ID_##name])args;                           \
-                end(fe);                                                                           \
+                post;                                                                              \
                 return fr;                                                                         \
         }                                                                                          \
         if (fi)                                                                                    \
                 return ((ret(*) params)fi)args;
 #define DS_FAST(ret, name, params, args, slot, end)                                                \
-        DS_FAST_PRE(ret, name, params, args, slot, end, (void)0)
+        DS_FAST_PRE(ret, name, params, args, slot, (void)0, end(fe))
+/* Whether an activity call's result may mean the connection broke (then
+ * ds_fast_activity_end_suspect looks at its status): a call returning a
+ * number fails with 0 or less (a few also succeed so: a look too many),
+ * a PGresult-returning call may carry the error, except PQgetResult, whose
+ * caller reads on to its NULL. */
+static inline int ds_suspect_num(int id, long long v)
+{
+        (void)id;
+        return v <= 0;
+}
+static inline int ds_suspect_result(int id, const PGresult *r)
+{
+        return id != DS_ID_PQgetResult || !r;
+}
+#define DS_SUSPECT(id, fr)                                                                         \
+        _Generic((fr), PGresult * : ds_suspect_result, default : ds_suspect_num)(id, fr)
+#define DS_ACTIVITY_END(name)                                                                      \
+        if (DS_SUSPECT(DS_ID_##name, fr))                                                          \
+                ds_fast_activity_end_suspect(fe);                                                  \
+        else                                                                                       \
+                ds_fast_activity_end(fe)
 #define DS_BODY_ACTIVITY(ret, name, params, args, slot)                                            \
-        DS_FAST(ret, name, params, args, slot, ds_fast_activity_end)                               \
+        DS_FAST_PRE(ret, name, params, args, slot, (void)0, DS_ACTIVITY_END(name))                 \
         struct ds_call c;                                                                          \
         ds_begin(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args));                                   \
         ret r = DS_REAL(ret, params) args;                                                         \
@@ -83,8 +104,8 @@
 #define DS_SECOND_(a, b, ...) b
 #define DS_SECOND(args)       DS_SECOND_ args
 #define DS_BODY_QUERY(ret, name, params, args, slot)                                               \
-        DS_FAST_PRE(ret, name, params, args, slot, ds_fast_activity_end,                           \
-                    ds_note_query(fe, DS_SECOND(args)))                                            \
+        DS_FAST_PRE(ret, name, params, args, slot, ds_note_query(fe, DS_SECOND(args)),             \
+                    DS_ACTIVITY_END(name))                                                         \
         struct ds_call c;                                                                          \
         ds_begin(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args));                                   \
         if (c.entry && !c.nested)                                                                  \
