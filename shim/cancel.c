@@ -79,6 +79,9 @@ int ds_cancel_note(PGcancel *cancel, struct ds_conn *e)
         for (size_t i = home_of(cancel);; i = (i + 1) & (CANCEL_SLOTS - 1)) {
                 PGcancel *k = atomic_load_explicit(&recs[i].key, memory_order_relaxed);
                 if (k == cancel) { /* freed behind the shim's back and handed out again */
+                        atomic_store(&recs[i].conn, e->conn);
+                        atomic_store(&recs[i].lib, e->lib);
+                        atomic_store(&recs[i].cur, cancel);
                         rc = 0;
                         break;
                 }
@@ -194,4 +197,15 @@ void *ds_cancel_route(int id, int slot, const void *ra, PGcancel **cancel)
         else if (r && id == DS_ID_PQfreeCancel)
                 drop(*cancel);
         return real;
+}
+
+/* Fork handlers (shim.c): a child must not inherit the table mid-change. */
+void ds_cancel_lock(void)
+{
+        pthread_mutex_lock(&cancel_mutex);
+}
+
+void ds_cancel_unlock(void)
+{
+        pthread_mutex_unlock(&cancel_mutex);
 }

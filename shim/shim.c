@@ -103,10 +103,12 @@ static void fork_prepare(void)
         ds_libs_lock();
         ds_conns_fork_prepare();
         ds_reuse_lock();
+        ds_cancel_lock();
 }
 
 static void fork_parent(void)
 {
+        ds_cancel_unlock();
         ds_reuse_unlock();
         ds_conns_fork_parent();
         ds_libs_unlock();
@@ -115,6 +117,7 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
+        ds_cancel_unlock();
         ds_reuse_unlock();
         ds_conns_fork_child();
         ds_libs_unlock();

@@ -389,6 +389,8 @@ void ds_cancel_forget(const PGconn *conn);
  * *cancel replaced by the object of the session now behind it. Takes no
  * lock on PQcancel's path (a signal handler may call it). */
 void *ds_cancel_route(int id, int slot, const void *ra, PGcancel **cancel);
+void ds_cancel_lock(void);
+void ds_cancel_unlock(void);
 
 /* ---- logging (shim.c) ---- */
 
