@@ -645,18 +645,25 @@ static int enter_conn(struct ds_call *c, struct ds_conn *e)
  * policies read or set, when they hold a value other than the one a new
  * session of the same user and database starts with. The DO block reports
  * through a transaction-local search_path, gone when the check's implicit
- * transaction ends. Names are qualified: the session's search_path cannot
- * redirect them. */
+ * transaction ends. lastval() and currval() lock their sequence: a lock
+ * not had within 100 ms (another session altering it) counts as state
+ * held, so that the check never waits long enough to be given up on. Names are qualified: the
+ * session's search_path cannot redirect them. */
 static const char session_state_do[] =
     "DO $dynshim$DECLARE s oid; ext text; BEGIN "
+    "PERFORM pg_catalog.set_config('lock_timeout', '100ms', true); "
     "BEGIN PERFORM pg_catalog.lastval(); "
     "PERFORM pg_catalog.set_config('search_path', 'dynshim_held', true); RETURN; "
-    "EXCEPTION WHEN OTHERS THEN NULL; END; "
+    "EXCEPTION WHEN lock_not_available THEN "
+    "PERFORM pg_catalog.set_config('search_path', 'dynshim_held', true); RETURN; "
+    "WHEN OTHERS THEN NULL; END; "
     "FOR s IN SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relkind = 'S' "
     "AND (c.relpersistence <> 't' OR c.relnamespace = pg_catalog.pg_my_temp_schema()) LOOP "
     "BEGIN PERFORM pg_catalog.currval(s); "
     "PERFORM pg_catalog.set_config('search_path', 'dynshim_held', true); RETURN; "
-    "EXCEPTION WHEN OTHERS THEN NULL; END; END LOOP; "
+    "EXCEPTION WHEN lock_not_available THEN "
+    "PERFORM pg_catalog.set_config('search_path', 'dynshim_held', true); RETURN; "
+    "WHEN OTHERS THEN NULL; END; END LOOP; "
     "SELECT n.nspname INTO ext FROM pg_catalog.pg_extension x JOIN pg_catalog.pg_namespace n "
     "ON n.oid = x.extnamespace WHERE x.extname = 'dblink'; "
     "IF ext IS NOT NULL THEN BEGIN "
