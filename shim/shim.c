@@ -647,10 +647,14 @@ static int enter_conn(struct ds_call *c, struct ds_conn *e)
  * through a transaction-local search_path, gone when the check's implicit
  * transaction ends. lastval() and currval() lock their sequence: a lock
  * not had within 100 ms (another session altering it) counts as state
- * held, so that the check never waits long enough to be given up on. Names are qualified: the
+ * held, so that the check never waits long enough to be given up on (the
+ * DO block counts a lock_timeout the session set itself before it sets its
+ * own, which pg_settings then shows as the session's). Names are qualified: the
  * session's search_path cannot redirect them. */
 static const char session_state_do[] =
     "DO $dynshim$DECLARE s oid; ext text; BEGIN "
+    "IF (SELECT source FROM pg_catalog.pg_settings WHERE name = 'lock_timeout') = 'session' "
+    "THEN PERFORM pg_catalog.set_config('search_path', 'dynshim_held', true); RETURN; END IF; "
     "PERFORM pg_catalog.set_config('lock_timeout', '100ms', true); "
     "BEGIN PERFORM pg_catalog.lastval(); "
     "PERFORM pg_catalog.set_config('search_path', 'dynshim_held', true); RETURN; "
@@ -681,7 +685,7 @@ static const char session_state_select[] =
     " + (SELECT count(*) FROM pg_catalog.pg_locks"
     " WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())"
     " + (SELECT count(*) FROM pg_catalog.pg_settings"
-    " WHERE source = 'session' AND name <> 'client_encoding')"
+    " WHERE source = 'session' AND name NOT IN ('client_encoding', 'lock_timeout'))"
     " + (SELECT count(*) FROM pg_catalog.pg_class"
     " WHERE relnamespace = pg_catalog.pg_my_temp_schema())"
     " + (SELECT count(*) FROM pg_catalog.pg_proc"

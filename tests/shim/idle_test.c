@@ -424,6 +424,7 @@ static void pinned_connections_are_never_released(void)
             /* state made where no statement's text shows it */
             "DO $$BEGIN PERFORM set_config('work_mem', '9MB', false); END$$",
             "SELECT 1 AS x INTO TEMP tmp_three",
+            "SET lock_timeout = '2s'", /* the check sets its own for a moment */
             /* custom settings, which pg_settings does not list */
             "SET app.tenant = '42'",
             "SELECT 1; select pg_catalog.set_config( 'App.User', 'u1', false)",
