@@ -196,6 +196,7 @@ void ds_conn_free(struct ds_conn *c)
         if (!c)
                 return;
         free(c->error);
+        free(c->gucs);
         /* values[i] may be NULL: the keyword list is the terminator. */
         for (size_t i = 0; c->keywords && c->keywords[i]; i++) {
                 free(c->keywords[i]);

@@ -158,6 +158,7 @@ int ds_reuse_park(struct ds_conn *e)
         free(e->error);
         e->error = NULL;
         e->pinned = 0;
+        e->gucs_len = 0; /* DISCARD ALL: no custom setting holds a value */
         e->parked_ns = mono_ns();
         pthread_once(&exit_once, register_exit);
         pthread_mutex_lock(&park_mutex);

@@ -111,10 +111,12 @@ static void fork_prepare(void)
         ds_conns_fork_prepare();
         ds_reuse_lock();
         pthread_mutex_lock(&drain_mutex);
+        ds_cancel_lock();
 }
 
 static void fork_parent(void)
 {
+        ds_cancel_unlock();
         pthread_mutex_unlock(&drain_mutex);
         ds_reuse_unlock();
         ds_conns_fork_parent();
@@ -124,6 +126,7 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
+        ds_cancel_unlock();
         drain_fork_child();
         pthread_mutex_unlock(&drain_mutex);
         ds_reuse_unlock();
@@ -743,6 +746,11 @@ static int revive(struct ds_call *c, struct ds_conn *e)
                         close(e->fd); /* the placeholder: the socket got another number */
                         e->fd = -1;
                 }
+                /* the program's cancel objects reach the new session; the
+                 * custom settings noted were empty or as a new session has
+                 * them (the release's check), and are again */
+                ds_cancel_refresh(e);
+                e->gucs_len = 0;
         }
         ds_conns_lock();
         free(e->error);
@@ -786,30 +794,127 @@ static int enter_conn(struct ds_call *c, struct ds_conn *e)
 
 /* ---- pins: session state a reconnect would lose ---- */
 
-/* What a session holds that a reconnect would lose (SPEC 4.5), counted by
- * the server itself: named prepared statements (SQL PREPARE and the
- * protocol's), cursors WITH HOLD, LISTEN, session advisory locks (no
- * transaction is open, so any advisory lock held is a session's), settings
- * changed for the session (SET, set_config(..., false), SET ROLE; not the
- * client encoding, which a reconnect restores) and temporary tables.
- * Whatever statement made them (a DO block, a function, SELECT INTO TEMP),
- * and at no cost to the application's own calls. Names are qualified: the
+/* A release may lose nothing a program can observe: where the shim cannot
+ * tell whether a session holds something a reconnect would lose, it keeps
+ * the connection (pins it). The server itself is asked, at no cost to the
+ * application's own calls, and whatever statement made the state (a DO
+ * block, a function, SELECT INTO TEMP): named prepared statements (SQL
+ * PREPARE and the protocol's), cursors WITH HOLD, LISTEN, session advisory
+ * locks, shared ones included (no transaction is open, so any advisory lock
+ * held is a session's), settings changed for the session (SET,
+ * set_config(..., false), SET ROLE; not the client encoding, which a
+ * reconnect restores), SET SESSION AUTHORIZATION (the session user is not
+ * the one that logged in), temporary tables, functions and types, sequence
+ * state (lastval() or a currval() defined: the DO block below), dblink's
+ * named connections, and custom settings (placeholders such as app.tenant,
+ * which pg_settings does not list): those whose names the program's SQL
+ * set (ds_note_query) or that the database's functions and row security
+ * policies read or set, when they hold a value other than the one a new
+ * session of the same user and database starts with. The DO block reports
+ * through a transaction-local search_path, gone when the check's implicit
+ * transaction ends. lastval() and currval() lock their sequence: a lock
+ * not had within 100 ms (another session altering it) counts as state
+ * held, so that the check never waits long enough to be given up on (the
+ * DO block counts a lock_timeout the session set itself before it sets its
+ * own, which pg_settings then shows as the session's). Names are qualified: the
  * session's search_path cannot redirect them. */
-static const char session_state_sql[] =
+static const char session_state_do[] =
+    "DO $dynshim$DECLARE s oid; ext text; BEGIN "
+    "IF (SELECT source FROM pg_catalog.pg_settings WHERE name = 'lock_timeout') = 'session' "
+    "THEN PERFORM pg_catalog.set_config('search_path', 'dynshim_held', true); RETURN; END IF; "
+    "PERFORM pg_catalog.set_config('lock_timeout', '100ms', true); "
+    "BEGIN PERFORM pg_catalog.lastval(); "
+    "PERFORM pg_catalog.set_config('search_path', 'dynshim_held', true); RETURN; "
+    "EXCEPTION WHEN lock_not_available THEN "
+    "PERFORM pg_catalog.set_config('search_path', 'dynshim_held', true); RETURN; "
+    "WHEN OTHERS THEN NULL; END; "
+    "FOR s IN SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relkind = 'S' "
+    "AND (c.relpersistence <> 't' OR c.relnamespace = pg_catalog.pg_my_temp_schema()) LOOP "
+    "BEGIN PERFORM pg_catalog.currval(s); "
+    "PERFORM pg_catalog.set_config('search_path', 'dynshim_held', true); RETURN; "
+    "EXCEPTION WHEN lock_not_available THEN "
+    "PERFORM pg_catalog.set_config('search_path', 'dynshim_held', true); RETURN; "
+    "WHEN OTHERS THEN NULL; END; END LOOP; "
+    "SELECT n.nspname INTO ext FROM pg_catalog.pg_extension x JOIN pg_catalog.pg_namespace n "
+    "ON n.oid = x.extnamespace WHERE x.extname = 'dblink'; "
+    "IF ext IS NOT NULL THEN BEGIN "
+    "EXECUTE pg_catalog.format('SELECT (%I.dblink_get_connections() IS NULL)::text', ext) "
+    "INTO STRICT ext; "
+    "EXCEPTION WHEN OTHERS THEN ext := 'false'; END; "
+    "IF ext <> 'true' THEN "
+    "PERFORM pg_catalog.set_config('search_path', 'dynshim_held', true); END IF; END IF; "
+    "END$dynshim$; ";
+
+static const char session_state_select[] =
     "SELECT (SELECT count(*) FROM pg_catalog.pg_prepared_statements)"
     " + (SELECT count(*) FROM pg_catalog.pg_cursors WHERE is_holdable)"
     " + (SELECT count(*) FROM pg_catalog.pg_listening_channels())"
     " + (SELECT count(*) FROM pg_catalog.pg_locks"
     " WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())"
     " + (SELECT count(*) FROM pg_catalog.pg_settings"
-    " WHERE source = 'session' AND name <> 'client_encoding')"
+    " WHERE source = 'session' AND name NOT IN ('client_encoding', 'lock_timeout'))"
     " + (SELECT count(*) FROM pg_catalog.pg_class"
-    " WHERE relnamespace = pg_catalog.pg_my_temp_schema())";
+    " WHERE relnamespace = pg_catalog.pg_my_temp_schema())"
+    " + (SELECT count(*) FROM pg_catalog.pg_proc"
+    " WHERE pronamespace = pg_catalog.pg_my_temp_schema())"
+    " + (SELECT count(*) FROM pg_catalog.pg_type"
+    " WHERE typnamespace = pg_catalog.pg_my_temp_schema())"
+    " + (SELECT count(*) FROM pg_catalog.pg_stat_activity"
+    " WHERE pid = pg_catalog.pg_backend_pid() AND usename <> session_user)"
+    " + (pg_catalog.current_setting('search_path') = 'dynshim_held')::int"
+    " + (SELECT count(*) FROM (SELECT pg_catalog.lower(m[1]) AS n FROM"
+    " (SELECT pg_catalog.regexp_matches(t, E'(?:current_setting|set_config)\\\\s*\\\\(\\\\s*''"
+    "([A-Za-z_][A-Za-z0-9_$]*\\\\.[A-Za-z0-9_$.]+)''', 'gi') AS m FROM"
+    " (SELECT p.prosrc AS t FROM pg_catalog.pg_proc p WHERE p.prolang NOT IN (12, 13)"
+    " AND p.prosrc OPERATOR(pg_catalog.~*) 'current_setting|set_config'"
+    " UNION ALL SELECT pg_catalog.pg_get_expr(y.polqual, y.polrelid) FROM pg_catalog.pg_policy y"
+    " UNION ALL SELECT pg_catalog.pg_get_expr(y.polwithcheck, y.polrelid)"
+    " FROM pg_catalog.pg_policy y) s) r"
+    " UNION SELECT pg_catalog.unnest('%s'::pg_catalog.text[])) g"
+    " WHERE pg_catalog.current_setting(g.n, true) <> ''"
+    " AND NOT EXISTS (SELECT FROM pg_catalog.pg_settings z WHERE pg_catalog.lower(z.name) = g.n)"
+    " AND pg_catalog.current_setting(g.n, true) IS DISTINCT FROM"
+    " (SELECT pg_catalog.substr(c, pg_catalog.length(g.n) + 2)"
+    " FROM pg_catalog.pg_db_role_setting d, pg_catalog.unnest(d.setconfig) c"
+    " WHERE d.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database"
+    " WHERE datname = pg_catalog.current_database()))"
+    " AND d.setrole IN (0, (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = session_user))"
+    " AND pg_catalog.lower(pg_catalog.split_part(c, '=', 1)) = g.n"
+    " ORDER BY d.setrole <> 0 DESC, d.setdatabase <> 0 DESC LIMIT 1))";
+
+/* The check's text: the DO block, then the SELECT with e's noted names.
+ * NULL when out of memory. */
+static char *session_state_sql(const struct ds_conn *e)
+{
+        char *list = malloc(e->gucs_len + 3);
+        if (!list)
+                return NULL;
+        size_t n = 0;
+        list[n++] = '{';
+        for (uint32_t off = 0; off < e->gucs_len; off += (uint32_t)strlen(e->gucs + off) + 1) {
+                size_t l = strlen(e->gucs + off);
+                if (off)
+                        list[n++] = ',';
+                memcpy(list + n, e->gucs + off, l);
+                n += l;
+        }
+        list[n++] = '}';
+        list[n] = '\0';
+        size_t len = sizeof(session_state_do) + sizeof(session_state_select) + n;
+        char *sql = malloc(len);
+        if (sql) {
+                size_t d = sizeof(session_state_do) - 1;
+                memcpy(sql, session_state_do, d);
+                snprintf(sql + d, len - d, session_state_select, list);
+        }
+        free(list);
+        return sql;
+}
 
 /* How long the release waits for the server's answer. */
 #define SESSION_STATE_WAIT_MS 5000
 
-enum { STATE_NONE, STATE_KEPT, STATE_UNKNOWN, STATE_NO_ANSWER };
+enum { STATE_NONE, STATE_KEPT, STATE_UNKNOWN, STATE_NO_ANSWER, STATE_WAITING, STATE_GONE };
 
 /* Waits until conn has sent everything and a result (or the end) can be
  * taken without blocking. 0, or -1: the connection failed or the deadline
@@ -842,7 +947,11 @@ static int await_result(struct ds_lib *lib, PGconn *conn, uint64_t deadline)
  * transaction and not in pipeline mode). STATE_NONE or STATE_KEPT; or
  * STATE_UNKNOWN: the check failed, and the connection is as it was (or
  * broken); or STATE_NO_ANSWER: no answer in time, and the query is still
- * out, so the connection cannot go back to the application as it is. */
+ * out, so the connection cannot go back to the application as it is.
+ * The shim is never the one to discover what the server has sent on its
+ * own (an error before it ended the session, a notice): then nothing is
+ * sent or read, STATE_GONE if the server has closed its end (the backend
+ * is gone or going), else STATE_WAITING. */
 static int session_state(struct ds_conn *e)
 {
         struct ds_lib *lib = e->lib;
@@ -853,7 +962,16 @@ static int session_state(struct ds_conn *e)
             !lib->fn[DS_ID_PQisBusy] || !lib->result_status || !lib->ntuples || !lib->getvalue ||
             !lib->clear)
                 return STATE_UNKNOWN;
-        if (!send(conn, session_state_sql))
+        struct pollfd p = {lib->socket(conn), POLLIN | POLLRDHUP, 0};
+        int n = poll(&p, 1, 0);
+        if (n < 0)
+                return STATE_WAITING;
+        if (n > 0)
+                return p.revents & (POLLRDHUP | POLLHUP | POLLERR) ? STATE_GONE : STATE_WAITING;
+        char *sql = session_state_sql(e);
+        int sent = sql && send(conn, sql);
+        free(sql);
+        if (!sent)
                 return STATE_UNKNOWN;
         uint64_t deadline = coarse_now() + SESSION_STATE_WAIT_MS * 1000000ull;
         long long held = -1;
@@ -865,15 +983,35 @@ static int session_state(struct ds_conn *e)
                 PGresult *r = get(conn);
                 if (!r)
                         break;
-                if (lib->result_status(r) == PGRES_TUPLES_OK && lib->ntuples(r) == 1)
+                ExecStatusType st = lib->result_status(r);
+                if (st == PGRES_TUPLES_OK && lib->ntuples(r) == 1)
                         held = atoll(lib->getvalue(r, 0, 0));
-                else
+                else if (st != PGRES_COMMAND_OK) /* the DO block's */
                         failed = 1;
                 lib->clear(r);
         }
         if (failed || held < 0)
                 return STATE_UNKNOWN;
         return held > 0 ? STATE_KEPT : STATE_NONE;
+}
+
+/* The server has closed e's session on its own (terminated, restarted,
+ * idle_session_timeout): its slot goes back now, and nothing of the
+ * connection is touched, so that the program finds it broken exactly as
+ * it would without the shim; a PQreset takes a slot again. The backend
+ * may not have exited yet: the pool counts the slot until it has. */
+static void give_back_dead(struct ds_conn *e)
+{
+        ds_conns_lock();
+        int had = e->leased && e->owner == getpid();
+        struct ds_slot l = e->lease;
+        e->leased = 0;
+        ds_conns_unlock();
+        if (!had)
+                return;
+        int rc = ds_release_for(l.h, &l.ref, DS_RELEASE_NORMAL | DS_RELEASE_MAY_RUN);
+        ds_debug("connection %p lost its session; its slot is given back: %s", (void *)e->conn,
+                 rc ? strerror(-rc) : "ok");
 }
 
 /* Closes e on the server side and gives its slot back (the advice thread
@@ -897,6 +1035,13 @@ static int release_conn(struct ds_conn *e, int reason)
         /* A connection with an event procedure is not asked: the check's
          * result would reach the procedure from this thread. */
         int state = e->events ? STATE_UNKNOWN : session_state(e);
+        if (state == STATE_GONE || state == STATE_WAITING) {
+                /* left as it is for the program to read */
+                if (state == STATE_GONE)
+                        give_back_dead(e);
+                atomic_store(&e->rstate, DS_CONN_OPEN);
+                return state == STATE_GONE;
+        }
         if (state == STATE_KEPT || state == STATE_UNKNOWN) {
                 e->pinned = 1; /* never asked again (until reuse resets it) */
                 ds_debug("connection %p is pinned: %s", (void *)conn,
@@ -1725,9 +1870,31 @@ __attribute__((flatten)) void ds_fast_leave(struct ds_conn *e)
         ds_conn_leave(e, DS_IN_RECORD);
 }
 
+/* A call left e's connection broken (its backend was terminated, the
+ * server restarted, the network failed): its slot goes back now, not when
+ * the program closes it; a PQreset takes one again (begin_reset). */
+static void check_broken(struct ds_conn *e)
+{
+        if (e->lib->status && __builtin_expect(e->lib->status(e->conn) == CONNECTION_BAD, 0))
+                give_back_dead(e);
+}
+
 __attribute__((flatten)) void ds_fast_activity_end(struct ds_conn *e)
 {
         ds_conn_mark_used(e); /* the life thread makes it the scraper's activity */
+        ds_fast_leave(e);
+}
+
+void ds_fast_activity_end_suspect(struct ds_conn *e)
+{
+        check_broken(e);
+        ds_fast_activity_end(e);
+}
+
+__attribute__((flatten)) void ds_fast_pid_leave(struct ds_conn *e)
+{
+        if (!atomic_load_explicit(&e->pinned, memory_order_relaxed))
+                atomic_store(&e->pinned, 1);
         ds_fast_leave(e);
 }
 
@@ -1735,6 +1902,11 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
 {
         c->id = id;
         c->kind = ds_fn_kinds[id];
+        /* the kinds that only add to another's bookkeeping (ds_end, by id) */
+        if (c->kind == DS_KIND_QUERY)
+                c->kind = DS_KIND_ACTIVITY;
+        else if (c->kind == DS_KIND_PID || c->kind == DS_KIND_GETCANCEL)
+                c->kind = DS_KIND_REVIVE;
         c->nested = ds_tls.depth++ > 0;
         c->skip = 0;
         c->ra = ra;
@@ -1795,6 +1967,7 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                         struct ds_conn *e = c->entry;
                         pending_close(e); /* a wait still queued is withdrawn */
                         int st = settle(e);
+                        ds_cancel_forget(e->conn); /* its cancel objects stay as they are */
                         /* calls the life thread has not seen yet: the
                          * scraper's activity, which must not go with them */
                         ds_handle *h = atomic_load_explicit(&coord, memory_order_relaxed);
@@ -1867,6 +2040,9 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                 case DS_ID_PQsocket:
                         c->out.i = c->entry->fd;
                         break;
+                case DS_ID_PQrequestCancel:
+                        c->out.i = 1; /* nothing runs on it: nothing to cancel */
+                        break;
                 default: /* PQisBusy, PQflush */
                         c->out.i = 0;
                         break;
@@ -1893,6 +2069,9 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
         case DS_KIND_POLL:
                 if (c->entry && c->entry->pend && c->entry->pend->phase != PEND_DONE)
                         return pending_poll(c, c->entry);
+                return 1;
+        default: /* QUERY, PID, GETCANCEL: made ACTIVITY or REVIVE above; the
+                  * cancel calls never come here */
                 return 1;
         }
         return 1;
@@ -2049,10 +2228,19 @@ void ds_end(struct ds_call *c)
                 } else if (e) {
                         atomic_store_explicit(&e->last_used_ns, coarse_now(), memory_order_relaxed);
                 }
+                if (e)
+                        check_broken(e);
                 break;
-        case DS_KIND_ERRMSG:
-        case DS_KIND_GETTER:
         case DS_KIND_REVIVE:
+                if (!e)
+                        break;
+                if (c->id == DS_ID_PQbackendPID)
+                        e->pinned = 1; /* the PID the program knows names this session */
+                else if (c->id == DS_ID_PQgetCancel && c->out.ptr)
+                        ds_cancel_note(c->out.ptr, e);
+                check_broken(e);
+                break;
+        default:
                 break;
         }
 }

@@ -8,6 +8,7 @@
 #include <libpq-fe.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include "dynshim/coord.h"
@@ -24,6 +25,11 @@ enum ds_kind {
         DS_KIND_ERRMSG,
         DS_KIND_GETTER,
         DS_KIND_REVIVE,
+        DS_KIND_QUERY,
+        DS_KIND_PID,
+        DS_KIND_GETCANCEL,
+        DS_KIND_CANCEL,
+        DS_KIND_FREECANCEL,
 };
 
 enum ds_fn_id {
@@ -146,7 +152,7 @@ struct ds_conn {
          * connection enters it (ds_conn_enter) before it reads rstate; the
          * releaser moves OPEN -> RELEASING before it checks for calls inside. */
         _Atomic int rstate;
-        int pinned;                    /* holds session state a reconnect would lose */
+        _Atomic int pinned;            /* holds session state a reconnect would lose */
         _Atomic uint64_t last_used_ns; /* coarse clock: its last call seen (ds_conn_note_used) */
         _Atomic int used;              /* 1: called since last_used_ns was set */
         _Atomic int fresh;             /* (re)connected, no call seen since (FRESH_UNUSED_NS) */
@@ -170,6 +176,12 @@ struct ds_conn {
         /* a non-blocking connect that waited for its slot (shim.c): NULL,
          * or its descriptor and wait until PQfinish */
         struct ds_pending *pend;
+        /* Transparency (shim.c): the names of custom settings that the
+         * program's SQL may have set, each ended by a NUL (ds_note_query),
+         * for the session-state check; written by the thread in a call on
+         * the connection, read by the releaser while it owns it. */
+        char *gucs;
+        uint32_t gucs_len;
 };
 
 /* PENDING: a non-blocking connect waiting for its slot or, granted,
@@ -341,6 +353,7 @@ struct ds_call {
                 PGPing ping;
                 int i;
                 char *str;
+                void *ptr;
         } out;
 };
 
@@ -353,6 +366,42 @@ void ds_fast_activity_end(struct ds_conn *e);
  * c->out, then ds_end does the bookkeeping. slot < 0: route by caller. */
 int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *conn);
 void ds_end(struct ds_call *c);
+
+/* ds_fast_activity_end of a call whose result may mean the connection
+ * broke: its status is looked at (a broken connection gives its slot back). */
+void ds_fast_activity_end_suspect(struct ds_conn *e);
+
+/* The end of PQbackendPID's fast path: the connection is pinned (a PID the
+ * program knows must keep naming its session). */
+void ds_fast_pid_leave(struct ds_conn *e);
+
+/* SQL text the program sends on e: a text with a dot may set a custom
+ * setting (SET a.b, set_config('a.b', ...)); its names are noted in e for
+ * the session-state check. Costs one strchr on other texts. */
+void ds_scan_query(struct ds_conn *e, const char *sql);
+static inline void ds_note_query(struct ds_conn *e, const char *sql)
+{
+        if (sql && __builtin_expect(strchr(sql, '.') != NULL, 0))
+                ds_scan_query(e, sql);
+}
+
+/* ---- cancel objects (cancel.c) ---- */
+
+/* PQgetCancel returned cancel for e's connection: follow it to later
+ * sessions of that connection. 0, or -ENOSPC (the table is full: e is
+ * pinned instead). */
+int ds_cancel_note(PGcancel *cancel, struct ds_conn *e);
+/* e was reconnected transparently: the cancel objects taken for it now
+ * reach the new session. */
+void ds_cancel_refresh(struct ds_conn *e);
+/* e's connection is closed: its cancel objects are no longer followed. */
+void ds_cancel_forget(const PGconn *conn);
+/* PQcancel, PQfreeCancel: the real function to call (never NULL), with
+ * *cancel replaced by the object of the session now behind it. Takes no
+ * lock on PQcancel's path (a signal handler may call it). */
+void *ds_cancel_route(int id, int slot, const void *ra, PGcancel **cancel);
+void ds_cancel_lock(void);
+void ds_cancel_unlock(void);
 
 /* ---- logging (shim.c) ---- */
 

@@ -55,23 +55,61 @@
                 c.out.ping = DS_REAL(ret, params) args;                                            \
         ds_end(&c);                                                                                \
         return c.out.ping;
-/* The fast path of ACTIVITY and GETTER (ds_fast_enter): the real function
- * of the connection's library, then `end`; or libpq's own call passed
- * through; else the wrapper goes on to ds_begin. */
-#define DS_FAST(ret, name, params, args, slot, end)                                                \
+/* The fast path of ACTIVITY and GETTER (ds_fast_enter): `pre` on the
+ * entered record fe, the real function of the connection's library, then
+ * `post` (with its result in fr); or libpq's own call passed through; else
+ * the wrapper goes on to ds_begin. */
+#define DS_FAST_PRE(ret, name, params, args, slot, pre, post)                                      \
         void *fi;                                                                                  \
         struct ds_conn *fe = ds_fast_enter(DS_ID_##name, slot, DS_RA, DS_FIRST(args), &fi);        \
         if (fe) {                                                                                  \
+                pre;                                                                               \
                 ret fr = ((ret(*) params)fe->lib->fn[DS_ID_##name])args;                           \
-                end(fe);                                                                           \
+                post;                                                                              \
                 return fr;                                                                         \
         }                                                                                          \
         if (fi)                                                                                    \
                 return ((ret(*) params)fi)args;
+#define DS_FAST(ret, name, params, args, slot, end)                                                \
+        DS_FAST_PRE(ret, name, params, args, slot, (void)0, end(fe))
+/* Whether an activity call's result may mean the connection broke (then
+ * ds_fast_activity_end_suspect looks at its status): a call returning a
+ * number fails with 0 or less (a few also succeed so: a look too many),
+ * a PGresult-returning call may carry the error, except PQgetResult, whose
+ * caller reads on to its NULL. */
+static inline int ds_suspect_num(int id, long long v)
+{
+        (void)id;
+        return v <= 0;
+}
+static inline int ds_suspect_result(int id, const PGresult *r)
+{
+        return id != DS_ID_PQgetResult || !r;
+}
+#define DS_SUSPECT(id, fr)                                                                         \
+        _Generic((fr), PGresult * : ds_suspect_result, default : ds_suspect_num)(id, fr)
+#define DS_ACTIVITY_END(name)                                                                      \
+        if (DS_SUSPECT(DS_ID_##name, fr))                                                          \
+                ds_fast_activity_end_suspect(fe);                                                  \
+        else                                                                                       \
+                ds_fast_activity_end(fe)
 #define DS_BODY_ACTIVITY(ret, name, params, args, slot)                                            \
-        DS_FAST(ret, name, params, args, slot, ds_fast_activity_end)                               \
+        DS_FAST_PRE(ret, name, params, args, slot, (void)0, DS_ACTIVITY_END(name))                 \
         struct ds_call c;                                                                          \
         ds_begin(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args));                                   \
+        ret r = DS_REAL(ret, params) args;                                                         \
+        ds_end(&c);                                                                                \
+        return r;
+/* ACTIVITY whose second argument is SQL text (ds_note_query). */
+#define DS_SECOND_(a, b, ...) b
+#define DS_SECOND(args)       DS_SECOND_ args
+#define DS_BODY_QUERY(ret, name, params, args, slot)                                               \
+        DS_FAST_PRE(ret, name, params, args, slot, ds_note_query(fe, DS_SECOND(args)),             \
+                    DS_ACTIVITY_END(name))                                                         \
+        struct ds_call c;                                                                          \
+        ds_begin(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args));                                   \
+        if (c.entry && !c.nested)                                                                  \
+                ds_note_query(c.entry, DS_SECOND(args));                                           \
         ret r = DS_REAL(ret, params) args;                                                         \
         ds_end(&c);                                                                                \
         return r;
@@ -98,6 +136,26 @@
         ret r = DS_REAL(ret, params) args;                                                         \
         ds_end(&c);                                                                                \
         return r;
+
+/* PQbackendPID: on an open connection as cheap as a getter, and the
+ * connection is pinned (ds_fast_pid_leave); else as REVIVE (ds_end pins). */
+#define DS_BODY_PID(ret, name, params, args, slot)                                                 \
+        DS_FAST(ret, name, params, args, slot, ds_fast_pid_leave)                                  \
+        DS_BODY_REVIVE(ret, name, params, args, slot)
+#define DS_BODY_GETCANCEL(ret, name, params, args, slot)                                           \
+        struct ds_call c;                                                                          \
+        ds_begin(&c, DS_ID_##name, slot, DS_RA, DS_FIRST(args));                                   \
+        c.out.ptr = DS_REAL(ret, params) args;                                                     \
+        ds_end(&c);                                                                                \
+        return c.out.ptr;
+/* The cancel calls: ds_cancel_route may replace the cancel object by the
+ * one of the session now behind it, and returns the real function. */
+#define DS_BODY_CANCEL(ret, name, params, args, slot)                                              \
+        void *fr = ds_cancel_route(DS_ID_##name, slot, DS_RA, &DS_FIRST(args));                    \
+        return ((ret(*) params)fr)args;
+#define DS_BODY_FREECANCEL(ret, name, params, args, slot)                                          \
+        void *fr = ds_cancel_route(DS_ID_##name, slot, DS_RA, &DS_FIRST(args));                    \
+        ((ret(*) params)fr) args;
 
 /* The exported interposers. */
 #define DS_FN(kind, ret, name, params, args)                                                       \
@@ -166,7 +224,7 @@ const enum ds_kind ds_fn_kinds[DS_ID_COUNT] = {
 
 int ds_fn_id(const char *name)
 {
-        if (name[0] != 'P' || name[1] != 'Q')
+        if (!(name[0] == 'P' && name[1] == 'Q') && !(name[0] == 'l' && name[1] == 'o'))
                 return -1;
         for (int i = 0; i < DS_ID_COUNT; i++)
                 if (strcmp(ds_fn_names[i], name) == 0)

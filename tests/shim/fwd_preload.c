@@ -50,6 +50,11 @@ static void *resolve(const char *name)
 #define DS_CALL_ERRMSG        DS_CALL_CONNECT
 #define DS_CALL_GETTER        DS_CALL_CONNECT
 #define DS_CALL_REVIVE        DS_CALL_CONNECT
+#define DS_CALL_QUERY         DS_CALL_CONNECT
+#define DS_CALL_PID           DS_CALL_CONNECT
+#define DS_CALL_GETCANCEL     DS_CALL_CONNECT
+#define DS_CALL_CANCEL        DS_CALL_CONNECT
+#define DS_CALL_FREECANCEL    DS_CALL_RESET
 #define DS_FN(kind, ret, name, params, args)                                                       \
         DS_EXPORT ret name params                                                                  \
         {                                                                                          \

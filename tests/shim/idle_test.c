@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <libpq-events.h>
 #include <libpq-fe.h>
+#include <libpq/libpq-fs.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -124,6 +125,21 @@ static int server_count(void)
         return server_count_app("dsidle");
 }
 
+/* The backend PIDs of this test's sessions, read without the shim (a
+ * PQbackendPID would pin the connection); how many, up to max. */
+static int server_pids(int *pid, int max)
+{
+        FILE *f = popen("env -u LD_PRELOAD psql -XAtqc \"SELECT pid FROM pg_stat_activity WHERE "
+                        "backend_type = 'client backend' AND application_name = 'dsidle'\"",
+                        "r");
+        CHECK(f, "popen psql: %s", strerror(errno));
+        int n = 0;
+        while (n < max && fscanf(f, "%d", &pid[n]) == 1)
+                n++;
+        CHECK(pclose(f) == 0, "psql could not list the server's sessions");
+        return n;
+}
+
 static void make_pool(uint32_t size, uint32_t soft, uint32_t max, uint32_t idle_ms,
                       uint32_t idle_release)
 {
@@ -224,9 +240,9 @@ static void idle_release_and_transparent_reconnect(void)
         for (int i = 0; i < 3; i++) {
                 c[i] = connect_ok();
                 fd[i] = PQsocket(c[i]);
-                pid[i] = PQbackendPID(c[i]);
                 CHECK(query_int(c[i], "SELECT 1") == 1, "query");
         }
+        CHECK(server_pids(pid, 3) == 3, "3 sessions on the server");
         CHECK(PQsetnonblocking(c[1], 1) == 0, "nonblocking");
         CHECK(PQsetClientEncoding(c[2], "LATIN1") == 0, "encoding: %s", PQerrorMessage(c[2]));
         CHECK(pool_held() == 3 && server_count() == 3, "3 connections before idling");
@@ -274,10 +290,13 @@ static void idle_release_and_transparent_reconnect(void)
         r = PQexec(c[2], "SHOW client_encoding");
         CHECK(r && !strcmp(PQgetvalue(r, 0, 0), "LATIN1"), "server encoding");
         PQclear(r);
+        int now[3];
+        CHECK(server_pids(now, 3) == 3, "3 sessions on the server after reuse");
         for (int i = 0; i < 3; i++) {
                 CHECK(PQsocket(c[i]) == fd[i], "socket %d after reconnect, was %d", PQsocket(c[i]),
                       fd[i]);
-                CHECK(PQbackendPID(c[i]) != pid[i], "backend %d was not replaced", pid[i]);
+                for (int j = 0; j < 3; j++)
+                        CHECK(now[j] != pid[i], "backend %d was not replaced", pid[i]);
         }
         CHECK(pool_held() == 3 && server_count() == 3, "held %u, on the server %d after reuse",
               pool_held(), server_count());
@@ -378,7 +397,8 @@ static void steady_calls_keep_scraper_active(void)
 {
         make_pool(20, 10, 15, 1000, 1);
         PGconn *c = connect_ok();
-        int pid = PQbackendPID(c);
+        int pid, now;
+        CHECK(server_pids(&pid, 1) == 1, "the session on the server");
         double t0 = now_s();
         int late = 0; /* samples later than twice idle_timeout */
         while (now_s() - t0 < 3.5) {
@@ -396,7 +416,7 @@ static void steady_calls_keep_scraper_active(void)
         }
         CHECK(late > 0, "no sample was taken later than 2 s (twice idle_timeout) into the queries");
         CHECK(server_count() == 1, "the server shows %d sessions", server_count());
-        CHECK(PQbackendPID(c) == pid, "the connection was replaced while in use");
+        CHECK(server_pids(&now, 1) == 1 && now == pid, "the connection was replaced while in use");
         CHECK(wait_for(0, 5.0) >= 0, "once the queries stopped the connection was kept");
         CHECK(!scraper("dsidle").active, "idle, but still shown active");
         CHECK(query_int(c, "SELECT 2") == 2, "the released connection does not come back");
@@ -414,8 +434,20 @@ static int event_proc(PGEventId id, void *info, void *pass)
  * was made; state that is gone again does not. */
 static void pinned_connections_are_never_released(void)
 {
-        make_pool(20, 10, 15, 1000, 1);
-        static const char *const pins[] = {
+        make_pool(30, 25, 30, 1000, 1);
+        /* what the pins below need, made by a connection that is finished */
+        PGconn *setup = connect_ok();
+        command_ok(setup, "CREATE SEQUENCE ds_seq; CREATE SEQUENCE ds_seq2; CREATE ROLE ds_role; "
+                          "CREATE EXTENSION dblink; ALTER ROLE postgres SET app.region = 'eu'");
+        command_ok(setup, "CREATE FUNCTION ds_login(t text) RETURNS text LANGUAGE plpgsql AS "
+                          "$$BEGIN RETURN set_config('app.login', t, false); END$$");
+        PQfinish(setup);
+        char dblink[600];
+        snprintf(dblink, sizeof(dblink),
+                 "SELECT dblink_connect('ds_link', 'host=%s port=%s dbname=postgres "
+                 "user=postgres')",
+                 getenv("PGHOST"), getenv("PGPORT") ? getenv("PGPORT") : "5432");
+        const char *const pins[] = {
             "PREPARE p1 AS SELECT 1",
             "LISTEN channel_one",
             "SET work_mem = '8MB'",
@@ -428,6 +460,20 @@ static void pinned_connections_are_never_released(void)
             /* state made where no statement's text shows it */
             "DO $$BEGIN PERFORM set_config('work_mem', '9MB', false); END$$",
             "SELECT 1 AS x INTO TEMP tmp_three",
+            "SET lock_timeout = '2s'", /* the check sets its own for a moment */
+            /* custom settings, which pg_settings does not list */
+            "SET app.tenant = '42'",
+            "SELECT 1; select pg_catalog.set_config( 'App.User', 'u1', false)",
+            "DO $$BEGIN PERFORM set_config('app.in_do', 'x', false); END$$",
+            "SELECT ds_login('7')", /* set inside a function of the database */
+            /* sequence state */
+            "SELECT nextval('ds_seq')",
+            "SELECT setval('ds_seq2', 5)", /* currval defined, lastval not */
+            /* the other session-level kinds */
+            "SELECT pg_advisory_lock_shared(45)",
+            "SET SESSION AUTHORIZATION ds_role",
+            "CREATE FUNCTION pg_temp.ds_tmp() RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            dblink,
         };
         enum { NP = sizeof(pins) / sizeof(pins[0]) };
         PGconn *c[NP + 4];
@@ -450,6 +496,16 @@ static void pinned_connections_are_never_released(void)
                    "set_config('work_mem', '9MB', true); SELECT pg_advisory_xact_lock(44); "
                    "COMMIT");
         command_ok(c[NP + 2], "SELECT 'SET x = 1; LISTEN y'");
+        /* custom settings that end with their transaction leave an empty
+         * placeholder; one set to what every new session of the role gets
+         * is as a reconnect brings it back; a dotted name after SET that is
+         * a column is nothing */
+        command_ok(c[NP + 2], "BEGIN; SET LOCAL app.tenant = '1'; "
+                              "SELECT set_config('app.user', 'u2', true); COMMIT");
+        command_ok(c[NP + 2], "SELECT set_config('app.other', 'x', true)");
+        command_ok(c[NP + 2], "SET app.region = 'eu'");
+        command_ok(c[NP + 2], "CREATE TEMP TABLE tmp_c(a int); UPDATE tmp_c SET a = tmp_c.a + 1; "
+                              "DROP TABLE tmp_c");
         /* state made and dropped again */
         command_ok(c[NP + 2], "CREATE TEMP TABLE tmp_gone(x int); DROP TABLE tmp_gone");
         command_ok(c[NP + 2], "PREPARE p_gone AS SELECT 1; DEALLOCATE p_gone");
@@ -472,10 +528,187 @@ static void pinned_connections_are_never_released(void)
         PQclear(r);
         CHECK(query_int(c[NP + 1], "FETCH held_cur") == 7, "cursor lost");
         CHECK(query_int(c[4], "SELECT count(*) FROM tmp_one") == 0, "temp table lost");
+        CHECK(query_int(c[NP - 10], "SELECT current_setting('app.tenant')::int") == 42,
+              "custom setting lost");
+        CHECK(query_int(c[NP - 7], "SELECT current_setting('app.login')::int") == 7,
+              "custom setting made by a function lost");
+        CHECK(query_int(c[NP - 6], "SELECT lastval()") == 1, "lastval lost");
+        CHECK(query_int(c[NP - 5], "SELECT currval('ds_seq2')") == 5, "currval lost");
+        CHECK(query_int(c[NP - 3], "SELECT (session_user = 'ds_role')::int") == 1,
+              "session authorization lost");
         CHECK(query_int(c[NP + 2], "SELECT 8") == 8, "unpinned connection after release");
         for (int i = 0; i < NP + 4; i++)
                 PQfinish(c[i]);
         server_log_is_clean();
+}
+
+/* A cancel object taken once (as psycopg2 takes it at connect) reaches the
+ * session that is current when it is used, after a transparent reconnect;
+ * PQrequestCancel on a released connection has nothing to cancel. */
+static void cancel_follows_the_connection(void)
+{
+        make_pool(20, 10, 15, 1000, 1);
+        PGconn *c = connect_ok();
+        PGcancel *cancel = PQgetCancel(c);
+        CHECK(cancel, "PQgetCancel: %s", PQerrorMessage(c));
+        command_ok(c, "SELECT 1");
+        CHECK(wait_for(0, 4.5) >= 0, "not released");
+        CHECK(PQrequestCancel(c) == 1, "PQrequestCancel on a released connection: %s",
+              PQerrorMessage(c));
+        for (int round = 0; round < 2; round++) {
+                /* the query reconnects; the cancel taken before must stop it */
+                CHECK(PQsendQuery(c, "SELECT pg_sleep(5)"), "send: %s", PQerrorMessage(c));
+                sleep_s(0.5);
+                double t0 = now_s();
+                char err[256];
+                CHECK(PQcancel(cancel, err, sizeof(err)) == 1, "PQcancel: %s", err);
+                PGresult *r;
+                const char *state = NULL;
+                char got[16] = "";
+                while ((r = PQgetResult(c))) {
+                        state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+                        if (state)
+                                snprintf(got, sizeof(got), "%s", state);
+                        PQclear(r);
+                }
+                double took = now_s() - t0;
+                CHECK(!strcmp(got, "57014"),
+                      "round %d: pg_sleep(5) ended with \"%s\", not cancelled", round, got);
+                CHECK(took < 2.5, "round %d: the cancel took %.1f s", round, took);
+                /* released again before the second round */
+                CHECK(round == 1 || wait_for(0, 4.5) >= 0, "not released again");
+        }
+        PQfreeCancel(cancel);
+        CHECK(scraper("dsidle").reconnects == 2, "reconnects %llu",
+              (unsigned long long)scraper("dsidle").reconnects);
+        PQfinish(c);
+        CHECK(pool_held_drained() == 0, "held %u after finishing", pool_held());
+}
+
+/* A PID read with PQbackendPID keeps naming the connection's session: the
+ * connection is pinned; one whose PID was not read is released. */
+static void backend_pid_read_pins(void)
+{
+        make_pool(20, 10, 15, 1000, 1);
+        PGconn *read = connect_ok(), *other = connect_ok();
+        int pid = PQbackendPID(read);
+        command_ok(other, "SELECT 1");
+        double t = wait_for(1, 4.5);
+        CHECK(t >= 0, "held %u, on the server %d (want the one whose PID was read)", pool_held(),
+              server_count());
+        sleep_s(1.0);
+        int now;
+        CHECK(server_pids(&now, 1) == 1 && now == pid, "backend %d gone, the server has %d", pid,
+              now);
+        CHECK(query_int(read, "SELECT pg_backend_pid()") == pid, "the PID names another session");
+        CHECK(query_int(other, "SELECT 2") == 2, "the released one does not come back");
+        PQfinish(read);
+        PQfinish(other);
+        server_log_is_clean();
+}
+
+/* Calls in which libpq talks to the server for the program reconnect a
+ * released connection first: password encryption (asks the server for its
+ * algorithm), large objects. */
+static void libpq_server_calls_reconnect_first(void)
+{
+        make_pool(20, 10, 15, 1000, 1);
+        PGconn *c = connect_ok();
+        command_ok(c, "SELECT 1");
+        CHECK(wait_for(0, 4.5) >= 0, "not released");
+        char *pw = PQencryptPasswordConn(c, "secret", "someone", NULL);
+        CHECK(pw && !strncmp(pw, "SCRAM-SHA-256$", 14), "PQencryptPasswordConn: %s",
+              pw ? pw : PQerrorMessage(c));
+        PQfreemem(pw);
+        CHECK(wait_for(0, 4.5) >= 0, "not released again");
+        Oid oid = lo_creat(c, INV_READ | INV_WRITE);
+        CHECK(oid != InvalidOid, "lo_creat: %s", PQerrorMessage(c));
+        CHECK(wait_for(0, 4.5) >= 0, "not released again");
+        CHECK(lo_unlink(c, oid) == 1, "lo_unlink: %s", PQerrorMessage(c));
+        CHECK(scraper("dsidle").reconnects == 3, "reconnects %llu",
+              (unsigned long long)scraper("dsidle").reconnects);
+        PQfinish(c);
+        server_log_is_clean();
+}
+
+static void terminate_app(const char *app)
+{
+        char cmd[512];
+        snprintf(cmd, sizeof(cmd),
+                 "env -u LD_PRELOAD psql -XAtqc \"SELECT pg_terminate_backend(pid) FROM "
+                 "pg_stat_activity WHERE application_name = '%s'\" >/dev/null",
+                 app);
+        CHECK(system(cmd) == 0, "psql could not terminate %s", app);
+        for (int i = 0; i < 100 && server_count_app(app) > 0; i++)
+                sleep_s(0.02);
+        CHECK(server_count_app(app) == 0, "%s not terminated", app);
+}
+
+/* A libpq error that shows the server ended the session (as without the
+ * shim: the FATAL message, or the end of the connection). */
+static int ended_by_server(const char *msg)
+{
+        return strstr(msg, "server closed the connection unexpectedly") ||
+               strstr(msg, "terminating connection due to administrator command");
+}
+
+/* A connection whose backend was terminated gives its slot back as soon
+ * as a call finds it broken, not when the program closes it, and PQreset
+ * takes one again. */
+static void terminated_connection_gives_its_slot_back(void)
+{
+        make_pool(20, 10, 15, 60000, 1); /* no idle release */
+        PGconn *c = PQconnectdb("application_name=dsvictim");
+        CHECK(PQstatus(c) == CONNECTION_OK, "connect: %s", PQerrorMessage(c));
+        command_ok(c, "SELECT 1");
+        CHECK(pool_held() == 1, "held %u", pool_held());
+        terminate_app("dsvictim");
+        PGresult *r = PQexec(c, "SELECT 1");
+        CHECK(PQresultStatus(r) == PGRES_FATAL_ERROR && PQstatus(c) == CONNECTION_BAD,
+              "a query on a terminated connection: %s", PQerrorMessage(c));
+        PQclear(r);
+        CHECK(pool_held() == 0, "the broken connection still holds a slot (%u held)", pool_held());
+        PQreset(c);
+        CHECK(PQstatus(c) == CONNECTION_OK, "reset: %s", PQerrorMessage(c));
+        CHECK(pool_held() == 1 && server_count_app("dsvictim") == 1, "held %u, on the server %d",
+              pool_held(), server_count_app("dsvictim"));
+        CHECK(query_int(c, "SELECT 3") == 3, "query after reset");
+        PQfinish(c);
+        CHECK(pool_held_drained() == 0, "held %u after finishing", pool_held());
+}
+
+/* The shim never discovers the end of a session itself: an idle connection
+ * whose backend was terminated is left unread (PQstatus still
+ * CONNECTION_OK, and the program's next call gets the server's end as
+ * without the shim) while its slot goes back. */
+static void dead_idle_connection_is_left_for_the_program(void)
+{
+        make_pool(20, 10, 15, 1000, 1);
+        PGconn *c = PQconnectdb("application_name=dsvictim");
+        CHECK(PQstatus(c) == CONNECTION_OK, "connect: %s", PQerrorMessage(c));
+        command_ok(c, "SELECT 1");
+        terminate_app("dsvictim");
+        double t0 = now_s();
+        while (pool_held() != 0 && now_s() - t0 < 4.5)
+                sleep_s(0.05);
+        CHECK(pool_held() == 0, "the dead idle connection still holds its slot after %.1f s",
+              now_s() - t0);
+        sleep_s(1.0);
+        CHECK(PQstatus(c) == CONNECTION_OK, "the shim found the connection broken first");
+        PGresult *r = PQexec(c, "SELECT 1");
+        CHECK(PQresultStatus(r) == PGRES_FATAL_ERROR && PQstatus(c) == CONNECTION_BAD &&
+                  ended_by_server(PQerrorMessage(c)),
+              "the program's first query after its backend ended: %s", PQerrorMessage(c));
+        PQclear(r);
+        struct ds_scraper_stats s = scraper("dsidle");
+        CHECK(s.reconnects == 0 && s.idle_releases == 0,
+              "the dead connection was released (%llu) or reconnected (%llu)",
+              (unsigned long long)s.idle_releases, (unsigned long long)s.reconnects);
+        PQreset(c);
+        CHECK(PQstatus(c) == CONNECTION_OK && pool_held() == 1, "reset: %s, held %u",
+              PQerrorMessage(c), pool_held());
+        PQfinish(c);
+        CHECK(pool_held_drained() == 0, "held %u after finishing", pool_held());
 }
 
 /* idle_release=off keeps every slot. */
@@ -805,6 +1038,16 @@ int main(int argc, char **argv)
                 transaction_is_never_released();
         else if (!strcmp(name, "pinned_connections_are_never_released"))
                 pinned_connections_are_never_released();
+        else if (!strcmp(name, "cancel_follows_the_connection"))
+                cancel_follows_the_connection();
+        else if (!strcmp(name, "backend_pid_read_pins"))
+                backend_pid_read_pins();
+        else if (!strcmp(name, "libpq_server_calls_reconnect_first"))
+                libpq_server_calls_reconnect_first();
+        else if (!strcmp(name, "terminated_connection_gives_its_slot_back"))
+                terminated_connection_gives_its_slot_back();
+        else if (!strcmp(name, "dead_idle_connection_is_left_for_the_program"))
+                dead_idle_connection_is_left_for_the_program();
         else if (!strcmp(name, "long_call_keeps_scraper_active"))
                 long_call_keeps_scraper_active();
         else if (!strcmp(name, "steady_calls_keep_scraper_active"))

@@ -27,7 +27,11 @@ def task(_):
 
 
 parent = psycopg2.connect("")
-parent.autocommit = True
+# Its transaction stays open while the children work: an idle connection
+# would be handed over to their waiting connects (and reconnected with a new
+# backend), which is not what this program checks. A child's close of its
+# inherited copy must not end this session.
+parent.autocommit = False
 cur = parent.cursor()
 cur.execute("SELECT pg_backend_pid()")
 before = cur.fetchone()[0]
@@ -37,6 +41,7 @@ with mp.get_context("fork").Pool(children) as pool:
 
 cur.execute("SELECT pg_backend_pid()")
 after = cur.fetchone()[0]
+parent.commit()
 print(json.dumps({
     "parent_pid_before": before,
     "parent_pid_after": after,
