@@ -1029,8 +1029,13 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
         return ds_acquire_ex(h, timeout_ms, 0, out, why, whylen);
 }
 
-int ds_acquire_ex(ds_handle *h, uint32_t timeout_ms, unsigned flags, struct ds_lease_ref *out,
-                  char *why, size_t whylen)
+/* Takes a slot for this process at once (0, *out), or queues a waiting
+ * lease, with flags (DS_ACQUIRE_HOLDS), in the pool's one queue: counted in
+ * waiting, a ticket, the grant pass and the notifications run (1, *out is
+ * the lease, *t0 when it started to wait, *timeout_ms resolved). The lock
+ * is released either way. Or a negative errno. */
+static int take_or_queue(ds_handle *h, uint32_t *timeout_ms, unsigned flags,
+                         struct ds_lease_ref *out, uint64_t *t0)
 {
         /* The coarse clock is enough for activity; a wait takes a precise one. */
         uint64_t now = now_coarse_ns();
@@ -1044,8 +1049,8 @@ int ds_acquire_ex(ds_handle *h, uint32_t timeout_ms, unsigned flags, struct ds_l
                 return -EPROTO;
         }
         struct ds_scraper *s = &h->scrapers[p->scraper];
-        if (timeout_ms == UINT32_MAX)
-                timeout_ms = H->cfg.wait_timeout_ms;
+        if (*timeout_ms == UINT32_MAX)
+                *timeout_ms = H->cfg.wait_timeout_ms;
         atomic_store_explicit(&p->last_activity_ns, now, memory_order_relaxed);
         atomic_store_explicit(&s->last_activity_ns, now, memory_order_relaxed);
         s->last_used_ns = now;
@@ -1055,7 +1060,8 @@ int ds_acquire_ex(ds_handle *h, uint32_t timeout_ms, unsigned flags, struct ds_l
                 return -ENOSPC;
         }
         struct ds_lease *l = &h->leases[li];
-        uint64_t id = l->id;
+        out->idx = (uint32_t)li;
+        out->id = l->id;
         uint32_t unfilled = recompute_limits(h, now);
         if (H->waiting == 0 &&
             ds_policy_may_grant_reserved(grant_cap(h), H->held, unfilled_others(s, unfilled),
@@ -1063,12 +1069,10 @@ int ds_acquire_ex(ds_handle *h, uint32_t timeout_ms, unsigned flags, struct ds_l
                 /* fast path: nobody waits, a slot is free */
                 mark_held(h, p, s, l);
                 ds_unlock(h);
-                out->idx = (uint32_t)li;
-                out->id = id;
                 return 0;
         }
-        uint64_t t0 = ds_now_ns();
-        l->since_ns = t0;
+        *t0 = ds_now_ns();
+        l->since_ns = *t0;
         l->ticket = H->next_ticket++;
         l->holds = (flags & DS_ACQUIRE_HOLDS) ? 1 : 0;
         atomic_store(&l->wake, 0);
@@ -1076,12 +1080,26 @@ int ds_acquire_ex(ds_handle *h, uint32_t timeout_ms, unsigned flags, struct ds_l
         H->waiting++, s->waiting++, p->waiting++;
         recompute_limits(h, now); /* waiting makes the scraper active */
         if (H->held >= H->cfg.pool_size &&
-            t0 - atomic_load(&H->last_sweep_ns) >= SWEEP_INTERVAL_NS / 10)
+            *t0 - atomic_load(&H->last_sweep_ns) >= SWEEP_INTERVAL_NS / 10)
                 sweep_dead(h);
-        grant_waiters(h, t0, -1);
+        grant_waiters(h, *t0, -1);
         if (atomic_load(&l->wake) == 0)
-                notify_waiting(h, t0);
+                notify_waiting(h, *t0);
         ds_unlock(h);
+        return 1;
+}
+
+int ds_acquire_ex(ds_handle *h, uint32_t timeout_ms, unsigned flags, struct ds_lease_ref *out,
+                  char *why, size_t whylen)
+{
+        uint64_t t0 = 0;
+        int rc = take_or_queue(h, &timeout_ms, flags, out, &t0);
+        if (rc <= 0)
+                return rc;
+        struct ds_header *H = h->hdr;
+        uint32_t li = out->idx;
+        uint64_t id = out->id;
+        struct ds_lease *l = &h->leases[li];
 
         /* A granter stores HELD, then 1 into the wake word, then wakes us: a
          * 1 here means the slot is ours, with no need for the lock. A 3
@@ -1134,8 +1152,10 @@ int ds_acquire_ex(ds_handle *h, uint32_t timeout_ms, unsigned flags, struct ds_l
                 ds_unlock(h);
                 goto granted;
         }
+        struct ds_proc *p = &h->procs[l->proc < h->cap.max_procs ? l->proc : 0];
+        struct ds_scraper *s = &h->scrapers[l->scraper < h->cap.max_scrapers ? l->scraper : 0];
         H->waiting--, s->waiting--, p->waiting--;
-        free_lease(h, (uint32_t)li);
+        free_lease(h, li);
         uint64_t t = ds_now_ns();
         s->waits++;
         s->wait_ns_total += t - t0;
@@ -1154,7 +1174,7 @@ int ds_acquire_ex(ds_handle *h, uint32_t timeout_ms, unsigned flags, struct ds_l
         ds_unlock(h);
         return rc;
 granted:
-        out->idx = (uint32_t)li;
+        out->idx = li;
         out->id = id;
         return 0;
 }
@@ -2096,56 +2116,16 @@ void ds_inflight_add(ds_handle *h, int delta)
 
 int ds_acquire_start(ds_handle *h, uint32_t timeout_ms, struct ds_wait *w, struct ds_lease_ref *out)
 {
-        uint64_t now = now_coarse_ns();
-        int rc = lock_registered(h, now);
-        if (rc)
+        uint64_t t0 = 0;
+        struct ds_lease_ref ref;
+        int rc = take_or_queue(h, &timeout_ms, 0, &ref, &t0);
+        if (rc < 0)
                 return rc;
-        struct ds_header *H = h->hdr;
-        struct ds_proc *p = &h->procs[h->proc_idx];
-        if (p->scraper >= h->cap.max_scrapers) {
-                ds_unlock(h);
-                return -EPROTO;
-        }
-        struct ds_scraper *s = &h->scrapers[p->scraper];
-        if (timeout_ms == UINT32_MAX)
-                timeout_ms = H->cfg.wait_timeout_ms;
-        atomic_store_explicit(&p->last_activity_ns, now, memory_order_relaxed);
-        atomic_store_explicit(&s->last_activity_ns, now, memory_order_relaxed);
-        s->last_used_ns = now;
-        long li = new_lease(h, p, now);
-        if (li < 0) {
-                ds_unlock(h);
-                return -ENOSPC;
-        }
-        struct ds_lease *l = &h->leases[li];
-        uint64_t id = l->id;
-        uint32_t unfilled = recompute_limits(h, now);
-        if (H->waiting == 0 &&
-            ds_policy_may_grant_reserved(grant_cap(h), H->held, unfilled_others(s, unfilled),
-                                         s->held, s->limit)) {
-                mark_held(h, p, s, l);
-                ds_unlock(h);
-                out->idx = (uint32_t)li;
-                out->id = id;
+        if (rc == 0) {
+                *out = ref;
                 return 0;
         }
-        /* queued exactly as ds_acquire queues a blocking connect */
-        uint64_t t0 = ds_now_ns();
-        l->since_ns = t0;
-        l->ticket = H->next_ticket++;
-        atomic_store(&l->wake, 0);
-        atomic_store(&l->state, DS_LEASE_WAITING);
-        H->waiting++, s->waiting++, p->waiting++;
-        recompute_limits(h, now);
-        if (H->held >= H->cfg.pool_size &&
-            t0 - atomic_load(&H->last_sweep_ns) >= SWEEP_INTERVAL_NS / 10)
-                sweep_dead(h);
-        grant_waiters(h, t0, -1);
-        if (atomic_load(&l->wake) == 0)
-                notify_waiting(h, t0);
-        ds_unlock(h);
-        w->ref.idx = (uint32_t)li;
-        w->ref.id = id;
+        w->ref = ref;
         w->t0 = t0;
         w->deadline = t0 + (uint64_t)timeout_ms * 1000000ull;
         w->timeout_ms = timeout_ms;
