@@ -1321,6 +1321,11 @@ int ds_lease_set_backend(ds_handle *h, const struct ds_lease_ref *ref, int32_t b
         return rc;
 }
 
+int ds_backend_is_local(int32_t backend_pid)
+{
+        return backend_pid > 0 && ds_local_backend_start(backend_pid) != 0;
+}
+
 int ds_drain_list(ds_handle *h, int32_t *pids, size_t max, size_t *n)
 {
         *n = 0;

@@ -245,6 +245,23 @@ static int holds_stuck_connection(void)
         return tx && tx(e->conn) != PQTRANS_IDLE && tx(e->conn) != PQTRANS_UNKNOWN;
 }
 
+/* A connect whose pool failed under it (rc: neither a grant nor a
+ * timeout): with DYNSHIM_ON_ERROR=closed it is refused (REFUSED, the
+ * message in msg); with open it passes through uncounted, with one warning
+ * (PASS). */
+static int pool_failed(int rc, char *msg, size_t len)
+{
+        char why[400];
+        snprintf(why, sizeof(why), "cannot take a connection slot from segment \"%s\": %s",
+                 cfg.segment, strerror(-rc));
+        if (cfg.closed) {
+                snprintf(msg, len, "dynshim: %s (DYNSHIM_ON_ERROR=closed)", why);
+                return REFUSED;
+        }
+        warn_open(why);
+        return PASS;
+}
+
 /* Takes a slot for a connect. GRANTED (c->lease), PASS (no pool to ask,
  * DYNSHIM_ON_ERROR=open) or REFUSED with the message in msg. */
 static int acquire(struct ds_call *c, char *msg, size_t len)
@@ -271,8 +288,7 @@ static int acquire(struct ds_call *c, char *msg, size_t len)
                 return REFUSED;
         }
         if (h)
-                snprintf(why, sizeof(why), "cannot take a connection slot from segment \"%s\": %s",
-                         cfg.segment, strerror(-rc));
+                return pool_failed(rc, msg, len);
         if (cfg.closed) {
                 snprintf(msg, len, "dynshim: %s (DYNSHIM_ON_ERROR=closed)", why);
                 return REFUSED;
@@ -512,6 +528,49 @@ static void release_when_gone(int fd, const struct ds_slot *lease)
                          gone ? "is gone" : "is still there; its slot drains in the pool",
                          rc ? strerror(-rc) : "slot returned");
         }
+        errno = save;
+}
+
+/* 1 if e's backend is a process of this host: the pool sees it end in
+ * /proc, so a finish keeps no descriptor to watch for it. */
+static int backend_is_local(const struct ds_conn *e)
+{
+        int pid = e->lib->backend_pid && e->lib->status && e->lib->status(e->conn) == CONNECTION_OK
+                      ? e->lib->backend_pid(e->conn)
+                      : 0;
+        return ds_backend_is_local(pid);
+}
+
+/* The program's PQfinish of a connection whose backend is local (or whose
+ * socket could not be duplicated): the slot drains in the pool while the
+ * backend recorded for it may still run, and goes to a waiter once the
+ * pool sees it gone (its waiters look every 20 ms while a slot drains). */
+static void release_draining(const struct ds_slot *lease)
+{
+        int rc = ds_release_for(lease->h, &lease->ref, DS_RELEASE_NORMAL | DS_RELEASE_MAY_RUN);
+        if (rc)
+                ds_debug("lease %u/%llu was not released: %s", lease->ref.idx,
+                         (unsigned long long)lease->ref.id, strerror(-rc));
+}
+
+/* The program's PQfinish of a connection with a remote backend: waits up
+ * to GONE_WAIT_MS for the socket's end-of-file on fd (a duplicate), then
+ * gives the slot back, or leaves it draining in the pool. The duplicate is
+ * closed before PQfinish returns: a program that closes a descriptor still
+ * in its epoll set relies on the close removing it, which a duplicate kept
+ * open by a watcher would prevent (the set would report the closed
+ * descriptor, with the program's stale data). */
+static void release_after_gone(int fd, const struct ds_slot *lease)
+{
+        int save = errno;
+        shutdown(fd, SHUT_WR);
+        int gone = backend_gone(fd, GONE_WAIT_MS);
+        close(fd);
+        int rc = ds_release_for(lease->h, &lease->ref,
+                                gone ? DS_RELEASE_NORMAL : DS_RELEASE_NORMAL | DS_RELEASE_MAY_RUN);
+        ds_debug("a finished connection's backend %s: %s",
+                 gone ? "is gone" : "is still there; its slot drains in the pool",
+                 rc ? strerror(-rc) : "slot returned");
         errno = save;
 }
 
@@ -1510,14 +1569,7 @@ static int acquire_nowait(struct ds_call *c, char *msg, size_t len)
                 c->wait_h = h;
                 return WAITING;
         }
-        snprintf(why, sizeof(why), "cannot take a connection slot from segment \"%s\": %s",
-                 cfg.segment, strerror(-rc));
-        if (cfg.closed) {
-                snprintf(msg, len, "dynshim: %s (DYNSHIM_ON_ERROR=closed)", why);
-                return REFUSED;
-        }
-        warn_open(why);
-        return PASS;
+        return pool_failed(rc, msg, len);
 }
 
 /* Gives e (a connection with nothing sent, CONNECTION_BAD) the wait queued
@@ -1647,16 +1699,10 @@ static int pending_poll(struct ds_call *c, struct ds_conn *e)
                 return 0;
         }
         drain_fd(wt->efd);
-        if (rc != 0 && rc != -ETIMEDOUT && !cfg.closed) {
-                /* the pool failed under the wait (a repair dropped it): as a
-                 * blocking connect would, pass through uncounted */
-                char why2[300];
-                snprintf(why2, sizeof(why2),
-                         "cannot take a connection slot from segment \"%s\": %s", cfg.segment,
-                         strerror(-rc));
-                warn_open(why2);
-        }
-        if (rc == 0 || (rc != -ETIMEDOUT && !cfg.closed)) {
+        /* the pool failed under the wait (a repair dropped it): as a
+         * blocking connect would, pass through uncounted, or be refused */
+        int failed = rc != 0 && rc != -ETIMEDOUT ? pool_failed(rc, msg, sizeof(msg)) : REFUSED;
+        if (rc == 0 || failed == PASS) {
                 if (rc == 0) {
                         ds_conns_lock();
                         e->leased = 1;
@@ -1680,11 +1726,6 @@ static int pending_poll(struct ds_call *c, struct ds_conn *e)
         }
         if (rc == -ETIMEDOUT)
                 snprintf(msg, sizeof(msg), "dynshim: %s", why);
-        else
-                snprintf(msg, sizeof(msg),
-                         "dynshim: cannot take a connection slot from segment \"%s\": %s "
-                         "(DYNSHIM_ON_ERROR=closed)",
-                         cfg.segment, strerror(-rc));
         set_error(e, msg);
         ds_log(DS_LOG_INFO, "%s", msg);
         pending_done(e);
@@ -1982,7 +2023,10 @@ int ds_begin(struct ds_call *c, int id, int slot, const void *ra, const void *co
                                 c->out.i = e->fd; /* the placeholder, closed after */
                         if (e->owner != getpid()) {
                                 neutralize_socket(e);
-                        } else if (e->leased && e->lib->socket) {
+                        } else if (e->leased && e->lib->socket && !backend_is_local(e)) {
+                                /* a remote backend is seen gone only at the
+                                 * socket's end-of-file (a local one in /proc,
+                                 * by the pool: no descriptor is kept) */
                                 int fd = e->lib->socket(e->conn);
                                 if (fd >= 0)
                                         c->gone_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
@@ -2208,9 +2252,9 @@ void ds_end(struct ds_call *c)
                 if (e) {
                         if (e->leased && e->owner == getpid()) {
                                 if (c->gone_fd >= 0)
-                                        release_when_gone(c->gone_fd, &e->lease);
+                                        release_after_gone(c->gone_fd, &e->lease);
                                 else
-                                        release(&e->lease);
+                                        release_draining(&e->lease);
                         } else if (c->gone_fd >= 0) {
                                 close(c->gone_fd);
                         }

@@ -223,6 +223,10 @@ int ds_update(ds_handle *h, const char *const *set, size_t nset, const char *con
  * ds_drain_gone, or after a bound). -ENOENT if the lease is not held. */
 int ds_lease_set_backend(ds_handle *h, const struct ds_lease_ref *lease, int32_t backend_pid);
 
+/* 1 if backend_pid is a live PostgreSQL process of this host (the pool
+ * sees such a backend end in /proc), else 0. */
+int ds_backend_is_local(int32_t backend_pid);
+
 /* The backend PIDs of draining slots not visible on this host (up to max). */
 int ds_drain_list(ds_handle *h, int32_t *pids, size_t max, size_t *n);
 
