@@ -98,6 +98,18 @@ static struct pool_view view(void)
         return v;
 }
 
+/* The pool once finished connections have drained (a finish returns
+ * before its backend exits; 3 s at most). */
+static struct pool_view view_drained(void)
+{
+        struct pool_view v = view();
+        for (int i = 0; i < 300 && v.held > 0; i++) {
+                usleep(10000);
+                v = view();
+        }
+        return v;
+}
+
 /* Client backends of this test, counted by a psql that runs without the
  * shim: every backend, also one still in its startup. */
 static int server_count(void)
@@ -365,10 +377,7 @@ static void finish_withdraws_waiting_connect(void)
               "waiting %u",
               v.held, v.waiting);
         PQfinish(a);
-        /* a finish returns before its backend exits: its slot drains until
-         * then (3 s at most here) */
-        for (int i = 0; i < 300 && (v = view()).held > 0; i++)
-                usleep(10000);
+        v = view_drained();
         CHECK(v.held == 0 && v.waiting == 0 && v.connects == 1, "held %u waiting %u connects %llu",
               v.held, v.waiting, (unsigned long long)v.connects);
         char why[256];
@@ -404,7 +413,7 @@ static void waiting_connect_times_out_through_poll(void)
               v.held, v.waiting, (unsigned long long)v.timeouts);
         PQfinish(b);
         PQfinish(a);
-        CHECK(view().held == 0, "held after finishing both");
+        CHECK(view_drained().held == 0, "held after finishing both");
 }
 
 /* PQresetStart of a connection without a slot (its connect failed) does
@@ -489,7 +498,7 @@ static void fork_child_leaves_parents_waiting_connect(void)
               v.waiting);
         PQfinish(b);  /* the slot goes to b2's wait */
         PQfinish(b2); /* withdrawn after its grant: the slot goes back */
-        v = view();
+        v = view_drained();
         CHECK(v.held == 0 && v.waiting == 0, "held %u waiting %u", v.held, v.waiting);
         char why[256];
         CHECK(ds_check(coord, why, sizeof(why)) == 0, "invariants: %s", why);
