@@ -5,7 +5,8 @@ shape, in a static and a dynamic configuration, on one server.
     scenario.py run OUT.json      the full run (PG* variables name the server;
                                   DYNSHIM_BENCH_SHIM and DYNSHIM_BENCH_DYNCOORD
                                   the shim and dyncoord)
-    scenario.py quick OUT.json    one shape, one round, short phases
+    scenario.py quick OUT.json    one shape (BENCH_SCENARIO_SHAPES, default
+                                  queuepool-overflow), one round, short phases
     scenario.py report OUT.json PLOT.png PLOT_LINK
                                   print the Markdown report, draw the plots
                                   (PLOT and PLOT_LINK contain %d: the shape)
@@ -29,6 +30,7 @@ Configurations, interleaved round by round (the order alternates):
 Environment: BENCH_SCENARIO_SHAPES (default: every shape), _ROUNDS (3),
 _PHASE (15 s), _IDLE_TIMEOUT (5 s), _REALLOC (5 s), _WINDOW (10 s),
 _QUERY (1.0 s), _HOLD (0.4 s), _THINK (0.1 s); see P."""
+import bisect
 import json
 import os
 import statistics as st
@@ -70,8 +72,9 @@ P = {
     "pool_size": 20,
     "static_conns": 30,                # the replaced system's connections: 20/30 is the cap
 }
-QUICK = {"shapes": ["queuepool-overflow"], "rounds": 1, "phase_s": 8, "settle_s": 3,
-         "idle_timeout_s": 2, "realloc_s": 2, "window_s": 4}
+QUICK = {"shapes": os.environ.get("BENCH_SCENARIO_SHAPES", "queuepool-overflow").split(),
+         "rounds": 1, "phase_s": 8, "settle_s": 3, "idle_timeout_s": 2, "realloc_s": 2,
+         "window_s": 4}
 NAMES = ("A", "B", "C")
 PHASES = (("A alone", "A", ""), ("A+B", "AB", ""), ("A+B+C", "ABC", ""),
           ("A alone, B and C stopped", "A", "BC"))
@@ -230,6 +233,25 @@ def window(ph):
     return ph["t0"] + P["settle_s"], ph["t1"]
 
 
+def completions(events):
+    """Each thread's workflow completion times, sorted."""
+    by = {}
+    for e in events:
+        if e.startswith("done "):
+            f = e.split()
+            by.setdefault(f[2] if len(f) > 2 else "", []).append(float(f[1]))
+    return [sorted(v) for v in by.values()]
+
+
+def work_done(times, t):
+    """Workflows a thread finished by time t, counted linearly between two
+    completions (so that a window does not count whole bursts or none)."""
+    i = bisect.bisect_right(times, t)
+    if i == 0 or i == len(times):
+        return float(i)
+    return i + (t - times[i - 1]) / (times[i] - times[i - 1])
+
+
 def phase_metrics(run, ph):
     a0, a1 = window(ph)
     s = [x for x in run["samples"] if a0 <= x[0] < a1]
@@ -240,8 +262,8 @@ def phase_metrics(run, ph):
          "max_gap_ms": 1000 * max((b[0] - a[0] for a, b in zip(whole, whole[1:])), default=0),
          "wpm": {}, "errors": {}, "error_text": []}
     for n, ev in run["events"].items():
-        done = [float(e.split()[1]) for e in ev if e.startswith("done ")]
-        m["wpm"][n] = 60.0 * sum(1 for t in done if a0 <= t < a1) / (a1 - a0)
+        m["wpm"][n] = 60.0 * sum(work_done(c, a1) - work_done(c, a0)
+                                 for c in completions(ev)) / (a1 - a0)
         errs = [e for e in ev if e.startswith("error ")
                 and ph["t0"] <= float(e.split()[1]) < ph["t1"]]
         m["errors"][n] = len(errs)

@@ -16,8 +16,8 @@ workflow after a delay of its own, between 0 and one workflow and think time.
 Commands on stdin, one a line: "active" (workers run workflows), "idle"
 (workers stop after their current workflow; the shape keeps whatever
 connections it keeps), "quit". Writes "ready" once the shape exists, "done
-T" on stdout for every finished workflow (T: CLOCK_MONOTONIC seconds, the
-same clock in every process), "error T MESSAGE" for a failed one (a failed
+T K" on stdout for every workflow thread K finished (T: CLOCK_MONOTONIC
+seconds, the same clock in every process), "error T MESSAGE" for a failed one (a failed
 creation of the shape included), and "closed" when it quits."""
 import os
 import random
@@ -71,7 +71,7 @@ def main():
                     db.query("SELECT count(*) FROM pg_class")
                     db.commit()
                     time.sleep(hold_s)
-                say("done %.6f" % time.monotonic())
+                say("done %.6f %d" % (time.monotonic(), k))
             except Exception as e:
                 error(e)
                 time.sleep(0.2)
