@@ -19,6 +19,8 @@ void ds_config_defaults(struct ds_config *cfg)
         cfg->idle_release = 1;
         cfg->reuse = 0;
         cfg->reuse_timeout_ms = 5000;
+        cfg->handover_delay_ms = 100;
+        cfg->deadlock_timeout_ms = 1000;
 }
 
 void ds_capacity_defaults(struct ds_capacity *cap)
@@ -107,6 +109,14 @@ int ds_config_validate(const struct ds_config *cfg, const struct ds_capacity *ca
         }
         if (cfg->reuse_timeout_ms == 0 || cfg->reuse_timeout_ms > DS_DURATION_MAX_MS) {
                 WHY("reuse_timeout must be above 0 and at most one day");
+                return -EINVAL;
+        }
+        if (cfg->handover_delay_ms == 0 || cfg->handover_delay_ms > 60000) {
+                WHY("handover_delay must be above 0 and at most 60 s");
+                return -EINVAL;
+        }
+        if (cfg->deadlock_timeout_ms == 0 || cfg->deadlock_timeout_ms > DS_DURATION_MAX_MS) {
+                WHY("deadlock_timeout must be above 0 and at most one day");
                 return -EINVAL;
         }
         return 0;
@@ -213,6 +223,8 @@ static const struct kv_key {
     {"idle_release", KV_ONOFF, offsetof(struct ds_config, idle_release)},
     {"reuse", KV_ONOFF, offsetof(struct ds_config, reuse)},
     {"reuse_timeout", KV_DURATION, offsetof(struct ds_config, reuse_timeout_ms)},
+    {"handover_delay", KV_DURATION, offsetof(struct ds_config, handover_delay_ms)},
+    {"deadlock_timeout", KV_DURATION, offsetof(struct ds_config, deadlock_timeout_ms)},
 };
 
 int ds_config_set_kv(struct ds_config *cfg, const char *kv, char *why, size_t whylen)
@@ -261,7 +273,8 @@ int ds_config_set_kv(struct ds_config *cfg, const char *kv, char *why, size_t wh
         }
         WHY("unknown key '%.*s' (keys: pool_size, soft_limit, max_limit, idle_timeout, "
             "realloc_interval, wait_timeout, warn_usage, idle_release, reuse, "
-            "reuse_timeout, and scraper.NAME.max, .reserve, .weight, .idle_release)",
+            "reuse_timeout, handover_delay, deadlock_timeout, and scraper.NAME.max, .reserve, "
+            ".weight, .idle_release)",
             (int)klen, kv);
         return -EINVAL;
 }
@@ -276,7 +289,9 @@ static void fmt_ms(char *b, size_t n, uint32_t ms)
 
 int ds_config_format(const struct ds_config *cfg, char *buf, size_t len)
 {
-        char it[24], ri[24], wt[24], rt[24];
+        char it[24], ri[24], wt[24], rt[24], hd[24], dt[24];
+        fmt_ms(hd, sizeof(hd), cfg->handover_delay_ms);
+        fmt_ms(dt, sizeof(dt), cfg->deadlock_timeout_ms);
         fmt_ms(it, sizeof(it), cfg->idle_timeout_ms);
         fmt_ms(rt, sizeof(rt), cfg->reuse_timeout_ms);
         fmt_ms(ri, sizeof(ri), cfg->realloc_interval_ms);
@@ -284,10 +299,10 @@ int ds_config_format(const struct ds_config *cfg, char *buf, size_t len)
         return snprintf(buf, len,
                         "pool_size=%u\nsoft_limit=%u\nmax_limit=%u\nidle_timeout=%s\n"
                         "realloc_interval=%s\nwait_timeout=%s\nwarn_usage=%u\nidle_release=%s\n"
-                        "reuse=%s\nreuse_timeout=%s\n",
+                        "reuse=%s\nreuse_timeout=%s\nhandover_delay=%s\ndeadlock_timeout=%s\n",
                         cfg->pool_size, cfg->soft_limit, cfg->max_limit, it, ri, wt,
                         cfg->warn_usage_pct, cfg->idle_release ? "on" : "off",
-                        cfg->reuse ? "on" : "off", rt);
+                        cfg->reuse ? "on" : "off", rt, hd, dt);
 }
 
 /* ---- per-scraper overrides ---- */

@@ -68,6 +68,8 @@ enum option_id {
         OPT_IDLE_RELEASE,
         OPT_REUSE,
         OPT_REUSE_TIMEOUT,
+        OPT_HANDOVER_DELAY,
+        OPT_DEADLOCK_TIMEOUT,
         OPT_MAX_PROCESSES,
         OPT_MAX_LEASES,
         OPT_MAX_SCRAPERS,
@@ -112,6 +114,8 @@ static const struct option long_options[] = {
     {"idle-release", required_argument, NULL, OPT_IDLE_RELEASE},
     {"reuse", required_argument, NULL, OPT_REUSE},
     {"reuse-timeout", required_argument, NULL, OPT_REUSE_TIMEOUT},
+    {"handover-delay", required_argument, NULL, OPT_HANDOVER_DELAY},
+    {"deadlock-timeout", required_argument, NULL, OPT_DEADLOCK_TIMEOUT},
     {"max-processes", required_argument, NULL, OPT_MAX_PROCESSES},
     {"max-leases", required_argument, NULL, OPT_MAX_LEASES},
     {"max-scrapers", required_argument, NULL, OPT_MAX_SCRAPERS},
@@ -161,6 +165,10 @@ static const struct value_option {
     {OPT_REUSE, "--reuse", V_ONOFF, 0, offsetof(struct ds_config, reuse), 0},
     {OPT_REUSE_TIMEOUT, "--reuse-timeout", V_DURATION, 0,
      offsetof(struct ds_config, reuse_timeout_ms), 0},
+    {OPT_HANDOVER_DELAY, "--handover-delay", V_DURATION, 0,
+     offsetof(struct ds_config, handover_delay_ms), 0},
+    {OPT_DEADLOCK_TIMEOUT, "--deadlock-timeout", V_DURATION, 0,
+     offsetof(struct ds_config, deadlock_timeout_ms), 0},
     {OPT_MAX_PROCESSES, "--max-processes", V_COUNT, 1, offsetof(struct ds_capacity, max_procs),
      DS_CAP_PROCS_MAX},
     {OPT_MAX_LEASES, "--max-leases", V_COUNT, 1, offsetof(struct ds_capacity, max_leases),
@@ -222,7 +230,8 @@ static void print_usage(FILE *f)
               "  --set KEY=VALUE...     change the live configuration (keys: pool_size,\n"
               "                         soft_limit, max_limit, idle_timeout, realloc_interval,\n"
               "                         wait_timeout, warn_usage, idle_release, reuse,\n"
-              "                         reuse_timeout; and per scraper\n"
+              "                         reuse_timeout, handover_delay, deadlock_timeout;\n"
+              "                         and per scraper\n"
               "                         scraper.NAME.max, .reserve, .weight, .idle_release)\n"
               "  --unset KEY...         remove scraper overrides (scraper.NAME.KEY, or\n"
               "                         scraper.NAME for all of them)\n"
@@ -256,6 +265,10 @@ static void print_usage(FILE *f)
               "  --reuse on|off         park finished connections for the process's next\n"
               "                         connect with the same parameters (off)\n"
               "  --reuse-timeout S      a parked connection is closed after this long (5)\n"
+              "  --handover-delay S     while a connect waits, a connection unused this long\n"
+              "                         is handed over to it (0.1)\n"
+              "  --deadlock-timeout S   connects that wait while holding the only slots they\n"
+              "                         could get: the newest fails after this long (1)\n"
               "  --max-processes N      processes attached at once (1024)\n"
               "  --max-leases N         slots held plus connects waiting, at once (4096)\n"
               "  --max-scrapers N       distinct scraper names remembered (256)\n"
@@ -1065,10 +1078,12 @@ static void print_stats_json(const char *segment, const struct ds_stats *st)
                usage_above_warning(st) ? "true" : "false");
         printf(", \"soft_limit\": %u, \"max_limit\": %u, \"idle_timeout_ms\": %u, "
                "\"realloc_interval_ms\": %u, \"wait_timeout_ms\": %u, \"warn_usage_pct\": %u, "
-               "\"idle_release\": %s, \"reuse\": %s, \"reuse_timeout_ms\": %u",
+               "\"idle_release\": %s, \"reuse\": %s, \"reuse_timeout_ms\": %u, "
+               "\"handover_delay_ms\": %u, \"deadlock_timeout_ms\": %u",
                c->soft_limit, c->max_limit, c->idle_timeout_ms, c->realloc_interval_ms,
                c->wait_timeout_ms, c->warn_usage_pct, c->idle_release ? "true" : "false",
-               c->reuse ? "true" : "false", c->reuse_timeout_ms);
+               c->reuse ? "true" : "false", c->reuse_timeout_ms, c->handover_delay_ms,
+               c->deadlock_timeout_ms);
         printf(", \"processes\": %u, \"active_scrapers\": %u, \"grants\": %llu, "
                "\"peak_held\": %llu, \"reclaimed_processes\": %llu, \"repairs\": %llu",
                st->procs, st->n_active, (unsigned long long)st->grants,

@@ -35,6 +35,11 @@ struct ds_handle {
         void (*_Atomic advice_fn)(void *);
         void *_Atomic advice_arg;
         _Atomic uint32_t advice_period_ms;
+        /* Scratch of the policy calls made under the segment's lock (one
+         * allocation, sized by the capacity at attach). */
+        struct ds_pick_entry *pick; /* [max_scrapers] */
+        uint32_t *reserve;          /* [max_scrapers] */
+        struct ds_wait_proc *wproc; /* [max_procs] */
 };
 
 int ds_mutex_init_shared(pthread_mutex_t *m);

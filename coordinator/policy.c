@@ -7,22 +7,29 @@ uint32_t ds_policy_limit(const struct ds_config *cfg, uint32_t n_active)
         return limit < cfg->pool_size ? limit : cfg->pool_size;
 }
 
-int ds_policy_is_active(const struct ds_config *cfg, uint32_t waiting, uint32_t inflight,
-                        uint64_t last_activity_ns, uint64_t now_ns)
+static int recently_used(const struct ds_config *cfg, const struct ds_activity *a, uint64_t now_ns)
 {
-        if (waiting > 0 || inflight > 0)
+        if (a->inflight > 0)
                 return 1;
-        if (last_activity_ns == 0)
+        if (a->last_activity_ns == 0)
                 return 0;
-        if (now_ns <= last_activity_ns)
+        if (now_ns <= a->last_activity_ns)
                 return 1;
-        return now_ns - last_activity_ns < (uint64_t)cfg->idle_timeout_ms * 1000000u;
+        return now_ns - a->last_activity_ns < (uint64_t)cfg->idle_timeout_ms * 1000000u;
 }
 
-int ds_policy_may_grant(uint32_t pool_size, uint32_t held_total, uint32_t scraper_held,
-                        uint32_t limit)
+int ds_policy_is_active(const struct ds_config *cfg, const struct ds_activity *a, uint64_t now_ns)
 {
-        return held_total < pool_size && scraper_held < limit;
+        if (a->waiting > 0)
+                return 1;
+        if (a->procs == 0 && a->held == 0)
+                return 0; /* nobody left to use it: idle at once */
+        return recently_used(cfg, a, now_ns);
+}
+
+int ds_policy_is_idle(const struct ds_config *cfg, const struct ds_activity *a, uint64_t now_ns)
+{
+        return !recently_used(cfg, a, now_ns);
 }
 
 int ds_policy_may_grant_reserved(uint32_t pool_size, uint32_t held_total, uint32_t unfilled_others,
@@ -55,13 +62,13 @@ int ds_policy_prefer(const struct ds_pick_entry *a, const struct ds_pick_entry *
         return a->oldest_ticket < b->oldest_ticket;
 }
 
-uint32_t ds_policy_give_back(const struct ds_config *cfg, int active, uint32_t held, uint32_t limit,
+uint32_t ds_policy_give_back(const struct ds_config *cfg, int idle, uint32_t held, uint32_t limit,
                              uint32_t pending, uint32_t starved, enum ds_release_reason *reason)
 {
         *reason = DS_RELEASE_NORMAL;
         if (!cfg->idle_release || held == 0)
                 return 0;
-        if (!active) {
+        if (idle) {
                 *reason = DS_RELEASE_IDLE;
                 return held;
         }
@@ -73,6 +80,40 @@ uint32_t ds_policy_give_back(const struct ds_config *cfg, int active, uint32_t h
                 return 0;
         *reason = DS_RELEASE_SURPLUS;
         return want - pending;
+}
+
+uint64_t ds_policy_min_unused_ns(const struct ds_config *cfg, enum ds_release_reason reason)
+{
+        if (reason == DS_RELEASE_IDLE)
+                return (uint64_t)cfg->idle_timeout_ms * 1000000ull / 2;
+        if (reason == DS_RELEASE_HANDOVER || reason == DS_RELEASE_SURPLUS)
+                return (uint64_t)cfg->handover_delay_ms * 1000000ull;
+        return 0;
+}
+
+#define FRESH_UNUSED_NS      (1000ull * 1000 * 1000)
+#define SURPLUS_ANY_AFTER_NS (1000ull * 1000 * 1000)
+
+int ds_policy_may_take(uint64_t unused_ns, int fresh, uint64_t min_unused_ns)
+{
+        return unused_ns >= min_unused_ns && (!fresh || unused_ns >= FRESH_UNUSED_NS);
+}
+
+uint64_t ds_policy_surplus_unused_ns(uint64_t min_unused_ns, uint64_t owed_ns)
+{
+        return owed_ns >= SURPLUS_ANY_AFTER_NS ? 0 : min_unused_ns;
+}
+
+uint32_t ds_policy_advice_period_ms(const struct ds_config *cfg, int busy)
+{
+        uint32_t p = 1000;
+        if (cfg->idle_timeout_ms / 4 < p)
+                p = cfg->idle_timeout_ms / 4;
+        if (cfg->reuse && cfg->reuse_timeout_ms / 4 < p)
+                p = cfg->reuse_timeout_ms / 4;
+        if (busy && cfg->handover_delay_ms / 2 < p)
+                p = cfg->handover_delay_ms / 2;
+        return p < 20 ? 20 : p;
 }
 
 uint32_t ds_policy_fair_share(uint32_t pool_size, uint32_t weight, uint64_t weight_sum)
@@ -91,19 +132,13 @@ uint32_t ds_policy_give_back_fair(uint32_t held, uint32_t fair, uint32_t pending
         return want > pending ? want - pending : 0;
 }
 
-long ds_policy_pick(const struct ds_pick_entry *e, size_t n, uint32_t pool_size,
-                    uint32_t held_total)
-{
-        return ds_policy_pick_reserved(e, NULL, n, pool_size, held_total);
-}
-
-long ds_policy_pick_reserved(const struct ds_pick_entry *e, const uint32_t *reserve, size_t n,
-                             uint32_t pool_size, uint32_t held_total)
+long ds_policy_pick(const struct ds_pick_entry *e, const uint32_t *reserve, size_t n, uint32_t cap,
+                    uint32_t held_total, long prefer)
 {
         long best = -1;
         uint64_t unfilled = 0;
 #define R(i) (reserve ? reserve[i] : 0u)
-        if (held_total >= pool_size)
+        if (held_total >= cap)
                 return -1;
         for (size_t i = 0; i < n; i++)
                 if (e[i].held < R(i))
@@ -113,14 +148,76 @@ long ds_policy_pick_reserved(const struct ds_pick_entry *e, const uint32_t *rese
                 uint64_t others = unfilled - own;
                 if (e[i].waiting == 0 ||
                     !ds_policy_may_grant_reserved(
-                        pool_size, held_total, others > UINT32_MAX ? UINT32_MAX : (uint32_t)others,
+                        cap, held_total, others > UINT32_MAX ? UINT32_MAX : (uint32_t)others,
                         e[i].held, e[i].limit))
                         continue;
+                if ((long)i == prefer)
+                        return prefer;
                 if (best < 0 || ds_policy_prefer_reserved(&e[i], R(i), &e[best], R(best)))
                         best = (long)i;
         }
         return best;
 #undef R
+}
+
+uint32_t ds_policy_handover(struct ds_pick_entry *e, const uint32_t *reserve, size_t n, size_t self,
+                            uint32_t cap, uint32_t held_total, uint32_t max)
+{
+        uint32_t k = 0;
+        if (self >= n || held_total > cap)
+                return 0;
+        while (k < max && e[self].held > 0 && held_total > 0) {
+                e[self].held--;
+                long who = ds_policy_pick(e, reserve, n, cap, held_total - 1, (long)self);
+                if (who < 0) {
+                        e[self].held++;
+                        break;
+                }
+                e[who].held++;
+                e[who].waiting--;
+                k++;
+        }
+        return k;
+}
+
+int ds_policy_lease_first(uint64_t a_ticket, int a_holds, uint64_t b_ticket, int b_holds)
+{
+        if (!a_holds != !b_holds)
+                return a_holds != 0;
+        return a_ticket < b_ticket;
+}
+
+/* 1 if every process of scraper entry `only` (or of any, with only < 0)
+ * that holds a slot holds only slots of waiting threads; 0 if one holds a
+ * slot that can still come back, or none holds any. */
+static int all_held_by_waiters(const struct ds_wait_proc *p, size_t np, long only)
+{
+        int any = 0;
+        for (size_t i = 0; i < np; i++) {
+                if (p[i].held == 0 || (only >= 0 && p[i].scraper != (uint32_t)only))
+                        continue;
+                if (p[i].holders < p[i].held)
+                        return 0;
+                any = 1;
+        }
+        return any;
+}
+
+long ds_policy_deadlock(const struct ds_wait_proc *p, size_t np, const struct ds_pick_entry *s,
+                        size_t ns, uint32_t cap, uint32_t held_total, uint32_t draining)
+{
+        int waiting = 0;
+        for (size_t i = 0; i < ns; i++)
+                waiting |= s[i].waiting > 0;
+        if (!waiting || draining > 0)
+                return DS_DEADLOCK_NONE;
+        if (held_total >= cap && all_held_by_waiters(p, np, -1))
+                return DS_DEADLOCK_POOL;
+        for (size_t i = 0; i < ns; i++)
+                if (s[i].waiting > 0 && s[i].held > 0 && s[i].held >= s[i].limit &&
+                    all_held_by_waiters(p, np, (long)i))
+                        return (long)i;
+        return DS_DEADLOCK_NONE;
 }
 
 int ds_policy_claims_reserve(const struct ds_config *cfg, const struct ds_override *ov, int active)

@@ -404,6 +404,15 @@ static uint32_t recompute_custom(ds_handle *h, uint32_t shwm)
         return unfilled;
 }
 
+/* What a scraper's state depends on (under the lock). */
+static struct ds_activity activity_of(const struct ds_scraper *s)
+{
+        struct ds_activity a = {
+            s->waiting, atomic_load_explicit(&s->inflight, memory_order_relaxed), s->procs, s->held,
+            atomic_load_explicit(&s->last_activity_ns, memory_order_relaxed)};
+        return a;
+}
+
 /* Recomputes every scraper's state and limit. Returns the reserves claimed
  * but not yet filled: slots no other scraper may be granted. */
 static uint32_t recompute_limits(ds_handle *h, uint64_t now)
@@ -414,12 +423,8 @@ static uint32_t recompute_limits(ds_handle *h, uint64_t now)
         uint32_t n_active = 0, custom = 0;
         for (uint32_t i = 0; i < shwm; i++) {
                 struct ds_scraper *s = &h->scrapers[i];
-                s->active =
-                    s->name[0] &&
-                    ds_policy_is_active(
-                        &H->cfg, s->waiting,
-                        atomic_load_explicit(&s->inflight, memory_order_relaxed),
-                        atomic_load_explicit(&s->last_activity_ns, memory_order_relaxed), now);
+                struct ds_activity a = activity_of(s);
+                s->active = s->name[0] && ds_policy_is_active(&H->cfg, &a, now);
                 n_active += s->active;
                 custom |= s->ov.flags;
         }
@@ -477,51 +482,54 @@ static uint32_t grant_cap(ds_handle *h)
         return H->held < H->cfg.pool_size ? H->held : H->cfg.pool_size;
 }
 
-/* Hands free slots to waiters by the policy, waking each one granted. */
-static void grant_waiters(ds_handle *h, uint64_t now)
+/* Fills the policy's scratch for the scrapers in use (under the lock):
+ * h->pick[i] with scraper i's held, limit, waiting and its first waiting
+ * lease by ds_policy_lease_first (scrapers[i].oldest_idx; leases failed to
+ * break a deadlock are left out), h->reserve[i] with the reserve it claims.
+ * Returns how many entries. */
+static uint32_t fill_pick(ds_handle *h)
 {
         struct ds_header *H = h->hdr;
         uint32_t shwm =
             H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
-        uint32_t unfilled = 0;
         for (uint32_t i = 0; i < shwm; i++)
-                if (h->scrapers[i].held < h->scrapers[i].claimed)
-                        unfilled += h->scrapers[i].claimed - h->scrapers[i].held;
+                h->scrapers[i].oldest_ticket = UINT64_MAX;
+        uint32_t lhwm = H->lease_hwm <= h->cap.max_leases ? H->lease_hwm : h->cap.max_leases;
+        for (uint32_t i = 0; i < lhwm; i++) {
+                struct ds_lease *l = &h->leases[i];
+                if (atomic_load_explicit(&l->state, memory_order_relaxed) != DS_LEASE_WAITING ||
+                    l->scraper >= shwm || atomic_load_explicit(&l->wake, memory_order_relaxed) == 3)
+                        continue;
+                struct ds_scraper *s = &h->scrapers[l->scraper];
+                if (s->oldest_ticket == UINT64_MAX ||
+                    ds_policy_lease_first(l->ticket, (int)l->holds, s->oldest_ticket,
+                                          (int)h->leases[s->oldest_idx].holds)) {
+                        s->oldest_ticket = l->ticket;
+                        s->oldest_idx = i;
+                }
+        }
+        for (uint32_t i = 0; i < shwm; i++) {
+                const struct ds_scraper *s = &h->scrapers[i];
+                h->pick[i].held = s->held;
+                h->pick[i].limit = s->limit;
+                h->pick[i].waiting = s->oldest_ticket == UINT64_MAX ? 0 : s->waiting;
+                h->pick[i].oldest_ticket = s->oldest_ticket;
+                h->reserve[i] = s->claimed;
+        }
+        return shwm;
+}
+
+/* Hands free slots to waiters by the policy (ds_policy_pick), waking each
+ * one granted; the first to a waiter of scraper prefer if it may have it
+ * (a handover; -1: none). */
+static void grant_waiters(ds_handle *h, uint64_t now, long prefer)
+{
+        struct ds_header *H = h->hdr;
         uint32_t cap = grant_cap(h);
         while (H->waiting > 0 && H->held < cap) {
-                for (uint32_t i = 0; i < shwm; i++)
-                        h->scrapers[i].oldest_ticket = UINT64_MAX;
-                uint32_t lhwm =
-                    H->lease_hwm <= h->cap.max_leases ? H->lease_hwm : h->cap.max_leases;
-                for (uint32_t i = 0; i < lhwm; i++) {
-                        struct ds_lease *l = &h->leases[i];
-                        if (atomic_load_explicit(&l->state, memory_order_relaxed) !=
-                                DS_LEASE_WAITING ||
-                            l->scraper >= shwm)
-                                continue;
-                        struct ds_scraper *s = &h->scrapers[l->scraper];
-                        if (l->ticket < s->oldest_ticket) {
-                                s->oldest_ticket = l->ticket;
-                                s->oldest_idx = i;
-                        }
-                }
-                long best = -1;
-                struct ds_pick_entry be = {0};
-                uint32_t bres = 0;
-                for (uint32_t i = 0; i < shwm; i++) {
-                        struct ds_scraper *s = &h->scrapers[i];
-                        if (s->oldest_ticket == UINT64_MAX)
-                                continue;
-                        struct ds_pick_entry e = {s->held, s->limit, 1, s->oldest_ticket};
-                        if (!ds_policy_may_grant_reserved(
-                                cap, H->held, unfilled_others(s, unfilled), e.held, e.limit))
-                                continue;
-                        if (best < 0 || ds_policy_prefer_reserved(&e, s->claimed, &be, bres)) {
-                                best = (long)i;
-                                be = e;
-                                bres = s->claimed;
-                        }
-                }
+                uint32_t n = fill_pick(h);
+                long best = ds_policy_pick(h->pick, h->reserve, n, cap, H->held, prefer);
+                prefer = -1;
                 if (best < 0)
                         return;
                 struct ds_scraper *s = &h->scrapers[best];
@@ -536,8 +544,6 @@ static void grant_waiters(ds_handle *h, uint64_t now)
                         free_lease(h, s->oldest_idx); /* its waiter gave up */
                         continue;
                 }
-                if (s->held < s->claimed)
-                        unfilled--;
                 H->held++, s->held++, p->held++;
                 s->connects++, H->grants++;
                 s->waits++;
@@ -550,8 +556,70 @@ static void grant_waiters(ds_handle *h, uint64_t now)
         }
 }
 
+/* Hold-and-wait (under the lock): when the waiters are deadlocked
+ * (ds_policy_deadlock) and have been for deadlock_timeout, fails the newest
+ * waiting connect whose thread holds a slot in the deadlocked set: its
+ * wake word becomes 3 and its waiter withdraws it. The next one needs
+ * another deadlock_timeout. */
+static void check_deadlock(ds_handle *h, uint64_t now)
+{
+        struct ds_header *H = h->hdr;
+        if (H->waiting == 0) {
+                H->deadlock_since_ns = 0;
+                return;
+        }
+        uint32_t ns = fill_pick(h);
+        uint32_t np = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
+        for (uint32_t i = 0; i < np; i++) {
+                const struct ds_proc *p = &h->procs[i];
+                h->wproc[i].scraper = p->scraper;
+                h->wproc[i].held = p->pid ? p->held : 0;
+                h->wproc[i].holders = 0;
+        }
+        uint32_t lhwm = H->lease_hwm <= h->cap.max_leases ? H->lease_hwm : h->cap.max_leases;
+        for (uint32_t i = 0; i < lhwm; i++) {
+                const struct ds_lease *l = &h->leases[i];
+                if (atomic_load_explicit(&l->state, memory_order_relaxed) == DS_LEASE_WAITING &&
+                    l->holds && l->proc < np && atomic_load(&l->wake) == 0)
+                        h->wproc[l->proc].holders++;
+        }
+        long d = ds_policy_deadlock(h->wproc, np, h->pick, ns, H->cfg.pool_size, H->held,
+                                    atomic_load(&H->draining));
+        if (d == DS_DEADLOCK_NONE) {
+                H->deadlock_since_ns = 0;
+                return;
+        }
+        if (H->deadlock_since_ns == 0 || now < H->deadlock_since_ns) {
+                H->deadlock_since_ns = now;
+                return;
+        }
+        if (now - H->deadlock_since_ns < (uint64_t)H->cfg.deadlock_timeout_ms * 1000000ull)
+                return;
+        long victim = -1;
+        for (uint32_t i = 0; i < lhwm; i++) {
+                const struct ds_lease *l = &h->leases[i];
+                if (atomic_load_explicit(&l->state, memory_order_relaxed) != DS_LEASE_WAITING ||
+                    !l->holds || l->proc >= np || atomic_load(&l->wake) != 0 ||
+                    (d >= 0 && l->scraper != (uint32_t)d))
+                        continue;
+                if (victim < 0 || l->ticket > h->leases[victim].ticket)
+                        victim = (long)i;
+        }
+        if (victim < 0)
+                return;
+        struct ds_lease *l = &h->leases[victim];
+        uint32_t zero = 0;
+        if (atomic_compare_exchange_strong(&l->wake, &zero, 3)) {
+                if (l->scraper < h->cap.max_scrapers)
+                        h->scrapers[l->scraper].deadlocks++;
+                queue_wake(&l->wake);
+        }
+        H->deadlock_since_ns = now;
+}
+
 static void notify_surplus(ds_handle *h);
 static void notify_parked(ds_handle *h);
+static void notify_handover(ds_handle *h);
 
 /* ---- registration ---- */
 
@@ -906,8 +974,32 @@ static void mark_held(ds_handle *h, struct ds_proc *p, struct ds_scraper *s, str
                 H->peak_held = H->held;
 }
 
+/* The error of a connect failed to break a hold-and-wait (under the lock). */
+static void describe_deadlock(ds_handle *h, const struct ds_scraper *s, uint64_t waited_ns,
+                              char *why, size_t whylen)
+{
+        if (!why)
+                return;
+        snprintf(why, whylen,
+                 "deadlock: scraper \"%s\" waited %.1f s for a connection slot while the slots it "
+                 "could get were all held by connections in open transactions whose threads were "
+                 "themselves waiting for another (pool %u/%u in use, limit %u, %u held by this "
+                 "scraper); this connect gave up so that the others can go on. A thread that "
+                 "holds a connection while it opens another needs a limit of at least the number "
+                 "of connections it holds at once: raise pool_size or the limits, or finish the "
+                 "first connection's transaction before opening the next",
+                 s->name, (double)waited_ns / 1e9, h->hdr->held, h->hdr->cfg.pool_size, s->limit,
+                 s->held);
+}
+
 int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char *why,
                size_t whylen)
+{
+        return ds_acquire_ex(h, timeout_ms, 0, out, why, whylen);
+}
+
+int ds_acquire_ex(ds_handle *h, uint32_t timeout_ms, unsigned flags, struct ds_lease_ref *out,
+                  char *why, size_t whylen)
 {
         /* The coarse clock is enough for activity; a wait takes a precise one. */
         uint64_t now = now_coarse_ns();
@@ -947,6 +1039,7 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
         uint64_t t0 = ds_now_ns();
         l->since_ns = t0;
         l->ticket = H->next_ticket++;
+        l->holds = (flags & DS_ACQUIRE_HOLDS) ? 1 : 0;
         atomic_store(&l->wake, 0);
         atomic_store(&l->state, DS_LEASE_WAITING);
         H->waiting++, s->waiting++, p->waiting++;
@@ -954,19 +1047,25 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
         if (H->held >= H->cfg.pool_size &&
             t0 - atomic_load(&H->last_sweep_ns) >= SWEEP_INTERVAL_NS / 10)
                 sweep_dead(h);
-        grant_waiters(h, t0);
+        grant_waiters(h, t0, -1);
         if (atomic_load(&l->wake) == 0) {
                 notify_surplus(h);
                 notify_parked(h);
+                notify_handover(h);
+                check_deadlock(h, t0);
         }
         ds_unlock(h);
 
         /* A granter stores HELD, then 1 into the wake word, then wakes us: a
-         * 1 here means the slot is ours, with no need for the lock. */
+         * 1 here means the slot is ours, with no need for the lock. A 3
+         * means the wait was failed to break a deadlock. */
         uint64_t deadline = t0 + (uint64_t)timeout_ms * 1000000ull;
+        uint32_t w;
         for (;;) {
-                if (atomic_load(&l->wake) == 1)
+                if ((w = atomic_load(&l->wake)) == 1)
                         goto granted;
+                if (w == 3)
+                        break;
                 uint64_t t = ds_now_ns();
                 if (t >= deadline)
                         break;
@@ -979,8 +1078,10 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
                 struct timespec ts = {(time_t)(slice / 1000000000ull),
                                       (long)(slice % 1000000000ull)};
                 futex(&l->wake, FUTEX_WAIT, 0, &ts);
-                if (atomic_load(&l->wake) == 1)
+                if ((w = atomic_load(&l->wake)) == 1)
                         goto granted;
+                if (w == 3)
+                        break;
                 t = ds_now_ns();
                 uint64_t last = atomic_load(&H->last_sweep_ns);
                 if (t - last >= every &&
@@ -988,44 +1089,56 @@ int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char
                         if (ds_lock(h) == 0) {
                                 sweep_dead(h);
                                 recompute_limits(h, t);
-                                grant_waiters(h, t);
+                                grant_waiters(h, t, -1);
                                 notify_surplus(h);
+                                notify_handover(h);
+                                check_deadlock(h, t);
                                 ds_unlock(h);
                         }
                 }
         }
-        /* Timed out: withdraw under the lock, unless granted meanwhile. */
+        /* Timed out, or failed to break a deadlock: withdraw under the
+         * lock, unless granted meanwhile. */
         rc = ds_lock(h);
         if (rc) {
                 /* No lock: give the wait up through its word; a granter (or
                  * the repair) frees an abandoned lease. */
-                uint32_t zero = 0;
-                if (!atomic_compare_exchange_strong(&l->wake, &zero, 2) &&
-                    atomic_load(&l->wake) == 1)
-                        goto granted;
+                uint32_t seen = 0;
+                if (!atomic_compare_exchange_strong(&l->wake, &seen, 2)) {
+                        if (seen == 1)
+                                goto granted;
+                        if (seen == 3 && atomic_compare_exchange_strong(&l->wake, &seen, 2))
+                                return -EDEADLK;
+                }
                 return rc;
         }
         if (l->id != id) {
                 ds_unlock(h);
                 return -ESTALE; /* dropped by a repair */
         }
-        if (atomic_load(&l->wake) == 1) {
+        if ((w = atomic_load(&l->wake)) == 1) {
                 ds_unlock(h);
                 goto granted;
         }
         H->waiting--, s->waiting--, p->waiting--;
         free_lease(h, (uint32_t)li);
         uint64_t t = ds_now_ns();
-        s->timeouts++;
         s->waits++;
         s->wait_ns_total += t - t0;
         if (t - t0 > s->wait_ns_max)
                 s->wait_ns_max = t - t0;
         recompute_limits(h, t);
-        describe_full(h, s, timeout_ms, why, whylen);
-        grant_waiters(h, t);
+        if (w == 3) {
+                describe_deadlock(h, s, t - t0, why, whylen);
+                rc = -EDEADLK;
+        } else {
+                s->timeouts++;
+                describe_full(h, s, timeout_ms, why, whylen);
+                rc = -ETIMEDOUT;
+        }
+        grant_waiters(h, t, -1);
         ds_unlock(h);
-        return -ETIMEDOUT;
+        return rc;
 granted:
         out->idx = (uint32_t)li;
         out->id = id;
@@ -1059,6 +1172,7 @@ int ds_release_for(ds_handle *h, const struct ds_lease_ref *ref, int reason)
         }
         struct ds_scraper *s = &h->scrapers[l->scraper];
         struct ds_proc *p = &h->procs[l->proc];
+        long scraper = (long)l->scraper;
         uint64_t now = ds_now_ns();
         if ((reason & DS_RELEASE_MAY_RUN) && backend_may_run(l)) {
                 start_drain(h, l); /* still counted in the pool's held */
@@ -1075,6 +1189,8 @@ int ds_release_for(ds_handle *h, const struct ds_lease_ref *ref, int reason)
                 s->surplus_releases++;
                 if (s->surplus_pending)
                         s->surplus_pending--;
+        } else if (reason == DS_RELEASE_HANDOVER) {
+                s->handovers++;
         } else {
                 /* only the program's own finish is activity */
                 s->releases++;
@@ -1083,7 +1199,8 @@ int ds_release_for(ds_handle *h, const struct ds_lease_ref *ref, int reason)
         }
         if (H->waiting) {
                 recompute_limits(h, now);
-                grant_waiters(h, now);
+                /* a handover goes first to a waiter of its own scraper */
+                grant_waiters(h, now, reason == DS_RELEASE_HANDOVER ? scraper : -1);
         }
 out:
         ds_unlock(h);
@@ -1173,7 +1290,7 @@ int ds_drain_gone(ds_handle *h, const int32_t *pids, size_t n)
         if (freed) {
                 uint64_t now = ds_now_ns();
                 recompute_limits(h, now);
-                grant_waiters(h, now);
+                grant_waiters(h, now, -1);
         }
         ds_unlock(h);
         return freed;
@@ -1187,7 +1304,7 @@ int ds_reclaim(ds_handle *h)
         uint64_t now = ds_now_ns();
         int n = sweep_dead(h);
         recompute_limits(h, now);
-        grant_waiters(h, now);
+        grant_waiters(h, now, -1);
         ds_unlock(h);
         return n;
 }
@@ -1203,7 +1320,7 @@ void ds_detach(ds_handle *h)
                                 drop_proc(h, h->proc_idx, 0);
                                 uint64_t now = ds_now_ns();
                                 recompute_limits(h, now);
-                                grant_waiters(h, now);
+                                grant_waiters(h, now, -1);
                         }
                         ds_unlock(h);
                 }
@@ -1212,6 +1329,7 @@ void ds_detach(ds_handle *h)
         if (h->map)
                 munmap(h->map, h->size);
         pthread_mutex_destroy(&h->local);
+        free(h->pick);
         free(h);
 }
 
@@ -1243,7 +1361,7 @@ int ds_set_config(ds_handle *h, const struct ds_config *cfg, char *err, size_t e
         c.agent_pid = h->hdr->cfg.agent_pid;
         h->hdr->cfg = c;
         recompute_limits(h, now);
-        grant_waiters(h, now);
+        grant_waiters(h, now, -1);
         ds_unlock(h);
         return 0;
 }
@@ -1270,7 +1388,7 @@ int ds_cluster_gate(ds_handle *h, int on, struct ds_lease_ref *own)
                 rc = li >= 0 ? 0 : (int)li;
         }
         recompute_limits(h, now);
-        grant_waiters(h, ds_now_ns());
+        grant_waiters(h, ds_now_ns(), -1);
         ds_unlock(h);
         return rc;
 }
@@ -1442,7 +1560,7 @@ int ds_update(ds_handle *h, const char *const *set, size_t nset, const char *con
                 if (st[i].idx >= 0)
                         h->scrapers[st[i].idx].ov = st[i].ov;
         recompute_limits(h, now);
-        grant_waiters(h, now);
+        grant_waiters(h, now, -1);
         notify_surplus(h);
         if (out)
                 *out = cfg;
@@ -1481,7 +1599,7 @@ int ds_stats_get(ds_handle *h, struct ds_stats *out)
         uint64_t now = ds_now_ns();
         sweep_dead(h);
         recompute_limits(h, now);
-        grant_waiters(h, now);
+        grant_waiters(h, now, -1);
         out->cfg = H->cfg;
         out->agent_state = H->cfg.agent_proc == 0 ? 0 : agent_alive(h) ? 1 : 2;
         out->cap = h->cap;
@@ -1523,6 +1641,7 @@ int ds_stats_get(ds_handle *h, struct ds_stats *out)
                 o->reuses = s->reuses;
                 o->timeouts = s->timeouts, o->waits = s->waits;
                 o->wait_ns_total = s->wait_ns_total, o->wait_ns_max = s->wait_ns_max;
+                o->handovers = s->handovers, o->deadlocks = s->deadlocks;
                 o->ov = s->ov;
                 o->claimed = s->claimed;
                 o->idle_release = (int)ds_override_idle_release(&s->ov, &H->cfg);
@@ -1566,7 +1685,7 @@ int ds_check(ds_handle *h, char *why, size_t whylen)
         if (H->draining && reap_draining(h, ds_now_ns())) {
                 uint64_t now = ds_now_ns();
                 recompute_limits(h, now);
-                grant_waiters(h, now);
+                grant_waiters(h, now, -1);
         }
         if (H->lease_hwm > c->max_leases || H->proc_hwm > c->max_procs ||
             H->scraper_hwm > c->max_scrapers)
@@ -1756,6 +1875,37 @@ static void notify_parked(ds_handle *h)
         }
 }
 
+/* Asks the processes whose release would serve a waiting connect
+ * (ds_policy_pick preferring their own scraper) to look at their advice
+ * now: they hand over connections their threads are not using (under the
+ * lock). */
+static void notify_handover(ds_handle *h)
+{
+        struct ds_header *H = h->hdr;
+        if (H->waiting == 0 || H->held == 0)
+                return;
+        uint32_t ns = fill_pick(h), cap = grant_cap(h), any = 0;
+        for (uint32_t i = 0; i < ns; i++) {
+                struct ds_pick_entry *e = &h->pick[i];
+                h->scrapers[i].serves = 0;
+                if (e->held == 0 || !ds_override_idle_release(&h->scrapers[i].ov, &H->cfg))
+                        continue;
+                e->held--;
+                h->scrapers[i].serves =
+                    ds_policy_pick(h->pick, h->reserve, ns, cap, H->held - 1, (long)i) >= 0;
+                e->held++;
+                any |= h->scrapers[i].serves;
+        }
+        if (!any)
+                return;
+        uint32_t phwm = H->proc_hwm <= h->cap.max_procs ? H->proc_hwm : h->cap.max_procs;
+        for (uint32_t i = 0; i < phwm; i++) {
+                struct ds_proc *p = &h->procs[i];
+                if (p->pid != 0 && p->held > 0 && p->scraper < ns && h->scrapers[p->scraper].serves)
+                        poke_proc(p);
+        }
+}
+
 int ds_advise(ds_handle *h, struct ds_advice *out)
 {
         memset(out, 0, sizeof(*out));
@@ -1764,22 +1914,25 @@ int ds_advise(ds_handle *h, struct ds_advice *out)
         int rc = ds_lock(h);
         if (rc)
                 return rc;
+        struct ds_header *H = h->hdr;
         struct ds_proc *p = &h->procs[h->proc_idx];
         if (p->pid != handle_pid(h) || p->scraper >= h->cap.max_scrapers) {
                 ds_unlock(h);
                 return -ESTALE;
         }
         struct ds_scraper *s = &h->scrapers[p->scraper];
-        recompute_limits(h, ds_now_ns());
+        uint64_t now = ds_now_ns();
+        recompute_limits(h, now);
         enum ds_release_reason why;
-        struct ds_config cfg = h->hdr->cfg;
+        struct ds_config cfg = H->cfg;
         cfg.idle_release = ds_override_idle_release(&s->ov, &cfg);
-        uint32_t n = ds_policy_give_back(&cfg, (int)s->active, s->held, s->limit,
-                                         s->surplus_pending, count_starved(h), &why);
+        struct ds_activity act = activity_of(s);
+        uint32_t n = ds_policy_give_back(&cfg, ds_policy_is_idle(&cfg, &act, now), s->held,
+                                         s->limit, s->surplus_pending, count_starved(h), &why);
         if (n == 0 && s->active && cfg.idle_release) {
                 uint64_t wsum = active_weight_sum(h);
                 uint32_t fair =
-                    ds_policy_fair_share(h->hdr->cfg.pool_size, ds_override_weight(&s->ov), wsum);
+                    ds_policy_fair_share(H->cfg.pool_size, ds_override_weight(&s->ov), wsum);
                 n = ds_policy_give_back_fair(s->held, fair, s->surplus_pending,
                                              count_below_fair(h, wsum));
                 if (n)
@@ -1789,12 +1942,27 @@ int ds_advise(ds_handle *h, struct ds_advice *out)
                 n = p->held;
         if (why == DS_RELEASE_SURPLUS)
                 s->surplus_pending += n;
+        if (n == 0 && cfg.idle_release && H->waiting > 0 && p->held > 0) {
+                uint32_t ns = fill_pick(h);
+                n = ds_policy_handover(h->pick, h->reserve, ns, p->scraper, grant_cap(h), H->held,
+                                       p->held);
+                /* surplus slots promised already go to waiters too */
+                uint32_t promised = 0;
+                for (uint32_t i = 0; i < ns; i++)
+                        promised += h->scrapers[i].surplus_pending;
+                n = n > promised ? n - promised : 0;
+                if (n)
+                        why = DS_RELEASE_HANDOVER;
+        }
         out->give_back = n;
         out->reason = n ? (int)why : DS_RELEASE_NORMAL;
+        out->min_unused_ns = n ? ds_policy_min_unused_ns(&cfg, why) : 0;
+        out->period_ms =
+            ds_policy_advice_period_ms(&cfg, why == DS_RELEASE_HANDOVER || p->waiting > 0);
         out->active = (int)s->active;
         out->held = p->held;
         out->limit = s->limit;
-        out->waiting = h->hdr->waiting;
+        out->waiting = H->waiting;
         ds_unlock(h);
         return 0;
 }

@@ -421,6 +421,22 @@ int ds_attach(const char *name, unsigned flags, ds_handle **out, char *err, size
                 if (rc == 0 || rc == -EEXIST) /* lost a race with another creator: fine */
                         rc = attach_existing(h, name, err, errlen);
         }
+        if (rc == 0) {
+                /* the policy's scratch: one block, freed with the handle */
+                size_t ns = h->cap.max_scrapers, np = h->cap.max_procs;
+                char *b = calloc(1, ns * sizeof(*h->pick) + np * sizeof(*h->wproc) +
+                                        ns * sizeof(*h->reserve));
+                if (!b) {
+                        munmap(h->map, h->size);
+                        ERR("out of memory");
+                        rc = -ENOMEM;
+                } else {
+                        h->pick = (struct ds_pick_entry *)b;
+                        h->wproc = (struct ds_wait_proc *)(b + ns * sizeof(*h->pick));
+                        h->reserve =
+                            (uint32_t *)(b + ns * sizeof(*h->pick) + np * sizeof(*h->wproc));
+                }
+        }
         if (rc) {
                 pthread_mutex_destroy(&h->local);
                 free(h);

@@ -214,32 +214,46 @@ static void warn_open(const char *why)
 
 enum { GRANTED = 0, PASS = 1, REFUSED = -1 };
 
+/* 1 if the calling thread, about to wait for a slot, holds one that it
+ * cannot give back meanwhile: the connection it made its last call on is
+ * this process's, holds a slot and cannot be released (a transaction is
+ * open, or it is pinned). A thread that holds a connection while it opens
+ * another: its wait counts as hold-and-wait (ds_acquire_ex). */
+static int holds_stuck_connection(void)
+{
+        const void *last = ds_tls.hot_key;
+        struct ds_conn *e = last ? ds_conn_find(last) : NULL;
+        if (!e || e->owner != getpid() || !e->leased || atomic_load(&e->rstate) != DS_CONN_OPEN)
+                return 0;
+        PGTransactionStatusType (*tx)(const PGconn *) = e->lib->fn[DS_ID_PQtransactionStatus];
+        if (e->pinned || e->lib->no_release)
+                return 1;
+        return tx && tx(e->conn) != PQTRANS_IDLE && tx(e->conn) != PQTRANS_UNKNOWN;
+}
+
 /* Takes a slot for a connect. GRANTED (c->lease), PASS (no pool to ask,
  * DYNSHIM_ON_ERROR=open) or REFUSED with the message in msg. */
-static void self_wait(ds_handle *h, int delta);
-
 static int acquire(struct ds_call *c, char *msg, size_t len)
 {
-        char why[512] = "";
+        char why[1024] = "";
+        unsigned flags = holds_stuck_connection() ? DS_ACQUIRE_HOLDS : 0;
         ds_handle *h = current_coord(NULL, why, sizeof(why));
-        /* rule 6: while this connect waits, the life thread may free a slot
-         * of this process's own unused connections (self_reclaim) */
-        if (h)
-                self_wait(h, 1);
-        int rc = h ? ds_acquire(h, cfg.timeout_ms, &c->lease.ref, why, sizeof(why)) : -ENOENT;
-        if (h)
-                self_wait(h, -1);
+        int rc =
+            h ? ds_acquire_ex(h, cfg.timeout_ms, flags, &c->lease.ref, why, sizeof(why)) : -ENOENT;
         if (rc == -ESTALE) {
                 h = current_coord(h, why, sizeof(why));
-                rc = h ? ds_acquire(h, cfg.timeout_ms, &c->lease.ref, why, sizeof(why)) : -ENOENT;
+                rc = h ? ds_acquire_ex(h, cfg.timeout_ms, flags, &c->lease.ref, why, sizeof(why))
+                       : -ENOENT;
         }
         if (rc == 0) {
                 c->lease.h = h;
                 c->leased = 1;
                 return GRANTED;
         }
-        if (rc == -ETIMEDOUT) {
+        if (rc == -ETIMEDOUT || rc == -EDEADLK) {
                 snprintf(msg, len, "dynshim: %s", why);
+                if (rc == -EDEADLK)
+                        ds_log(DS_LOG_WARN, "%s", msg);
                 return REFUSED;
         }
         if (h)
@@ -552,7 +566,7 @@ static int revive(struct ds_call *c, struct ds_conn *e)
 {
         PGconn *conn = (PGconn *)e->conn;
         struct ds_lib *lib = e->lib;
-        char msg[600];
+        char msg[1100];
         int a = acquire(c, msg, sizeof(msg));
         if (a == REFUSED) {
                 set_error(e, msg);
@@ -802,7 +816,7 @@ static int release_conn(struct ds_conn *e, int reason)
         ds_debug("connection %p released (%s), fd %d %s: %s", (void *)conn,
                  reason == DS_RELEASE_IDLE      ? "idle"
                  : reason == DS_RELEASE_SURPLUS ? "surplus"
-                                                : "for a waiting connect of this process",
+                                                : "handed over to a waiting connect",
                  fd, kept ? "kept" : "lost", rc ? strerror(-rc) : "slot returned");
         return 1;
 }
@@ -817,15 +831,6 @@ struct pick {
         int n, max;
 };
 
-/* A connection just (re)connected is never taken before it has gone this
- * long without a call, whatever is owed: the program is about to use it,
- * and its first calls may be ones it makes holding a lock of its own
- * (psycopg2 reads the server's parameters under Python's GIL right after
- * connecting). A reconnect there would wait for a slot with that lock held,
- * while the program's other threads, which hold the slots that could free
- * one, wait for the lock. */
-#define FRESH_UNUSED_NS (1000ull * 1000 * 1000)
-
 /* Takes a releasable, unused connection of this process exclusively
  * (under the table lock, so it cannot be finished meanwhile). */
 static void pick_cb(struct ds_conn *e, void *arg)
@@ -836,7 +841,7 @@ static void pick_cb(struct ds_conn *e, void *arg)
                 return;
         ds_conn_note_used(e, p->now);
         uint64_t unused = p->now - atomic_load(&e->last_used_ns);
-        if (unused < p->min_unused_ns || (atomic_load(&e->fresh) && unused < FRESH_UNUSED_NS))
+        if (!ds_policy_may_take(unused, atomic_load(&e->fresh), p->min_unused_ns))
                 return;
         int s = DS_CONN_OPEN;
         if (atomic_compare_exchange_strong(&e->rstate, &s, DS_CONN_RELEASING))
@@ -864,86 +869,9 @@ static uint32_t release_some(ds_handle *h, uint32_t n, int reason, uint64_t min_
         return done;
 }
 
-/* Surplus release and self-reclaim take only connections unused this long,
- * at first. A surplus still owed after that long takes any connection no
- * call is inside, however recently used: a client-side pool that keeps all
- * its connections busy would otherwise never give one back, and the other
- * scrapers would wait until they time out. The connection's next use then
- * reconnects, and waits for a slot like any connect of a scraper above its
- * limit. */
-#define SURPLUS_UNUSED_NS (1000ull * 1000 * 1000)
+static ds_handle *_Atomic advised;          /* the handle the advice handler runs for */
+static _Atomic uint32_t advice_period_ms;   /* the life thread's period now */
 static _Atomic uint64_t surplus_owed_since; /* coarse ns; 0: no surplus owed */
-
-static uint32_t advice_period(ds_handle *h)
-{
-        struct ds_config cf = {0};
-        uint32_t p = 1000;
-        if (ds_get_config(h, &cf) == 0 && cf.idle_timeout_ms / 4 < p)
-                p = cf.idle_timeout_ms / 4;
-        if (cf.reuse && cf.reuse_timeout_ms / 4 < p)
-                p = cf.reuse_timeout_ms / 4;
-        return p < 50 ? 50 : p;
-}
-
-static _Atomic uint32_t advice_period_ms;
-static ds_handle *_Atomic advised; /* the handle the advice handler runs for */
-static _Atomic int self_waiters;   /* connects of this process in ds_acquire */
-
-/* How often the life thread looks while a connect of this process waits,
- * and how long a connection must have been unused to be freed for it. */
-#define SELF_RECLAIM_PERIOD_MS 100
-#define SELF_RECLAIM_UNUSED_NS (500ull * 1000 * 1000)
-
-/* Rule 6: a connect of this process waits because its scraper is at its
- * limit or the pool is full: free a slot of one of its own connections
- * that no thread is using (the pool hands it to the oldest waiter). */
-static void self_reclaim(ds_handle *h)
-{
-        int n = atomic_load(&self_waiters);
-        if (n <= 0)
-                return;
-        struct ds_stats st;
-        if (ds_stats_get(h, &st) != 0)
-                return;
-        /* not when another scraper above its limit owes the pool its
-         * surplus: that is surplus release's job */
-        uint32_t want = 0;
-        int other_above = 0;
-        const struct ds_scraper_stats *me = NULL;
-        for (size_t i = 0; i < st.n_scrapers; i++) {
-                const struct ds_scraper_stats *s = &st.scrapers[i];
-                if (!strcmp(s->name, cfg.scraper))
-                        me = s;
-                else if (s->held > s->limit)
-                        other_above = 1;
-        }
-        if (me && me->waiting &&
-            (me->held >= me->limit || (st.held >= st.cfg.pool_size && !other_above)))
-                want = me->waiting < (uint32_t)n ? me->waiting : (uint32_t)n;
-        ds_stats_free(&st);
-        if (want) {
-                /* only connections left unused a while: a connection between
-                 * two calls of a busy thread (just connected, about to query)
-                 * taken away would have to wait again, and with many waiters
-                 * the process would only pass slots round */
-                uint32_t got = release_some(h, want, DS_RELEASE_NORMAL, SELF_RECLAIM_UNUSED_NS);
-                if (got)
-                        ds_debug("freed %u slot(s) of this process's unused connections for its "
-                                 "waiting connects",
-                                 got);
-        }
-}
-
-static void self_wait(ds_handle *h, int delta)
-{
-        if (atomic_load(&advised) != h)
-                return; /* no connection of this process holds a slot of h */
-        int n = atomic_fetch_add(&self_waiters, delta) + delta;
-        if (delta > 0 && n == 1) {
-                atomic_store(&advice_period_ms, SELF_RECLAIM_PERIOD_MS);
-                ds_set_advice_handler(h, advice_handler, h, SELF_RECLAIM_PERIOD_MS);
-        }
-}
 
 struct activity {
         uint64_t now;
@@ -956,8 +884,18 @@ static void activity_cb(struct ds_conn *e, void *arg)
         a->any |= ds_conn_note_used(e, a->now);
 }
 
+static const char *reason_name(int reason)
+{
+        return reason == DS_RELEASE_IDLE       ? "idle"
+               : reason == DS_RELEASE_SURPLUS  ? "surplus"
+               : reason == DS_RELEASE_HANDOVER ? "handover"
+                                               : "normal";
+}
+
 /* Runs on the process's life thread every advice period and when the pool
- * wants slots back. */
+ * wants slots back: idle release, surplus, and handover to waiting
+ * connects, each only of connections unused as long as the pool's policy
+ * says (ds_policy_min_unused_ns, ds_policy_may_take). */
 static void advice_handler(void *arg)
 {
         ds_handle *h = arg;
@@ -985,20 +923,17 @@ static void advice_handler(void *arg)
                 ds_debug("closed %u parked connection(s)", closed);
         int owed = 0;
         if (advised_ok && a.give_back) {
-                /* An idle scraper's connections have all gone unused for
-                 * idle_timeout; one used since (the advice was computed just
-                 * before the application woke up) is not idle. */
-                struct ds_config cf;
-                uint64_t min_unused = 0;
-                if (a.reason == DS_RELEASE_IDLE && ds_get_config(h, &cf) == 0)
-                        min_unused = (uint64_t)cf.idle_timeout_ms * 1000000ull / 2;
+                uint64_t min_unused = a.min_unused_ns;
                 if (a.reason == DS_RELEASE_SURPLUS) {
                         uint64_t now = coarse_now(), since = atomic_load(&surplus_owed_since);
                         if (!since)
                                 atomic_store(&surplus_owed_since, since = now);
-                        min_unused = now - since >= SURPLUS_UNUSED_NS ? 0 : SURPLUS_UNUSED_NS;
+                        min_unused = ds_policy_surplus_unused_ns(min_unused, now - since);
                 }
                 uint32_t n = release_some(h, a.give_back, a.reason, min_unused);
+                if (n)
+                        ds_debug("released %u of %u connection(s) asked for (%s)", n, a.give_back,
+                                 reason_name(a.reason));
                 if (a.reason == DS_RELEASE_SURPLUS && n < a.give_back) {
                         ds_advice_unused(h, a.give_back - n);
                         owed = 1;
@@ -1006,10 +941,10 @@ static void advice_handler(void *arg)
         }
         if (!owed)
                 atomic_store(&surplus_owed_since, 0);
-        self_reclaim(h);
         /* while a surplus is owed, look for a moment between calls often */
-        uint32_t p =
-            atomic_load(&self_waiters) > 0 || owed ? SELF_RECLAIM_PERIOD_MS : advice_period(h);
+        uint32_t p = advised_ok ? a.period_ms : 1000;
+        if (owed && p > 100)
+                p = 100;
         if (p != atomic_load(&advice_period_ms)) {
                 atomic_store(&advice_period_ms, p);
                 ds_set_advice_handler(h, advice_handler, h, p);
@@ -1022,9 +957,8 @@ static void register_advice(ds_handle *h)
         if (atomic_load_explicit(&advised, memory_order_relaxed) == h)
                 return;
         atomic_store(&advised, h);
-        uint32_t p = advice_period(h);
-        atomic_store(&advice_period_ms, p);
-        ds_set_advice_handler(h, advice_handler, h, p);
+        atomic_store(&advice_period_ms, 1000);
+        ds_set_advice_handler(h, advice_handler, h, 1000);
 }
 
 /* ---- begin / end ---- */
@@ -1063,7 +997,7 @@ static int reuse_parked(struct ds_call *c)
 
 static int begin_connect(struct ds_call *c)
 {
-        char msg[600];
+        char msg[1100];
         reap_drains();
         if (reuse_parked(c)) {
                 c->skip = 1;
@@ -1106,7 +1040,7 @@ static int begin_reset(struct ds_call *c)
         }
         if (e->leased)
                 return 1;
-        char msg[600];
+        char msg[1100];
         int a = acquire(c, msg, sizeof(msg));
         if (a == REFUSED) {
                 set_error(e, msg);

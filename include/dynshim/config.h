@@ -37,7 +37,13 @@ struct ds_config {
          * by ds_cluster_gate alone, never by a configuration change. */
         uint32_t agent_proc;
         int32_t agent_pid;
-        uint32_t reserved[4]; /* zero; room for later keys */
+        /* While a connect waits, a connection unused this long is handed
+         * over to a waiter (released, reconnected on its next use). */
+        uint32_t handover_delay_ms;
+        /* Waiters that hold the only slots they could get (hold-and-wait)
+         * this long: the newest of them fails with a deadlock error. */
+        uint32_t deadlock_timeout_ms;
+        uint32_t reserved[2]; /* zero; room for later keys */
 };
 
 /* Table sizes fixed when a segment is created. */

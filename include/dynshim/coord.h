@@ -73,6 +73,16 @@ int ds_set_scraper(ds_handle *h, const char *scraper);
 int ds_acquire(ds_handle *h, uint32_t timeout_ms, struct ds_lease_ref *out, char *why,
                size_t whylen);
 
+/* ds_acquire with flags. DS_ACQUIRE_HOLDS: the calling thread holds a slot
+ * of this process that it cannot give back while it waits (a connection in
+ * an open transaction): its wait goes before those of its scraper's threads
+ * that hold none, and counts as hold-and-wait. When every slot the waiters
+ * could get is held that way for deadlock_timeout, the newest such wait
+ * fails with -EDEADLK, *why saying so. */
+#define DS_ACQUIRE_HOLDS 1u
+int ds_acquire_ex(ds_handle *h, uint32_t timeout_ms, unsigned flags, struct ds_lease_ref *out,
+                  char *why, size_t whylen);
+
 /* Gives a slot back. -EPERM if the lease belongs to another process (a
  * forked child releasing its parent's lease gives nothing back), -ENOENT
  * if it is no longer held (reclaimed, or released twice). */
@@ -88,18 +98,22 @@ int ds_release_for(ds_handle *h, const struct ds_lease_ref *lease, int reason);
 
 /* What this process should give back now. */
 struct ds_advice {
-        uint32_t give_back; /* slots to release now (0: keep everything) */
-        int reason;         /* enum ds_release_reason */
-        int active;         /* the scraper's state */
-        uint32_t held;      /* slots this process holds */
-        uint32_t limit;     /* the scraper's limit */
-        uint32_t waiting;   /* connects of any scraper waiting for a slot now */
+        uint32_t give_back;     /* slots to release now (0: keep everything) */
+        int reason;             /* enum ds_release_reason */
+        uint64_t min_unused_ns; /* only connections unused this long (ds_policy_min_unused_ns) */
+        uint32_t period_ms;     /* ask again within this (ds_policy_advice_period_ms) */
+        int active;             /* the scraper's state */
+        uint32_t held;          /* slots this process holds */
+        uint32_t limit;         /* the scraper's limit */
+        uint32_t waiting;       /* connects of any scraper waiting for a slot now */
 };
 
 /* Computes the advice for this process under the lock (recomputing limits
- * first). A surplus give_back is reserved for this process: release them
- * with ds_release_for(DS_RELEASE_SURPLUS), and hand back the ones it could
- * not release with ds_advice_unused(). */
+ * first): an idle release, a surplus, or, while connects wait, a handover
+ * (DS_RELEASE_HANDOVER: the slots go first to waiters of this scraper). A
+ * surplus give_back is reserved for this process: release them with
+ * ds_release_for(DS_RELEASE_SURPLUS), and hand back the ones it could not
+ * release with ds_advice_unused(). */
 int ds_advise(ds_handle *h, struct ds_advice *out);
 void ds_advice_unused(ds_handle *h, uint32_t n);
 
@@ -195,6 +209,7 @@ struct ds_scraper_stats {
         uint32_t held, limit, waiting, procs;
         uint64_t connects, releases, idle_releases, surplus_releases, reconnects, reclaimed;
         uint64_t timeouts, waits, wait_ns_total, wait_ns_max;
+        uint64_t handovers, deadlocks;
         struct ds_override ov; /* its overrides (ov.flags 0: none) */
         uint32_t claimed;      /* the reserve it claims now (0: none) */
         int idle_release;      /* its effective idle_release */

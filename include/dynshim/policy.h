@@ -8,15 +8,31 @@
 
 #include "dynshim/config.h"
 
-/* The limit of an active scraper when n_active scrapers are active
- * (SPEC 3): max_limit alone, soft_limit with two or more; never above
+/* The limit of an active scraper when n_active scrapers are active:
+ * max_limit alone, soft_limit with two or more; never above
  * pool_size. n_active of 0 is treated as 1 (the asker is active). */
 uint32_t ds_policy_limit(const struct ds_config *cfg, uint32_t n_active);
 
-/* 1 if a scraper is active at now_ns: a call in flight, a connect waiting,
- * or activity within idle_timeout. last_activity_ns of 0 means never. */
-int ds_policy_is_active(const struct ds_config *cfg, uint32_t waiting, uint32_t inflight,
-                        uint64_t last_activity_ns, uint64_t now_ns);
+/* What a scraper's state depends on. */
+struct ds_activity {
+        uint32_t waiting;          /* connects waiting for a slot */
+        uint32_t inflight;         /* libpq calls in flight */
+        uint32_t procs;            /* live processes registered under it */
+        uint32_t held;             /* slots it holds */
+        uint64_t last_activity_ns; /* its newest libpq activity; 0: never */
+};
+
+/* 1 if a scraper is active at now_ns, for computing limits: a connect
+ * waiting (demand), a call in flight, or activity within idle_timeout. A
+ * scraper with no process, nothing held and nothing waiting is idle at
+ * once, whatever its last activity. */
+int ds_policy_is_active(const struct ds_config *cfg, const struct ds_activity *a, uint64_t now_ns);
+
+/* 1 if a scraper's connections are idle at now_ns, for idle release: no
+ * call in flight and no activity within idle_timeout. A connect waiting is
+ * demand, not activity: it never keeps the scraper's unused connections
+ * from being released. */
+int ds_policy_is_idle(const struct ds_config *cfg, const struct ds_activity *a, uint64_t now_ns);
 
 /* What the grant decision needs to know of one scraper. */
 struct ds_pick_entry {
@@ -27,15 +43,10 @@ struct ds_pick_entry {
 };
 
 /* 1 if one more slot may be granted to a scraper holding scraper_held of
- * limit, with held_total of pool_size in use (SPEC 4.2). */
-int ds_policy_may_grant(uint32_t pool_size, uint32_t held_total, uint32_t scraper_held,
-                        uint32_t limit);
-
-/* 1 if one more slot may be granted to a scraper holding scraper_held of
  * limit, with held_total of pool_size in use, when other scrapers' claimed
  * reserves are still unfilled_others slots short: the grant may not take a
- * slot set aside for them. With unfilled_others 0 this is
- * ds_policy_may_grant. */
+ * slot set aside for them: below pool_size with them counted, and below
+ * its own limit. */
 int ds_policy_may_grant_reserved(uint32_t pool_size, uint32_t held_total, uint32_t unfilled_others,
                                  uint32_t scraper_held, uint32_t limit);
 
@@ -49,24 +60,62 @@ int ds_policy_prefer(const struct ds_pick_entry *a, const struct ds_pick_entry *
 int ds_policy_prefer_reserved(const struct ds_pick_entry *a, uint32_t ra,
                               const struct ds_pick_entry *b, uint32_t rb);
 
-/* The scraper that gets the next free slot: among those with a waiter and
- * below their limit, the one holding the smallest share of its limit
- * (held/limit); ties go to the oldest waiter. Returns its index, or -1 when
- * no slot may be granted (pool full or nobody eligible). */
-long ds_policy_pick(const struct ds_pick_entry *e, size_t n, uint32_t pool_size,
-                    uint32_t held_total);
-
-/* ds_policy_pick with reserve[i] the reserve entry i claims (NULL: none):
- * among those with a waiter, below their limit and not taking a slot set
+/* The scraper that gets the next free slot, of the n entries at e, with
+ * held_total of cap slots in use (cap: pool_size, or what a cluster host may
+ * hold) and reserve[i] the reserve entry i claims (NULL: none). With prefer
+ * >= 0 and that entry eligible, prefer (a handover goes first to a waiter
+ * of the releasing scraper, whose share it does not change). Else, among
+ * the entries with a waiter, below their limit and not taking a slot set
  * aside for another's unfilled reserve (ds_policy_may_grant_reserved), the
- * first by ds_policy_prefer_reserved. */
-long ds_policy_pick_reserved(const struct ds_pick_entry *e, const uint32_t *reserve, size_t n,
-                             uint32_t pool_size, uint32_t held_total);
+ * first by ds_policy_prefer_reserved: the one holding the smallest share
+ * of its limit, ties to the oldest waiter. Returns its index, or -1 when no
+ * slot may be granted (pool full or nobody eligible). */
+long ds_policy_pick(const struct ds_pick_entry *e, const uint32_t *reserve, size_t n, uint32_t cap,
+                    uint32_t held_total, long prefer);
+
+/* Handover: while connects wait, a connection its process has not used for
+ * handover_delay is capacity. How many of entry self's slots (at most max)
+ * would each go to a waiter if released now, one after the other, by
+ * ds_policy_pick preferring self. e is scratch: its held and waiting are
+ * left as those grants would leave them. */
+uint32_t ds_policy_handover(struct ds_pick_entry *e, const uint32_t *reserve, size_t n, size_t self,
+                            uint32_t cap, uint32_t held_total, uint32_t max);
+
+/* Of two waiting connects of one scraper, 1 if a (ticket, holds) goes
+ * before b: first come first served, except that a connect whose thread
+ * holds a connection it cannot give back (an open transaction) goes before
+ * one whose thread holds none, since serving it lets it finish and free
+ * both. */
+int ds_policy_lease_first(uint64_t a_ticket, int a_holds, uint64_t b_ticket, int b_holds);
+
+/* Hold-and-wait. One attached process, for ds_policy_deadlock. */
+struct ds_wait_proc {
+        uint32_t scraper; /* index of its scraper entry */
+        uint32_t held;    /* slots it holds */
+        uint32_t holders; /* its waiting connects whose thread holds one of
+                             those slots and cannot give it back */
+};
+
+#define DS_DEADLOCK_NONE (-2L)
+#define DS_DEADLOCK_POOL (-1L)
+
+/* Whether the waiters are deadlocked: every slot they could be granted is
+ * held by threads that are themselves waiting and cannot give theirs back,
+ * so no release can come. DS_DEADLOCK_POOL: the pool is full (held_total
+ * >= cap, nothing draining) and every process that holds a slot holds only
+ * slots of waiting threads. i >= 0: scraper entry s[i] has a waiter, is at
+ * its limit, and every one of its processes that holds a slot holds only
+ * slots of waiting threads. Else DS_DEADLOCK_NONE. The caller breaks a
+ * deadlock that lasts deadlock_timeout by failing the newest waiting
+ * connect whose thread holds a slot in the deadlocked set. */
+long ds_policy_deadlock(const struct ds_wait_proc *p, size_t np, const struct ds_pick_entry *s,
+                        size_t ns, uint32_t cap, uint32_t held_total, uint32_t draining);
 
 enum ds_release_reason {
-        DS_RELEASE_NORMAL = 0,  /* the program finished the connection */
-        DS_RELEASE_IDLE = 1,    /* the scraper was idle for idle_timeout */
-        DS_RELEASE_SURPLUS = 2, /* above its limit while others wait */
+        DS_RELEASE_NORMAL = 0,   /* the program finished the connection */
+        DS_RELEASE_IDLE = 1,     /* the scraper was idle for idle_timeout */
+        DS_RELEASE_SURPLUS = 2,  /* above its limit while others wait */
+        DS_RELEASE_HANDOVER = 3, /* unused while a connect waits: goes to a waiter */
 };
 
 /* A scraper's fair share of a full pool: pool_size split by weight among
@@ -81,13 +130,45 @@ uint32_t ds_policy_fair_share(uint32_t pool_size, uint32_t weight, uint64_t weig
  * shares (below), less the surplus already promised (pending). */
 uint32_t ds_policy_give_back_fair(uint32_t held, uint32_t fair, uint32_t pending, uint32_t below);
 
-/* How many slots a scraper should give back now (SPEC 4.5), and why:
- * everything it holds when idle release is on and it is idle; else its
+/* How many slots a scraper should give back now, and why: everything it
+ * holds when idle release is on and it is idle (ds_policy_is_idle); else its
  * surplus above its limit, but no more than other scrapers' connects are
  * starved (waiting, below their limit, with the pool full), less what its
  * processes already promised; else 0. Nothing with idle release off. */
-uint32_t ds_policy_give_back(const struct ds_config *cfg, int active, uint32_t held, uint32_t limit,
+uint32_t ds_policy_give_back(const struct ds_config *cfg, int idle, uint32_t held, uint32_t limit,
                              uint32_t pending, uint32_t starved, enum ds_release_reason *reason);
+
+/* How long a connection must have gone without a call before a release
+ * for reason may take it: half of idle_timeout for an idle release (the
+ * scraper's activity reaches the pool up to a period late), handover_delay
+ * for a handover and for a surplus. */
+uint64_t ds_policy_min_unused_ns(const struct ds_config *cfg, enum ds_release_reason reason);
+
+/* 1 if a release may take a connection unused for unused_ns when the
+ * release wants min_unused_ns. A connection just (re)connected, with no
+ * call seen since (fresh), is never taken before it has gone a second
+ * without a call, whatever is owed: the program is about to use it, and
+ * its first calls may be ones it makes holding a lock of its own (psycopg2
+ * reads the server's parameters under Python's GIL right after
+ * connecting). A reconnect there would wait for a slot with that lock
+ * held, while the program's other threads, which hold the slots that could
+ * free one, wait for the lock. */
+int ds_policy_may_take(uint64_t unused_ns, int fresh, uint64_t min_unused_ns);
+
+/* The unused time a surplus release wants once it has been owed for
+ * owed_ns: min_unused_ns at first; after a second, any connection no call
+ * is inside, however recently used (0). A client-side pool that keeps all
+ * its connections busy would otherwise never give one back, and the other
+ * scrapers would wait until they time out; the connection's next use then
+ * reconnects, and waits for a slot like any connect of a scraper above its
+ * limit. */
+uint64_t ds_policy_surplus_unused_ns(uint64_t min_unused_ns, uint64_t owed_ns);
+
+/* How often a process that holds slots asks the pool for advice, in ms: a
+ * quarter of idle_timeout (and of reuse_timeout with reuse on), at most a
+ * second; half the handover delay while a connect of the pool waits that
+ * its connections could serve (busy); never below 20 ms. */
+uint32_t ds_policy_advice_period_ms(const struct ds_config *cfg, int busy);
 
 /* ---- limits with per-scraper overrides (docs/configuration.md) ---- */
 

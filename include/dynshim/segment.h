@@ -17,7 +17,7 @@
 #include "dynshim/policy.h"
 
 #define DS_MAGIC          UINT64_C(0x314d4853594e4444) /* "DDNYSHM1" */
-#define DS_LAYOUT_VERSION 4u
+#define DS_LAYOUT_VERSION 5u
 #define DS_ALIGN          64u
 
 enum ds_lease_state {
@@ -54,7 +54,8 @@ struct ds_proc {
 struct ds_lease {
         _Atomic uint32_t state; /* enum ds_lease_state; written last */
         /* futex word of a wait: 0 waiting, 1 granted (set after state HELD),
-         * 2 abandoned by a waiter that could not take the lock */
+         * 2 abandoned by a waiter that could not take the lock, 3 failed
+         * to break a deadlock (still WAITING: its waiter withdraws it) */
         _Atomic uint32_t wake;
         uint32_t proc;     /* index into the process table */
         uint32_t scraper;  /* index into the scraper table */
@@ -67,7 +68,9 @@ struct ds_lease {
          * a process of this host, its start time in clock ticks since boot
          * (field 22 of /proc/PID/stat; 0: not visible here). */
         _Atomic int32_t backend_pid;
-        uint32_t pad;
+        /* WAITING: 1 if the waiting thread holds a slot of its process that
+         * it cannot give back (an open transaction): hold-and-wait */
+        uint32_t holds;
         _Atomic uint64_t backend_start;
 };
 
@@ -99,10 +102,13 @@ struct ds_scraper {
         uint64_t waits;            /* connects that had to wait */
         uint64_t wait_ns_total;    /* total time those waited */
         uint64_t wait_ns_max;      /* longest wait */
+        uint64_t handovers;        /* slots handed over to a waiter while unused */
+        uint64_t deadlocks;        /* connects failed to break a hold-and-wait */
         uint64_t last_used_ns;     /* last event; picks a record to recycle */
         /* Scratch of the grant pass, valid only inside it (under the lock). */
         uint64_t oldest_ticket;
         uint32_t oldest_idx;
+        uint32_t serves;          /* notify_handover: a release of its slots serves a waiter */
         uint32_t surplus_pending; /* cache: surplus slots its processes promised
                                      to give back; rebuilt as 0 */
         /* Scratch of the recomputation with overrides (ds_policy_limits). */
@@ -153,6 +159,9 @@ struct ds_header {
         uint64_t reclaimed_procs;       /* dead processes cleaned up */
         uint64_t grants;                /* slots granted in all */
         uint64_t peak_held;             /* highest `held` ever seen */
+        /* When the waiters were first seen deadlocked (ds_policy_deadlock)
+         * with no change since; 0: they are not. */
+        uint64_t deadlock_since_ns;
 } __attribute__((aligned(DS_ALIGN)));
 
 /* Offsets and size of a segment with capacity cap. */

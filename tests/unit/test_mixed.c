@@ -190,6 +190,10 @@ static void *busy_thread(void *arg)
                         pthread_mutex_unlock(&b->m);
                         if (!still)
                                 break;
+                        /* working on its connection: activity, as the shim
+                         * reports a program's calls (a connect that waits is
+                         * not activity) */
+                        ds_touch(b->h, 0);
                         tu_sleep_ms(5);
                 }
                 if (take_back(b, &ref) && ds_release(b->h, &ref) != 0)

@@ -48,7 +48,7 @@ Test(policy, three_scrapers_at_limit_still_capped_by_pool)
                 for (int i = 0; i < 3; i++)
                         e[i] = (struct ds_pick_entry){held[i], ds_policy_limit(&cfg, 3), 5,
                                                       (uint64_t)(round * 3 + i)};
-                long w = ds_policy_pick(e, 3, cfg.pool_size, held_total);
+                long w = ds_policy_pick(e, NULL, 3, cfg.pool_size, held_total, -1);
                 if (w < 0)
                         break;
                 held[w]++;
@@ -62,38 +62,69 @@ Test(policy, three_scrapers_at_limit_still_capped_by_pool)
                 cr_assert(held[i] == 6 || held[i] == 7, "scraper %d got %u", i, held[i]);
 }
 
+static int active(uint32_t waiting, uint32_t inflight, uint32_t procs, uint32_t held, uint64_t last,
+                  uint64_t now)
+{
+        struct ds_activity a = {waiting, inflight, procs, held, last};
+        return ds_policy_is_active(&cfg, &a, now);
+}
+
+static int idle(uint32_t waiting, uint32_t inflight, uint64_t last, uint64_t now)
+{
+        struct ds_activity a = {waiting, inflight, 1, 1, last};
+        return ds_policy_is_idle(&cfg, &a, now);
+}
+
 Test(policy, activity_window_and_waiters_make_a_scraper_active)
 {
         uint64_t s = 1000000000ull;
-        cr_assert_eq(ds_policy_is_active(&cfg, 0, 0, 0, 100 * s), 0, "never active");
-        cr_assert_eq(ds_policy_is_active(&cfg, 0, 0, 50 * s, 100 * s), 1, "50 s ago");
-        cr_assert_eq(ds_policy_is_active(&cfg, 0, 0, 40 * s, 100 * s), 0, "60 s ago is idle");
-        cr_assert_eq(ds_policy_is_active(&cfg, 1, 0, 0, 100 * s), 1, "a waiter");
-        cr_assert_eq(ds_policy_is_active(&cfg, 0, 1, 0, 100 * s), 1, "a call in flight");
+        cr_assert_eq(active(0, 0, 1, 0, 0, 100 * s), 0, "never active");
+        cr_assert_eq(active(0, 0, 1, 0, 50 * s, 100 * s), 1, "50 s ago");
+        cr_assert_eq(active(0, 0, 1, 0, 40 * s, 100 * s), 0, "60 s ago is idle");
+        cr_assert_eq(active(1, 0, 1, 0, 0, 100 * s), 1, "a waiter");
+        cr_assert_eq(active(0, 1, 1, 0, 0, 100 * s), 1, "a call in flight");
+}
+
+Test(policy, scraper_without_process_or_slot_is_idle_at_once)
+{
+        uint64_t s = 1000000000ull;
+        cr_assert_eq(active(0, 0, 0, 0, 99 * s, 100 * s), 0, "its processes are gone");
+        cr_assert_eq(active(0, 0, 0, 2, 99 * s, 100 * s), 1, "slots still draining for it");
+        cr_assert_eq(active(0, 0, 1, 0, 99 * s, 100 * s), 1, "a live process, used 1 s ago");
+        cr_assert_eq(active(1, 0, 0, 0, 0, 100 * s), 1, "a connect waiting");
+}
+
+Test(policy, waiting_connects_never_keep_unused_connections_from_idle_release)
+{
+        uint64_t s = 1000000000ull;
+        cr_assert_eq(idle(3, 0, 30 * s, 100 * s), 1, "waiting, unused for 70 s: idle");
+        cr_assert_eq(active(3, 0, 1, 5, 30 * s, 100 * s), 1, "yet active for its limit");
+        cr_assert_eq(idle(3, 0, 50 * s, 100 * s), 0, "used 50 s ago");
+        cr_assert_eq(idle(0, 1, 0, 100 * s), 0, "a call in flight");
 }
 
 Test(policy, full_pool_grants_nothing)
 {
         struct ds_pick_entry e[1] = {{0, 10, 1, 1}};
-        cr_assert_eq(ds_policy_pick(e, 1, 20, 20), -1);
-        cr_assert_eq(ds_policy_pick(e, 1, 20, 19), 0);
+        cr_assert_eq(ds_policy_pick(e, NULL, 1, 20, 20, -1), -1);
+        cr_assert_eq(ds_policy_pick(e, NULL, 1, 20, 19, -1), 0);
 }
 
 Test(policy, scraper_at_its_limit_is_skipped)
 {
         struct ds_pick_entry e[2] = {{10, 10, 3, 1}, {4, 10, 1, 9}};
-        cr_assert_eq(ds_policy_pick(e, 2, 20, 14), 1);
+        cr_assert_eq(ds_policy_pick(e, NULL, 2, 20, 14, -1), 1);
         e[1].waiting = 0;
-        cr_assert_eq(ds_policy_pick(e, 2, 20, 14), -1, "only waiter is at its limit");
+        cr_assert_eq(ds_policy_pick(e, NULL, 2, 20, 14, -1), -1, "only waiter is at its limit");
 }
 
 Test(policy, smallest_share_of_limit_goes_first)
 {
         /* a holds 2 of 10 (20 %), b holds 3 of 15 (20 %), c holds 1 of 10 (10 %) */
         struct ds_pick_entry e[3] = {{2, 10, 1, 1}, {3, 15, 1, 2}, {1, 10, 1, 3}};
-        cr_assert_eq(ds_policy_pick(e, 3, 20, 6), 2);
+        cr_assert_eq(ds_policy_pick(e, NULL, 3, 20, 6, -1), 2);
         e[2].waiting = 0;
-        cr_assert_eq(ds_policy_pick(e, 3, 20, 6), 0, "equal shares: the older waiter");
+        cr_assert_eq(ds_policy_pick(e, NULL, 3, 20, 6, -1), 0, "equal shares: the older waiter");
 }
 
 Test(policy, small_share_scraper_is_not_starved_by_a_busy_one)
@@ -101,7 +132,7 @@ Test(policy, small_share_scraper_is_not_starved_by_a_busy_one)
         /* A has 100 queued waiters arriving first, B has one later: as slots
          * free up one by one, B is served at the first hand-off. */
         struct ds_pick_entry e[2] = {{9, 10, 100, 1}, {0, 10, 1, 500}};
-        cr_assert_eq(ds_policy_pick(e, 2, 20, 19), 1);
+        cr_assert_eq(ds_policy_pick(e, NULL, 2, 20, 19, -1), 1);
 }
 
 Test(policy, equal_demand_converges_to_equal_shares)
@@ -115,7 +146,7 @@ Test(policy, equal_demand_converges_to_equal_shares)
                 for (int i = 0; i < 4; i++)
                         e[i] = (struct ds_pick_entry){held[i], 10, 3, ticket + (uint64_t)i};
                 ticket += 4;
-                long w = ds_policy_pick(e, 4, 20, total);
+                long w = ds_policy_pick(e, NULL, 4, 20, total, -1);
                 if (w >= 0) {
                         held[w]++;
                         total++;
@@ -133,9 +164,10 @@ Test(policy, equal_demand_converges_to_equal_shares)
 
 Test(policy, may_grant_checks_pool_and_limit)
 {
-        cr_assert(ds_policy_may_grant(20, 19, 9, 10));
-        cr_assert_not(ds_policy_may_grant(20, 20, 0, 10));
-        cr_assert_not(ds_policy_may_grant(20, 5, 10, 10));
+        cr_assert(ds_policy_may_grant_reserved(20, 19, 0, 9, 10));
+        cr_assert_not(ds_policy_may_grant_reserved(20, 20, 0, 0, 10));
+        cr_assert_not(ds_policy_may_grant_reserved(20, 5, 0, 10, 10));
+        cr_assert_not(ds_policy_may_grant_reserved(20, 15, 5, 0, 10), "set aside for others");
 }
 
 Test(policy, fair_share_splits_the_pool_by_weight_rounding_up)
@@ -174,29 +206,29 @@ Test(policy, scraper_above_fair_share_gives_back_to_one_below_it)
 Test(policy, idle_scraper_gives_back_everything_it_holds)
 {
         enum ds_release_reason why;
-        cr_assert_eq(ds_policy_give_back(&cfg, 0, 7, 15, 0, 0, &why), 7);
+        cr_assert_eq(ds_policy_give_back(&cfg, 1, 7, 15, 0, 0, &why), 7);
         cr_assert_eq(why, DS_RELEASE_IDLE);
-        cr_assert_eq(ds_policy_give_back(&cfg, 0, 0, 15, 0, 0, &why), 0, "holds nothing");
+        cr_assert_eq(ds_policy_give_back(&cfg, 1, 0, 15, 0, 0, &why), 0, "holds nothing");
 }
 
 Test(policy, active_scraper_gives_back_only_surplus_that_others_starve_for)
 {
         enum ds_release_reason why;
-        cr_assert_eq(ds_policy_give_back(&cfg, 1, 15, 10, 0, 0, &why), 0, "nobody starves");
-        cr_assert_eq(ds_policy_give_back(&cfg, 1, 15, 10, 0, 3, &why), 3);
+        cr_assert_eq(ds_policy_give_back(&cfg, 0, 15, 10, 0, 0, &why), 0, "nobody starves");
+        cr_assert_eq(ds_policy_give_back(&cfg, 0, 15, 10, 0, 3, &why), 3);
         cr_assert_eq(why, DS_RELEASE_SURPLUS);
-        cr_assert_eq(ds_policy_give_back(&cfg, 1, 15, 10, 0, 9, &why), 5, "at most the surplus");
-        cr_assert_eq(ds_policy_give_back(&cfg, 1, 15, 10, 4, 9, &why), 1, "less what is promised");
-        cr_assert_eq(ds_policy_give_back(&cfg, 1, 15, 10, 5, 9, &why), 0);
-        cr_assert_eq(ds_policy_give_back(&cfg, 1, 10, 10, 0, 9, &why), 0, "at its limit");
+        cr_assert_eq(ds_policy_give_back(&cfg, 0, 15, 10, 0, 9, &why), 5, "at most the surplus");
+        cr_assert_eq(ds_policy_give_back(&cfg, 0, 15, 10, 4, 9, &why), 1, "less what is promised");
+        cr_assert_eq(ds_policy_give_back(&cfg, 0, 15, 10, 5, 9, &why), 0);
+        cr_assert_eq(ds_policy_give_back(&cfg, 0, 10, 10, 0, 9, &why), 0, "at its limit");
 }
 
 Test(policy, idle_release_off_gives_back_nothing)
 {
         enum ds_release_reason why;
         cfg.idle_release = 0;
-        cr_assert_eq(ds_policy_give_back(&cfg, 0, 7, 15, 0, 0, &why), 0);
-        cr_assert_eq(ds_policy_give_back(&cfg, 1, 15, 10, 0, 5, &why), 0);
+        cr_assert_eq(ds_policy_give_back(&cfg, 1, 7, 15, 0, 0, &why), 0);
+        cr_assert_eq(ds_policy_give_back(&cfg, 0, 15, 10, 0, 5, &why), 0);
         cr_assert_eq(why, DS_RELEASE_NORMAL);
 }
 
@@ -369,7 +401,7 @@ Test(policy, a_static_allocation_keeps_its_slots_while_idle)
         enum ds_release_reason why;
         struct ds_config c = cfg;
         c.idle_release = ds_override_idle_release(&p.s[1].ov, &cfg);
-        cr_assert_eq(ds_policy_give_back(&c, 0, 5, 5, 0, 3, &why), 0, "never asked to give back");
+        cr_assert_eq(ds_policy_give_back(&c, 1, 5, 5, 0, 3, &why), 0, "never asked to give back");
 }
 
 Test(policy, a_starved_reserve_makes_the_limits_a_strict_division_of_the_pool)
@@ -391,7 +423,7 @@ Test(policy, a_starved_reserve_makes_the_limits_a_strict_division_of_the_pool)
         cr_assert_lt(p.s[1].limit, 10);
         /* the viewer is counted as starved: surplus advice for a */
         enum ds_release_reason why;
-        cr_assert_eq(ds_policy_give_back(&cfg, 1, 10, p.s[0].limit, 0, 1, &why), 1);
+        cr_assert_eq(ds_policy_give_back(&cfg, 0, 10, p.s[0].limit, 0, 1, &why), 1);
         cr_assert_eq(why, DS_RELEASE_SURPLUS);
         /* with its reserve filled the pressure ends: the SPEC limits again */
         p.s[2].held = 2;
@@ -462,10 +494,11 @@ Test(policy, a_scraper_below_its_reserve_is_served_first)
         /* viewer holds 0 of reserve 2 and waits after the busy one */
         struct ds_pick_entry e[2] = {{0, 10, 5, 1}, {0, 5, 1, 9}};
         uint32_t r[2] = {0, 2};
-        cr_assert_eq(ds_policy_pick_reserved(e, r, 2, 20, 10), 1);
-        cr_assert_eq(ds_policy_pick(e, 2, 20, 10), 0, "without reserves: the older waiter");
+        cr_assert_eq(ds_policy_pick(e, r, 2, 20, 10, -1), 1);
+        cr_assert_eq(ds_policy_pick(e, NULL, 2, 20, 10, -1), 0,
+                     "without reserves: the older waiter");
         e[1].held = 2;
-        cr_assert_eq(ds_policy_pick_reserved(e, r, 2, 20, 12), 0, "reserve filled: by share");
+        cr_assert_eq(ds_policy_pick(e, r, 2, 20, 12, -1), 0, "reserve filled: by share");
 }
 
 Test(policy, a_grant_may_not_take_a_slot_set_aside_for_another)
@@ -473,10 +506,10 @@ Test(policy, a_grant_may_not_take_a_slot_set_aside_for_another)
         /* 18 of 20 held; the viewer (not waiting) claims 2 it does not hold */
         struct ds_pick_entry e[2] = {{18, 20, 3, 1}, {0, 5, 0, 0}};
         uint32_t r[2] = {0, 2};
-        cr_assert_eq(ds_policy_pick_reserved(e, r, 2, 20, 18), -1);
+        cr_assert_eq(ds_policy_pick(e, r, 2, 20, 18, -1), -1);
         e[1].held = 1;
-        cr_assert_eq(ds_policy_pick_reserved(e, r, 2, 20, 19), -1);
-        cr_assert_eq(ds_policy_pick(e, 2, 20, 19), 0);
+        cr_assert_eq(ds_policy_pick(e, r, 2, 20, 19, -1), -1);
+        cr_assert_eq(ds_policy_pick(e, NULL, 2, 20, 19, -1), 0);
         cr_assert(ds_policy_may_grant_reserved(20, 17, 2, 17, 20));
         cr_assert_not(ds_policy_may_grant_reserved(20, 18, 2, 18, 20));
         cr_assert(ds_policy_may_grant_reserved(20, 18, 0, 0, 5));
@@ -608,7 +641,7 @@ Test(policy, simulated_grants_keep_caps_and_the_pool_honour_reserves_and_starve_
                                                               p.s[i].waiting, ticket[i]};
                                 r[i] = p.s[i].claimed;
                         }
-                        long w = ds_policy_pick_reserved(e, r, n, cfg.pool_size, total);
+                        long w = ds_policy_pick(e, r, n, cfg.pool_size, total, -1);
                         for (size_t i = 0; i < n; i++) {
                                 /* grants to others (other than filling a reserve, which
                                  * goes first) while a waiting scraper holds nothing */
@@ -649,7 +682,7 @@ Test(policy, simulated_grants_keep_caps_and_the_pool_honour_reserves_and_starve_
                                 struct ds_config c = cfg;
                                 c.idle_release = ds_override_idle_release(&p.s[i].ov, &cfg);
                                 enum ds_release_reason why;
-                                uint32_t g = ds_policy_give_back(&c, 1, p.s[i].held, p.s[i].limit,
+                                uint32_t g = ds_policy_give_back(&c, 0, p.s[i].held, p.s[i].limit,
                                                                  0, starved, &why);
                                 p.s[i].held -= g;
                                 total -= g;
@@ -896,4 +929,114 @@ Test(policy, cluster_protocol_never_claims_beyond_the_budget_and_follows_demand)
                              "trial %d: the busy host's pool is %u of budget %u", trial, pool[0],
                              budget);
         }
+}
+
+/* ---- handover and hold-and-wait ---- */
+
+Test(policy, handover_goes_first_to_a_waiter_of_the_releasing_scraper)
+{
+        /* a holds 10 of 10 with 3 waiting; b holds 4 of 10 with 1 waiting
+         * (older, smaller share): a release of a's goes to a's waiter */
+        struct ds_pick_entry e[2] = {{9, 10, 3, 5}, {4, 10, 1, 1}};
+        cr_assert_eq(ds_policy_pick(e, NULL, 2, 20, 13, 0), 0, "preferred: a's own waiter");
+        cr_assert_eq(ds_policy_pick(e, NULL, 2, 20, 13, -1), 1, "by the policy: b");
+        e[0].held = 10;
+        cr_assert_eq(ds_policy_pick(e, NULL, 2, 20, 14, 0), 1, "a at its limit: not a");
+}
+
+Test(policy, handover_counts_only_releases_that_serve_a_waiter)
+{
+        /* pool 20 full: a 10/10 with 2 waiting, b 10/10 with none */
+        struct ds_pick_entry e[2] = {{10, 10, 2, 1}, {10, 10, 0, UINT64_MAX}};
+        cr_assert_eq(ds_policy_handover(e, NULL, 2, 0, 20, 20, 10), 2, "a's two waiters");
+        cr_assert_eq(e[0].held, 10, "its share does not change");
+        cr_assert_eq(e[0].waiting, 0);
+        struct ds_pick_entry f[2] = {{10, 10, 2, 1}, {10, 10, 0, UINT64_MAX}};
+        cr_assert_eq(ds_policy_handover(f, NULL, 2, 1, 20, 20, 10), 0,
+                     "b's release serves nobody: a is at its limit");
+        /* three scrapers, c holds nothing and waits: everyone's unused
+         * connections serve it, up to what its limit allows */
+        struct ds_pick_entry g[3] = {
+            {10, 10, 0, UINT64_MAX}, {10, 10, 0, UINT64_MAX}, {0, 10, 4, 7}};
+        cr_assert_eq(ds_policy_handover(g, NULL, 3, 0, 20, 20, 3), 3, "at most max");
+        struct ds_pick_entry h[3] = {
+            {10, 10, 0, UINT64_MAX}, {10, 10, 0, UINT64_MAX}, {0, 10, 4, 7}};
+        cr_assert_eq(ds_policy_handover(h, NULL, 3, 0, 20, 20, 10), 4, "c's four waiters");
+        struct ds_pick_entry none[1] = {{5, 10, 0, UINT64_MAX}};
+        cr_assert_eq(ds_policy_handover(none, NULL, 1, 0, 20, 5, 5), 0, "nobody waits");
+}
+
+Test(policy, handover_respects_a_reserve_set_aside_for_another)
+{
+        /* b claims a reserve of 5 and holds 0: a's slot may go to b only */
+        struct ds_pick_entry e[3] = {{10, 10, 0, UINT64_MAX}, {0, 5, 1, 3}, {10, 10, 2, 1}};
+        uint32_t r[3] = {0, 5, 0};
+        cr_assert_eq(ds_policy_pick(e, r, 3, 20, 19, 2), 1, "not c: the slot is b's reserve");
+}
+
+Test(policy, a_thread_holding_a_stuck_connection_goes_first_within_its_scraper)
+{
+        cr_assert(ds_policy_lease_first(9, 1, 3, 0), "holds: before an older one");
+        cr_assert_not(ds_policy_lease_first(3, 0, 9, 1));
+        cr_assert(ds_policy_lease_first(3, 1, 9, 1), "both hold: first come");
+        cr_assert(ds_policy_lease_first(3, 0, 9, 0), "neither: first come");
+}
+
+Test(policy, hold_and_wait_over_the_whole_pool_is_a_deadlock)
+{
+        /* pool 4: four processes each hold 1 and wait for a second; two
+         * more wait for their first */
+        struct ds_pick_entry s[1] = {{4, 4, 6, 1}};
+        struct ds_wait_proc p[6] = {{0, 1, 1}, {0, 1, 1}, {0, 1, 1},
+                                    {0, 1, 1}, {0, 0, 0}, {0, 0, 0}};
+        cr_assert_eq(ds_policy_deadlock(p, 6, s, 1, 4, 4, 0), DS_DEADLOCK_POOL, "pool full");
+        s[0].limit = 10;
+        cr_assert_eq(ds_policy_deadlock(p, 6, s, 1, 4, 4, 0), DS_DEADLOCK_POOL, "below its limit");
+        cr_assert_eq(ds_policy_deadlock(p, 6, s, 1, 4, 4, 1), DS_DEADLOCK_NONE,
+                     "a draining slot will come free");
+        cr_assert_eq(ds_policy_deadlock(p, 6, s, 1, 5, 4, 0), DS_DEADLOCK_NONE, "a slot is free");
+        p[3].holders = 0; /* its thread holds nothing: it will finish */
+        cr_assert_eq(ds_policy_deadlock(p, 6, s, 1, 4, 4, 0), DS_DEADLOCK_NONE);
+        p[3].holders = 1;
+        p[2].held = 2; /* one of its slots is not held by a waiting thread */
+        cr_assert_eq(ds_policy_deadlock(p, 6, s, 1, 5, 5, 0), DS_DEADLOCK_NONE);
+}
+
+Test(policy, hold_and_wait_within_a_scraper_at_its_limit_is_a_deadlock)
+{
+        /* a at its limit 2, both its slots held by waiting threads; b busy
+         * beside it and the pool not full */
+        struct ds_pick_entry s[2] = {{2, 2, 2, 1}, {3, 10, 0, UINT64_MAX}};
+        struct ds_wait_proc p[3] = {{0, 1, 1}, {0, 1, 1}, {1, 3, 0}};
+        cr_assert_eq(ds_policy_deadlock(p, 3, s, 2, 20, 5, 0), 0);
+        s[0].limit = 3; /* b went idle: a may take one more */
+        cr_assert_eq(ds_policy_deadlock(p, 3, s, 2, 20, 5, 0), DS_DEADLOCK_NONE);
+        struct ds_pick_entry none[1] = {{0, 2, 0, UINT64_MAX}};
+        struct ds_wait_proc q[1] = {{0, 0, 0}};
+        cr_assert_eq(ds_policy_deadlock(q, 1, none, 1, 20, 0, 0), DS_DEADLOCK_NONE, "no waiter");
+}
+
+Test(policy, release_thresholds_and_advice_periods_follow_the_configuration)
+{
+        cr_assert_eq(ds_policy_min_unused_ns(&cfg, DS_RELEASE_IDLE), 30000000000ull);
+        cr_assert_eq(ds_policy_min_unused_ns(&cfg, DS_RELEASE_HANDOVER), 100000000ull);
+        cr_assert_eq(ds_policy_min_unused_ns(&cfg, DS_RELEASE_SURPLUS), 100000000ull);
+        cr_assert_eq(ds_policy_advice_period_ms(&cfg, 0), 1000);
+        cr_assert_eq(ds_policy_advice_period_ms(&cfg, 1), 50, "half the handover delay");
+        struct ds_config c = cfg;
+        c.idle_timeout_ms = 400;
+        cr_assert_eq(ds_policy_advice_period_ms(&c, 0), 100);
+        c.handover_delay_ms = 10;
+        cr_assert_eq(ds_policy_advice_period_ms(&c, 1), 20, "never below 20 ms");
+}
+
+Test(policy, a_fresh_connection_is_kept_a_second_and_an_owed_surplus_takes_any)
+{
+        uint64_t ms = 1000000ull;
+        cr_assert(ds_policy_may_take(200 * ms, 0, 100 * ms));
+        cr_assert_not(ds_policy_may_take(50 * ms, 0, 100 * ms));
+        cr_assert_not(ds_policy_may_take(200 * ms, 1, 100 * ms), "fresh: a second first");
+        cr_assert(ds_policy_may_take(1000 * ms, 1, 100 * ms));
+        cr_assert_eq(ds_policy_surplus_unused_ns(100 * ms, 500 * ms), 100 * ms);
+        cr_assert_eq(ds_policy_surplus_unused_ns(100 * ms, 1000 * ms), 0, "owed a second");
 }
