@@ -234,22 +234,24 @@ def window(ph):
 
 
 def completions(events):
-    """Each thread's workflow completion times, sorted."""
+    """Per thread: the time it began its first workflow, then the times it
+    finished each one, sorted."""
     by = {}
     for e in events:
-        if e.startswith("done "):
+        if e.startswith("done ") or e.startswith("start "):
             f = e.split()
-            by.setdefault(f[2] if len(f) > 2 else "", []).append(float(f[1]))
+            by.setdefault(f[2], []).append(float(f[1]))
     return [sorted(v) for v in by.values()]
 
 
 def work_done(times, t):
-    """Workflows a thread finished by time t, counted linearly between two
-    completions (so that a window does not count whole bursts or none)."""
+    """Workflows a thread (times: completions()) finished by time t, counted
+    linearly between its start and completions, so that a window counts
+    neither whole bursts nor the part of a workflow done before it."""
     i = bisect.bisect_right(times, t)
     if i == 0 or i == len(times):
-        return float(i)
-    return i + (t - times[i - 1]) / (times[i] - times[i - 1])
+        return float(max(i - 1, 0))
+    return i - 1 + (t - times[i - 1]) / (times[i] - times[i - 1])
 
 
 def phase_metrics(run, ph):

@@ -15,8 +15,9 @@ workflow after a delay of its own, between 0 and one workflow and think time.
 
 Commands on stdin, one a line: "active" (workers run workflows), "idle"
 (workers stop after their current workflow; the shape keeps whatever
-connections it keeps), "quit". Writes "ready" once the shape exists, "done
-T K" on stdout for every workflow thread K finished (T: CLOCK_MONOTONIC
+connections it keeps), "quit". Writes "ready" once the shape exists, "start
+T K" when thread K begins its first workflow, "done T K" for every workflow
+it finished (T: CLOCK_MONOTONIC
 seconds, the same clock in every process), "error T MESSAGE" for a failed one (a failed
 creation of the shape included), and "closed" when it quits."""
 import os
@@ -63,6 +64,7 @@ def main():
                 # over a few seconds does not see bursts of THREADS at once
                 started = True
                 time.sleep(random.Random(k).uniform(0, query_s + hold_s + think_s))
+                say("start %.6f %d" % (time.monotonic(), k))
             try:
                 with shape.connection() as db:
                     db.query("SELECT 1")
