@@ -1103,12 +1103,14 @@ static void print_stats_json(const char *segment, const struct ds_stats *st)
                        s->active ? "active" : "idle", s->held, s->limit, s->waiting, s->procs);
                 printf(", \"connects\": %llu, \"releases\": %llu, \"idle_releases\": %llu, "
                        "\"surplus_releases\": %llu, \"reconnects\": %llu, \"reclaimed\": %llu, "
-                       "\"timeouts\": %llu, \"waits\": %llu",
+                       "\"timeouts\": %llu, \"waits\": %llu, \"handovers\": %llu, "
+                       "\"deadlocks\": %llu",
                        (unsigned long long)s->connects, (unsigned long long)s->releases,
                        (unsigned long long)s->idle_releases,
                        (unsigned long long)s->surplus_releases, (unsigned long long)s->reconnects,
                        (unsigned long long)s->reclaimed, (unsigned long long)s->timeouts,
-                       (unsigned long long)s->waits);
+                       (unsigned long long)s->waits, (unsigned long long)s->handovers,
+                       (unsigned long long)s->deadlocks);
                 printf(", \"wait_ms_mean\": %.3f, \"wait_ms_max\": %.3f", wait_ms_mean(s),
                        ms_of_ns(s->wait_ns_max));
                 printf(", \"parked\": %u, \"reuses\": %llu", s->parked,
@@ -1173,6 +1175,8 @@ PROM_FIELD(surplus_releases)
 PROM_FIELD(reconnects)
 PROM_FIELD(reclaimed)
 PROM_FIELD(timeouts)
+PROM_FIELD(handovers)
+PROM_FIELD(deadlocks)
 PROM_FIELD(parked)
 PROM_FIELD(reuses)
 
@@ -1214,6 +1218,10 @@ static const struct prom_scraper_metric prom_scraper_metrics[] = {
      "Slots reclaimed from dead processes of the scraper.", prom_reclaimed},
     {"dynshim_scraper_timeouts_total", "counter",
      "Connects that waited wait_timeout for a slot in vain.", prom_timeouts},
+    {"dynshim_scraper_handovers_total", "counter",
+     "Slots of unused connections handed over to waiting connects.", prom_handovers},
+    {"dynshim_scraper_deadlocks_total", "counter",
+     "Connects failed to break a hold-and-wait deadlock.", prom_deadlocks},
     {"dynshim_scraper_parked", "gauge",
      "Finished connections parked for reuse by the scraper's processes (each holds a slot).",
      prom_parked},

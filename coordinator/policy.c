@@ -116,6 +116,32 @@ uint32_t ds_policy_advice_period_ms(const struct ds_config *cfg, int busy)
         return p < 20 ? 20 : p;
 }
 
+uint32_t ds_policy_starved(int pool_full, uint32_t held, uint32_t limit, uint32_t claimed,
+                           uint32_t waiting)
+{
+        uint32_t room = 0;
+        if (pool_full && held < limit)
+                room = limit - held;
+        else if (!pool_full && held < claimed)
+                room = claimed - held;
+        return waiting < room ? waiting : room;
+}
+
+uint32_t ds_policy_below_fair(uint32_t held, uint32_t limit, uint32_t fair, uint32_t waiting)
+{
+        uint32_t cap = fair < limit ? fair : limit;
+        if (held >= cap)
+                return 0;
+        return waiting < cap - held ? waiting : cap - held;
+}
+
+int ds_policy_owes(uint32_t held, uint32_t limit, uint32_t fair, uint32_t pending, int active,
+                   int starved, int below_fair)
+{
+        return (starved && held > (uint64_t)limit + pending) ||
+               (below_fair && active && held > (uint64_t)fair + pending);
+}
+
 uint32_t ds_policy_fair_share(uint32_t pool_size, uint32_t weight, uint64_t weight_sum)
 {
         if (weight_sum == 0 || weight == 0)

@@ -1786,14 +1786,8 @@ static uint32_t count_starved(ds_handle *h)
             H->scraper_hwm <= h->cap.max_scrapers ? H->scraper_hwm : h->cap.max_scrapers;
         for (uint32_t i = 0; i < shwm; i++) {
                 const struct ds_scraper *s = &h->scrapers[i];
-                if (!s->waiting)
-                        continue;
-                uint32_t room = 0;
-                if (full && s->held < s->limit)
-                        room = s->limit - s->held;
-                else if (!full && s->held < s->claimed)
-                        room = s->claimed - s->held;
-                n += s->waiting < room ? s->waiting : room;
+                if (s->waiting)
+                        n += ds_policy_starved(full, s->held, s->limit, s->claimed, s->waiting);
         }
         return n;
 }
@@ -1828,9 +1822,7 @@ static uint32_t count_below_fair(ds_handle *h, uint64_t wsum)
                         continue;
                 uint32_t fair =
                     ds_policy_fair_share(H->cfg.pool_size, ds_override_weight(&s->ov), wsum);
-                uint32_t cap = fair < s->limit ? fair : s->limit;
-                if (s->held < cap)
-                        n += s->waiting < cap - s->held ? s->waiting : cap - s->held;
+                n += ds_policy_below_fair(s->held, s->limit, fair, s->waiting);
         }
         return n;
 }
@@ -1855,8 +1847,8 @@ static void notify_surplus(ds_handle *h)
                         continue;
                 uint32_t fair =
                     ds_policy_fair_share(H->cfg.pool_size, ds_override_weight(&s->ov), wsum);
-                if ((starved && s->held > s->limit + s->surplus_pending) ||
-                    (below_fair && s->active && s->held > fair + s->surplus_pending))
+                if (ds_policy_owes(s->held, s->limit, fair, s->surplus_pending, (int)s->active,
+                                   starved, below_fair))
                         poke_proc(p);
         }
 }

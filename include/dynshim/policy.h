@@ -122,6 +122,24 @@ enum ds_release_reason {
  * the active scrapers (weight_sum, its own weight included), rounded up. */
 uint32_t ds_policy_fair_share(uint32_t pool_size, uint32_t weight, uint64_t weight_sum);
 
+/* How many of a scraper's waiting connects are starved: with the pool
+ * full, those its limit leaves room for (they could be served but for the
+ * full pool); with slots free, those its unfilled claimed reserve leaves
+ * room for (only others' slots can serve them). */
+uint32_t ds_policy_starved(int pool_full, uint32_t held, uint32_t limit, uint32_t claimed,
+                           uint32_t waiting);
+
+/* How many of an active scraper's waiting connects wait below its fair
+ * share (fair, at most its limit), with the pool full. */
+uint32_t ds_policy_below_fair(uint32_t held, uint32_t limit, uint32_t fair, uint32_t waiting);
+
+/* 1 if a scraper holding held (with pending slots already promised) owes
+ * the pool slots now and should be asked at once: above its limit while
+ * connects starve, or, active, above its fair share while connects wait
+ * below theirs. */
+int ds_policy_owes(uint32_t held, uint32_t limit, uint32_t fair, uint32_t pending, int active,
+                   int starved, int below_fair);
+
 /* When limits add up to more than the pool (three active scrapers with
  * soft_limit 10 in a pool of 20), scrapers that reached their limits
  * first could keep a late one out for good, the pool being full. So an

@@ -16,7 +16,9 @@ from harness import (Case, check, collect, log, main, native_clients_usable, rea
 def wait_timeout_fails_with_dynshim_error_and_holder_unaffected():
     with Case("timeout", pool_size=1) as c:
         c.start_sampler()
-        holder = c.spawn_python("holder.py", 1, scraper="holder", stdin=subprocess.PIPE)
+        # its transaction stays open: the slot cannot be handed over
+        holder = c.spawn_python("holder.py", 1, stdin=subprocess.PIPE,
+                                env=c.env("holder", HOLDER_TX="1"))
         ready = read_line(holder, 30, "holder.py")
         check(ready.startswith("ready "), f"holder.py said {ready!r}")
         backend = ready.split()[1]
@@ -55,6 +57,36 @@ def wait_timeout_fails_with_dynshim_error_and_holder_unaffected():
         holder.stdin.flush()
         holder.wait(30)
         check(holder.returncode == 0, f"holder.py exited {holder.returncode}")
+
+
+def idle_holder_hands_its_connection_over_to_a_waiter():
+    """A connection between calls is capacity: a pool of 1 held by an idle
+    connection serves a waiting connect within the handover delay, and the
+    holder's next query reconnects transparently once the slot is back."""
+    with Case("handover", pool_size=1) as c:
+        c.start_sampler()
+        holder = c.spawn_python("holder.py", 1, scraper="holder", stdin=subprocess.PIPE)
+        ready = read_line(holder, 30, "holder.py")
+        check(ready.startswith("ready "), f"holder.py said {ready!r}")
+        env = c.env("waiter", DYNSHIM_WAIT_TIMEOUT="20")
+        res = result_of(c.python("connect_once.py", env=env), "connect_once.py")
+        log(f"psycopg2 waiter: {res}")
+        check(res["ok"], f"the waiter got no slot from the idle holder: {res['error']}")
+        check(res["elapsed"] < 5, f"the handover took {res['elapsed']:.2f} s")
+        holder.stdin.write("query\n")
+        holder.stdin.flush()
+        line = read_line(holder, 30, "holder.py after the handover")
+        check(line.startswith("pids "), f"the holder's query failed: {line!r}")
+        st = c.stats()
+        holder_stats = scraper_stats(st, "holder")
+        log(f"holder: {holder_stats}")
+        check(holder_stats["handovers"] >= 1, "the pool counted no handover")
+        check(scraper_stats(st, "waiter")["timeouts"] == 0, "the waiter timed out")
+        holder.stdin.write("exit\n")
+        holder.stdin.flush()
+        holder.wait(30)
+        check(holder.returncode == 0, f"holder.py exited {holder.returncode}")
+        c.check_server_view()
 
 
 def wait_until_waiting(c, waiter):
@@ -198,6 +230,7 @@ def segment_tool_path():
 
 if __name__ == "__main__":
     main({f.__name__: f for f in (wait_timeout_fails_with_dynshim_error_and_holder_unaffected,
+                                  idle_holder_hands_its_connection_over_to_a_waiter,
                                   killed_holder_slots_return_and_waiter_proceeds,
                                   killed_mid_query_slot_waits_for_its_backend,
                                   watchdog_frees_remote_draining_slot_once_server_drops_backend)})

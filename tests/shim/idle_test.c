@@ -492,11 +492,18 @@ static pid_t spawn_b(const char *self, int n, double hold)
         return p;
 }
 
-/* SPEC 4.5: a scraper above its limit while another waits gives back its
- * surplus (connections unused for 1 s); the other reaches its limit. */
+/* A scraper above its limit while another waits gives back its surplus
+ * (connections unused for the handover delay, then any after a second);
+ * the other reaches its limit. b's own idle release is off: b opens its
+ * connections one after the other from one thread, so with it on, b's
+ * waiting connect would take over b's own connections unused meanwhile
+ * (a handover) and b would never hold all ten at once. */
 static void surplus_goes_to_waiting_scraper(const char *self)
 {
         make_pool(20, 10, 15, 60000, 1);
+        char err[300] = "";
+        const char *const off[] = {"scraper.b.idle_release=off"};
+        CHECK(ds_update(pool(), off, 1, NULL, 0, NULL, err, sizeof(err)) == 0, "%s", err);
         setenv("DYNSHIM_SCRAPER", "a", 1); /* before the first libpq call */
         PGconn *c[15];
         for (int i = 0; i < 15; i++) {
@@ -521,14 +528,17 @@ static void surplus_goes_to_waiting_scraper(const char *self)
         CHECK(server_count() + server_count_app("dsidle_b") <= 20, "more than 20 backends");
         int st;
         CHECK(waitpid(b, &st, 0) == b && WIFEXITED(st) && WEXITSTATUS(st) == 0, "b failed");
-        /* b stays active for idle_timeout after it left, so a's limit stays
-         * 10: its 15 connections take turns on 10 slots (rule 6), no error */
+        /* b left with nothing held or waiting: it is idle at once (not
+         * after idle_timeout, a minute here), so a's limit is 15 again and
+         * its released connections reconnect without an error */
+        CHECK(scraper("b").active == 0, "b still counts as active after it exited");
+        CHECK(scraper("a").limit == 15, "a's limit is %u", scraper("a").limit);
         for (int round = 0; round < 2; round++)
                 for (int i = 0; i < 15; i++)
                         CHECK(query_int(c[i], "SELECT 5") == 5, "a's connection %d after surplus",
                               i);
-        CHECK(scraper("a").held <= 10, "a holds %u above its limit", scraper("a").held);
-        CHECK(server_count() <= 10, "a has %d backends", server_count());
+        CHECK(scraper("a").held <= 15, "a holds %u above its limit", scraper("a").held);
+        CHECK(server_count() <= 15, "a has %d backends", server_count());
         for (int i = 0; i < 15; i++)
                 PQfinish(c[i]);
         server_log_is_clean();

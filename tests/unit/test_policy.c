@@ -1040,3 +1040,19 @@ Test(policy, a_fresh_connection_is_kept_a_second_and_an_owed_surplus_takes_any)
         cr_assert_eq(ds_policy_surplus_unused_ns(100 * ms, 500 * ms), 100 * ms);
         cr_assert_eq(ds_policy_surplus_unused_ns(100 * ms, 1000 * ms), 0, "owed a second");
 }
+
+Test(policy, starved_and_below_fair_connects_and_who_owes_the_pool)
+{
+        cr_assert_eq(ds_policy_starved(1, 4, 10, 0, 9), 6, "full pool: room to its limit");
+        cr_assert_eq(ds_policy_starved(1, 10, 10, 0, 9), 0, "at its limit: not starved");
+        cr_assert_eq(ds_policy_starved(0, 1, 10, 3, 9), 2, "free slots: its unfilled reserve");
+        cr_assert_eq(ds_policy_starved(0, 4, 10, 3, 9), 0);
+        cr_assert_eq(ds_policy_below_fair(3, 10, 7, 9), 4);
+        cr_assert_eq(ds_policy_below_fair(3, 5, 7, 9), 2, "the limit caps the fair share");
+        cr_assert_eq(ds_policy_below_fair(7, 10, 7, 9), 0);
+        cr_assert(ds_policy_owes(15, 10, 7, 0, 1, 1, 0), "above its limit, connects starve");
+        cr_assert_not(ds_policy_owes(15, 10, 7, 5, 1, 1, 0), "all of it promised already");
+        cr_assert_not(ds_policy_owes(15, 10, 7, 0, 1, 0, 0), "nobody starves");
+        cr_assert(ds_policy_owes(9, 10, 7, 0, 1, 0, 1), "above its fair share");
+        cr_assert_not(ds_policy_owes(9, 10, 7, 0, 0, 0, 1), "an idle one is not asked for that");
+}

@@ -4,14 +4,16 @@ usage: holder.py N
 Prints "ready PID..." (backend pids), then for each stdin line "query" runs
 SELECT pg_backend_pid() on every connection and prints "pids PID...";
 "sleep S" prints "sleeping" and runs SELECT pg_sleep(S) on the first one;
-"exit" closes them and exits."""
+"exit" closes them and exits. With HOLDER_TX=1 in the environment each
+connection keeps a transaction open (its slot cannot be handed over)."""
+import os
 import sys
 
 import psycopg2
 
 conns = [psycopg2.connect("") for _ in range(int(sys.argv[1]))]
 for c in conns:
-    c.autocommit = True
+    c.autocommit = os.environ.get("HOLDER_TX") != "1"
 
 
 def pids():
