@@ -1,72 +1,39 @@
-"""One scraper of the benchmark scenario: plain psycopg2, nothing of dynshim.
+"""One scraper of the benchmark scenario: plain psycopg2 or SQLAlchemy in one
+of the client shapes of tests/integration/clients/client_shapes.py, nothing
+of dynshim.
 
-    scenario_scraper.py NAME THREADS POOL_MAX SLEEP_S THINK_S
+    scenario_scraper.py NAME SHAPE THREADS QUERY_S HOLD_S THINK_S
 
-THREADS worker threads share a client-side pool of at most POOL_MAX
-connections, opened on demand and kept open once opened (the way
-SQLAlchemy's QueuePool or a hand-written pool behaves). A workflow: check a
-connection out (waiting while POOL_MAX are out), run a few queries including
-pg_sleep(SLEEP_S), commit, check it back in; then THINK_S without a
-connection (the scraper's own work) before the next one.
+THREADS worker threads run workflows. A workflow: check a connection out
+(the shape decides whether that connects), SELECT 1, SELECT pg_sleep(QUERY_S),
+an INSERT, SELECT count(*) FROM pg_class, commit; then HOLD_S s with the
+connection still checked out but no call on it and no transaction open
+(working on what the queries returned); then give it back. Then THINK_S s
+without a connection (the thread's own work) before the next workflow.
+Connections carry application_name bench-NAME. Each thread starts its first
+workflow after a delay of its own, between 0 and one workflow and think time.
 
 Commands on stdin, one a line: "active" (workers run workflows), "idle"
-(workers stop after their current workflow; the pool keeps its
-connections), "quit". Writes "done T" on stdout for every finished workflow
-(T: CLOCK_MONOTONIC seconds, the same clock in every process), "error T
-MESSAGE" for a failed one, and "closed N" when it quits."""
+(workers stop after their current workflow; the shape keeps whatever
+connections it keeps), "quit". Writes "ready" once the shape exists, "start
+T K" when thread K begins its first workflow, "done T K" for every workflow
+it finished (T: CLOCK_MONOTONIC
+seconds, the same clock in every process), "error T MESSAGE" for a failed one (a failed
+creation of the shape included), and "closed" when it quits."""
+import os
+import random
 import sys
 import threading
 import time
 
-import psycopg2
-
-
-class Pool:
-    """LIFO pool, at most cap connections, opened lazily, never closed."""
-
-    def __init__(self, cap, dsn):
-        self.cap, self.dsn = cap, dsn
-        self.free, self.opened = [], 0
-        self.cond = threading.Condition()
-
-    def get(self):
-        with self.cond:
-            while not self.free and self.opened >= self.cap:
-                self.cond.wait()
-            if self.free:
-                return self.free.pop()
-            self.opened += 1
-        try:
-            return psycopg2.connect(self.dsn)
-        except BaseException:
-            with self.cond:
-                self.opened -= 1
-                self.cond.notify()
-            raise
-
-    def put(self, conn, broken=False):
-        with self.cond:
-            if broken:
-                self.opened -= 1
-            else:
-                self.free.append(conn)
-            self.cond.notify()
-        if broken:
-            conn.close()
-
-    def close_all(self):
-        with self.cond:
-            n = len(self.free)
-            for c in self.free:
-                c.close()
-            self.free = []
-        return n
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration",
+                                "clients"))
+import client_shapes  # noqa: E402
 
 
 def main():
-    name, threads, cap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-    sleep_s, think_s = float(sys.argv[4]), float(sys.argv[5])
-    pool = Pool(cap, "application_name=bench-" + name)
+    name, shape_name, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    query_s, hold_s, think_s = float(sys.argv[4]), float(sys.argv[5]), float(sys.argv[6])
     active, quit_ = threading.Event(), threading.Event()
     out = threading.Lock()
 
@@ -75,36 +42,42 @@ def main():
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
 
+    def error(e):
+        say("error %.6f %s" % (time.monotonic(), " ".join(str(e).split())[:500]))
+
+    shape = None
+    while shape is None:  # ThreadedConnectionPool connects when created
+        try:
+            shape = client_shapes.make(shape_name, "bench-" + name)
+        except Exception as e:
+            error(e)
+            time.sleep(0.2)
+    say("ready")
+
     def worker(k):
+        started = False
         while not quit_.is_set():
             if not active.wait(0.1):
                 continue
+            if not started:
+                # threads start out of step, as real ones are: a rate counted
+                # over a few seconds does not see bursts of THREADS at once
+                started = True
+                time.sleep(random.Random(k).uniform(0, query_s + hold_s + think_s))
+                say("start %.6f %d" % (time.monotonic(), k))
             try:
-                conn = pool.get()
-            except psycopg2.Error as e:
-                say("error %.6f %s" % (time.monotonic(), str(e).strip().replace("\n", " ")))
+                with shape.connection() as db:
+                    db.query("SELECT 1")
+                    db.query("SELECT pg_sleep(%s)", (query_s,))
+                    db.query("INSERT INTO pages (scraper, worker) VALUES (%s, %s)", (name, k))
+                    db.query("SELECT count(*) FROM pg_class")
+                    db.commit()
+                    time.sleep(hold_s)
+                say("done %.6f %d" % (time.monotonic(), k))
+            except Exception as e:
+                error(e)
                 time.sleep(0.2)
                 continue
-            broken = False
-            try:
-                with conn.cursor() as cur:
-                    cur.execute("SELECT 1")
-                    cur.execute("SELECT pg_sleep(%s)", (sleep_s,))
-                    cur.execute("INSERT INTO pages (scraper, worker) VALUES (%s, %s)", (name, k))
-                    cur.execute("SELECT count(*) FROM pg_class")
-                    cur.fetchone()
-                conn.commit()
-                say("done %.6f" % time.monotonic())
-            except psycopg2.Error as e:
-                broken = conn.closed != 0
-                try:
-                    conn.rollback()
-                except psycopg2.Error:
-                    broken = True
-                say("error %.6f %s" % (time.monotonic(), str(e).strip().replace("\n", " ")))
-                time.sleep(0.2)
-            finally:
-                pool.put(conn, broken)
             time.sleep(think_s)
 
     ws = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(threads)]
@@ -122,7 +95,8 @@ def main():
     quit_.set()
     for w in ws:
         w.join()
-    say("closed %d" % pool.close_all())
+    shape.close()
+    say("closed")
 
 
 if __name__ == "__main__":
