@@ -13,6 +13,7 @@
  * backend to exit before the slot goes back. Assertions read the
  * coordinator (ds_stats_get) and the server (pg_stat_activity, through psql
  * run without the shim). Exit 0: passed. */
+#include "dstest.h"
 #include "dynshim/coord.h"
 
 #include <errno.h>
@@ -36,16 +37,6 @@
 
 static const char *segment;
 static ds_handle *coord;
-
-#define CHECK(cond, ...)                                                                           \
-        do {                                                                                       \
-                if (!(cond)) {                                                                     \
-                        fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);            \
-                        fprintf(stderr, __VA_ARGS__);                                              \
-                        fprintf(stderr, "\n");                                                     \
-                        exit(1);                                                                   \
-                }                                                                                  \
-        } while (0)
 
 static double now_s(void)
 {
