@@ -45,8 +45,14 @@ CLIENTS = os.path.join(HERE, "clients")
 PYTHON = "/usr/bin/python3"
 SAMPLE_INTERVAL = 0.010  # seconds between two samples of pg_stat_activity
 # The longest gap allowed between two samples: a longer one could hide an
-# overshoot, so the case fails (the sampler runs SCHED_RR to keep it).
+# overshoot, so the case fails (the sampler runs SCHED_RR to keep it). With
+# the sanitized shim its clients run several times slower and keep both
+# cores busy, and one answer of the server to a sample took 74 ms there (a
+# 53 ms gap, in CI's ASan build): 100 ms then. The database's CONNECTION
+# LIMIT stays the exact backstop either way: the server itself refuses a
+# connection beyond the pool at every instant.
 MAX_SAMPLE_GAP = 0.050
+MAX_SAMPLE_GAP_SANITIZED = 0.100
 # The role the clients connect as: not a superuser, so that the case's
 # database's CONNECTION LIMIT (pool_size) binds it and the server itself
 # refuses a connection beyond the pool.
@@ -481,9 +487,10 @@ class Case:
         would have a hole)."""
         self.sampler.report()
         check(self.sampler.error is None, f"the sampler failed: {self.sampler.error}")
-        check(self.sampler.max_gap <= MAX_SAMPLE_GAP,
+        gap = MAX_SAMPLE_GAP_SANITIZED if sanitized() else MAX_SAMPLE_GAP
+        check(self.sampler.max_gap <= gap,
               f"two samples of the server's view were {self.sampler.max_gap * 1000:.0f} ms "
-              f"apart (at most {MAX_SAMPLE_GAP * 1000:.0f} ms allowed): "
+              f"apart (at most {gap * 1000:.0f} ms allowed): "
               f"{self.sampler.summary()}")
         v = self.sampler.violations
         check(not v, f"the server showed more than pool_size={self.pool_size} client backends "
