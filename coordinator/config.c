@@ -328,12 +328,16 @@ int ds_config_format(const struct ds_config *cfg, char *buf, size_t len)
         fmt_ms(ri, sizeof(ri), cfg->realloc_interval_ms);
         fmt_ms(wt, sizeof(wt), cfg->wait_timeout_ms);
         /* a limit that follows pool_size is printed as such, so that the
-         * text read back gives the same configuration */
-        if (cfg->limits_set & DS_LIMIT_SOFT_SET)
+         * text read back gives the same configuration; one not marked as set
+         * whose value is not its share (a configuration made by a program,
+         * not by these keys) is printed as the number it is */
+        struct ds_config d = *cfg;
+        ds_policy_follow_pool(&d);
+        if ((cfg->limits_set & DS_LIMIT_SOFT_SET) || cfg->soft_limit != d.soft_limit)
                 snprintf(sl, sizeof(sl), "%u", cfg->soft_limit);
         else
                 snprintf(sl, sizeof(sl), "auto");
-        if (cfg->limits_set & DS_LIMIT_MAX_SET)
+        if ((cfg->limits_set & DS_LIMIT_MAX_SET) || cfg->max_limit != d.max_limit)
                 snprintf(ml, sizeof(ml), "%u", cfg->max_limit);
         else
                 snprintf(ml, sizeof(ml), "auto");

@@ -26,14 +26,18 @@ static void require(int cond, const char *what, const char *input)
         }
 }
 
-/* The eight keys of a configuration, the fields a KEY=VALUE can set. */
+/* The keys of a configuration that a KEY=VALUE can set and
+ * ds_config_format prints. */
 static int same_keys(const struct ds_config *a, const struct ds_config *b)
 {
         return a->pool_size == b->pool_size && a->soft_limit == b->soft_limit &&
                a->max_limit == b->max_limit && a->idle_timeout_ms == b->idle_timeout_ms &&
                a->realloc_interval_ms == b->realloc_interval_ms &&
                a->wait_timeout_ms == b->wait_timeout_ms && a->warn_usage_pct == b->warn_usage_pct &&
-               a->idle_release == b->idle_release;
+               a->idle_release == b->idle_release && a->reuse == b->reuse &&
+               a->reuse_timeout_ms == b->reuse_timeout_ms &&
+               a->handover_delay_ms == b->handover_delay_ms &&
+               a->deadlock_timeout_ms == b->deadlock_timeout_ms;
 }
 
 /* Prints cfg and reads every line back into a default configuration. */
@@ -52,7 +56,7 @@ static void round_trip(const struct ds_config *cfg, const char *input)
                         "a line printed by ds_config_format is refused by ds_config_set_kv", input);
                 lines++;
         }
-        require(lines == 10, "ds_config_format printed other than 10 keys", input);
+        require(lines == 12, "ds_config_format printed other than 12 keys", input);
         require(same_keys(cfg, &back), "the configuration read back differs", input);
 }
 

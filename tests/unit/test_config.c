@@ -241,3 +241,17 @@ Test(config, keys_other_than_pool_size_and_the_limits_leave_the_limits_alone)
         cr_assert_eq(cfg.max_limit, 15, "pool_size moves the limits that follow it");
         cr_assert_eq(cfg.soft_limit, 10);
 }
+
+Test(config, format_prints_a_limit_that_is_not_its_share_as_its_number)
+{
+        struct ds_config cfg;
+        ds_config_defaults(&cfg);
+        cfg.pool_size = 3, cfg.soft_limit = 3, cfg.max_limit = 3; /* made by a program */
+        char text[1024];
+        ds_config_format(&cfg, text, sizeof(text));
+        cr_assert(strstr(text, "soft_limit=3\n") && strstr(text, "max_limit=3\n"), "%s", text);
+        ds_config_defaults(&cfg);
+        ds_config_format(&cfg, text, sizeof(text));
+        cr_assert(strstr(text, "soft_limit=auto\n") && strstr(text, "max_limit=auto\n"), "%s",
+                  text);
+}
