@@ -38,7 +38,11 @@ def viewer_capped_with_reserve_beside_two_busy_scrapers():
                 v = next((x for x in st["scrapers"] if x["name"] == "viewer"), None)
                 if v:
                     peak_viewer[0] = max(peak_viewer[0], v["held"])
-                    if after_first.is_set() and v["reserve_claimed"]:
+                    # checked between the viewer's rounds (no connect of
+                    # its waiting): a round's first connects find the
+                    # others' limits being recomputed (a starved reserve
+                    # makes them strict) and their surplus on its way back
+                    if after_first.is_set() and v["reserve_claimed"] and v["waiting"] == 0:
                         kept[0] += 1
                         # slots held by the other scrapers themselves (a
                         # slot draining after a finish, the viewer's own
